@@ -1,0 +1,406 @@
+"""Tests for losses.py: every loss against an independent float64 closed form, gradcheck, continuity
+at the linearisation points, limits, extreme logits, low precision, reductions and bad input."""
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import losses
+
+MULTICLASS = list(losses.LOSSES)
+
+
+# ---------------------------------------------------------------------------------------------
+# Independent reference: numpy float64, written from the papers' definitions, not from losses.py.
+
+def softmax64(logits):
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def reference(name, logits, targets, tau=10.0, q=0.7, alpha=None, beta=None):
+    p_all = softmax64(logits)
+    p = p_all[np.arange(len(targets)), targets]
+    if name == "ce":
+        return -np.log(p)
+    if name == "linear":
+        return 1 - p
+    if name == "gce":
+        return (1 - p ** q) / q
+    if name == "phuber_ce":
+        return np.where(p <= 1 / tau, -tau * p + np.log(tau) + 1, -np.log(p))
+    if name == "phuber_gce":
+        base = lambda v: (1 - v ** q) / q               # noqa: E731
+        slope = lambda v: -v ** (q - 1)                 # noqa: E731
+        p_star = tau ** (1 / (q - 1))                   # where |slope| = tau
+        return np.where(p <= p_star, base(p_star) + slope(p_star) * (p - p_star), base(p))
+    one_hot = np.eye(p_all.shape[1])[targets]
+    log_label = np.where(one_hot > 0, 0.0, -4.0)        # log of the one-hot label, log 0 := A = -4
+    rce = -(p_all * log_label).sum(axis=1)
+    if name == "sce":
+        return alpha * -np.log(p) + beta * rce
+    if name == "nce_rce":
+        nce = -np.log(p) / -np.log(p_all).sum(axis=1)
+        return alpha * nce + beta * rce
+    raise KeyError(name)
+
+
+def default_params(name):
+    return losses.loss_defaults(name)
+
+
+def random_batch(n=400, c=10, scale=3.0, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    logits = scale * torch.randn(n, c, generator=g, dtype=dtype)
+    targets = torch.randint(0, c, (n,), generator=g)
+    return logits, targets
+
+
+def p_target(logits, targets):
+    return torch.softmax(logits.double(), 1)[torch.arange(len(targets)), targets]
+
+
+def threshold(name, params):
+    """Probability below which the loss is linearised (None: single branch)."""
+    if name == "phuber_ce":
+        return 1 / params["tau"]
+    if name == "phuber_gce":
+        return losses.phuber_gce_threshold(params["tau"], params["q"])
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Values and gradients.
+
+@pytest.mark.parametrize("name", MULTICLASS)
+@pytest.mark.parametrize("params", [{}, {"tau": 3.0}, {"tau": 50.0, "q": 0.4}, {"q": 0.2}])
+def test_matches_independent_closed_form(name, params):
+    params = {k: v for k, v in params.items() if k in default_params(name)}
+    full = {**default_params(name), **params}
+    logits, targets = random_batch()
+    ours = losses.make_loss(name, reduction="none", **params)(logits, targets)
+    ref = reference(name, logits.numpy(), targets.numpy(), **full)
+    np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-10, atol=1e-12)
+    t = threshold(name, full)
+    if t is not None:  # the inputs must exercise both branches, or the test proves half a loss
+        p = p_target(logits, targets)
+        assert (p <= t).sum() >= 10 and (p > t).sum() >= 10
+
+
+@pytest.mark.parametrize("name", MULTICLASS)
+def test_gradcheck_both_branches(name):
+    logits, targets = random_batch(n=24, c=5, scale=10.0, seed=1)
+    t = threshold(name, default_params(name))
+    if t is not None:
+        p = p_target(logits, targets)
+        # keep gradcheck's finite differences away from the kink itself
+        away = (p.log() - math.log(t)).abs() > 1e-3
+        logits, targets = logits[away], targets[away]
+        p = p_target(logits, targets)
+        assert (p <= t).any() and (p > t).any()
+    logits.requires_grad_(True)
+    fn = losses.make_loss(name, reduction="none")
+    assert torch.autograd.gradcheck(lambda x: fn(x, targets), (logits,))
+
+
+@pytest.mark.parametrize("name", MULTICLASS)
+def test_functional_and_module_agree(name):
+    logits, targets = random_batch(n=50)
+    fn = getattr(losses, name)
+    module = losses.make_loss(name)
+    assert torch.equal(fn(logits, targets, **default_params(name)), module(logits, targets))
+    assert isinstance(module, torch.nn.Module)
+
+
+# ---------------------------------------------------------------------------------------------
+# Continuity at the linearisation point, in value and first derivative.
+
+def two_class_at_probability(p, dtype=torch.float64):
+    """Logits [0, z] with target 1, so p_1 = sigmoid(z) = p."""
+    z = math.log(p / (1 - p))
+    return torch.tensor([[0.0, z]], dtype=dtype, requires_grad=True), torch.tensor([1])
+
+
+def value_and_slope(name, p, **params):
+    logits, targets = two_class_at_probability(p)
+    value = losses.make_loss(name, reduction="sum", **params)(logits, targets)
+    (grad,) = torch.autograd.grad(value, logits)
+    return value.item(), grad[0, 1].item()
+
+
+@pytest.mark.parametrize("name,params", [("phuber_ce", {"tau": 10.0}), ("phuber_ce", {"tau": 1.5}),
+                                         ("phuber_gce", {"tau": 10.0, "q": 0.7}),
+                                         ("phuber_gce", {"tau": 2.0, "q": 0.3})])
+def test_continuous_at_linearisation_point(name, params):
+    t = threshold(name, params)
+    eps = 1e-9
+    below, above = value_and_slope(name, t - eps, **params), value_and_slope(name, t + eps, **params)
+    assert below[0] == pytest.approx(above[0], abs=1e-7)
+    assert below[1] == pytest.approx(above[1], abs=1e-7)
+    # and the slope in p on the linear side is exactly -tau (this is what clipping means)
+    p = t / 2
+    logits, targets = two_class_at_probability(p)
+    value = losses.make_loss(name, reduction="sum", **params)(logits, targets)
+    (grad,) = torch.autograd.grad(value, logits)
+    dp_dz = p * (1 - p)
+    assert grad[0, 1].item() / dp_dz == pytest.approx(-params["tau"], rel=1e-9)
+
+
+@pytest.mark.parametrize("loss,grad,tau", [
+    (losses.huberised, losses.huberised_grad, 1 / (1 + math.e)),
+    (losses.huberised, losses.huberised_grad, 0.1),
+    (losses.partially_huberised, losses.partially_huberised_grad, 1 + math.exp(-1)),
+    (losses.partially_huberised, losses.partially_huberised_grad, 1.1),
+])
+def test_binary_losses_continuous_at_boundary(loss, grad, tau):
+    z0 = (losses.huberised_threshold(tau) if loss is losses.huberised
+          else losses.partially_huberised_threshold(tau))
+    z = np.array([z0 - 1e-9, z0 + 1e-9])
+    assert abs(np.diff(loss(z, tau))[0]) < 1e-8
+    assert abs(np.diff(grad(z, tau))[0]) < 1e-8
+    # the linear branch really is taken below z0 and the logistic one above
+    assert loss(z0 - 1.0, tau) != pytest.approx(losses.logistic(z0 - 1.0))
+    assert loss(z0 + 1.0, tau) == pytest.approx(losses.logistic(z0 + 1.0))
+
+
+def test_binary_thresholds_of_the_paper():
+    # tau = sigmoid(-1) (Huberised) and 1 + e^-1 (partially Huberised) both switch at z = 1
+    assert losses.huberised_threshold(1 / (1 + math.e)) == pytest.approx(1.0)
+    assert losses.partially_huberised_threshold(1 + math.exp(-1)) == pytest.approx(1.0)
+    # partially Huberised: linear in p = sigmoid(z) for p <= 1/tau
+    tau = 1.1
+    z = np.linspace(-5, 5, 101)
+    p = 1 / (1 + np.exp(-z))
+    expected = np.where(p <= 1 / tau, -tau * p + np.log(tau) + 1, np.log1p(np.exp(-z)))
+    np.testing.assert_allclose(losses.partially_huberised(z, tau), expected, rtol=1e-12)
+    # Huberised: linear with slope -tau where |logistic'(z)| >= tau
+    tau = 0.1
+    slope = 1 / (1 + np.exp(z))
+    z0 = np.log((1 - tau) / tau)
+    expected = np.where(slope >= tau, np.log1p(np.exp(-z0)) - tau * (z - z0), np.log1p(np.exp(-z)))
+    np.testing.assert_allclose(losses.huberised(z, tau), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("loss,grad,tau", [
+    (lambda z, tau: losses.logistic(z), lambda z, tau: losses.logistic_grad(z), None),
+    (losses.huberised, losses.huberised_grad, 0.1),
+    (losses.huberised, losses.huberised_grad, 1 / (1 + math.e)),
+    (losses.partially_huberised, losses.partially_huberised_grad, 1.1),
+    (losses.partially_huberised, losses.partially_huberised_grad, 1 + math.exp(-1)),
+])
+def test_binary_gradients_match_finite_differences(loss, grad, tau):
+    z = np.linspace(-8, 8, 161) + 0.013  # both branches, never exactly on a kink
+    h = 1e-6
+    numeric = (loss(z + h, tau) - loss(z - h, tau)) / (2 * h)
+    np.testing.assert_allclose(grad(z, tau), numeric, rtol=1e-6, atol=1e-9)
+
+
+def test_binary_losses_are_finite_for_huge_margins():
+    z = np.array([-1e4, -700.0, 0.0, 700.0, 1e4])
+    for values in (losses.logistic(z), losses.logistic_grad(z), losses.huberised(z, 0.2),
+                   losses.huberised_grad(z, 0.2), losses.partially_huberised(z, 2.0),
+                   losses.partially_huberised_grad(z, 2.0)):
+        assert np.isfinite(values).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# Limits and equivalences.
+
+def test_phuber_ce_tends_to_linear_as_tau_to_one():
+    logits, targets = random_batch()
+    linear = losses.linear(logits, targets, reduction="none")
+    gaps = [(losses.phuber_ce(logits, targets, tau=1 + d, reduction="none") - linear).abs().max().item()
+            for d in (1e-1, 1e-3, 1e-6)]
+    assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 1e-4
+
+
+def test_phuber_ce_equals_ce_when_no_probability_is_below_threshold():
+    logits, targets = random_batch(scale=1.0)
+    tau = 1e6
+    assert (p_target(logits, targets) > 1 / tau).all()
+    assert torch.equal(losses.phuber_ce(logits, targets, tau=tau, reduction="none"),
+                       losses.ce(logits, targets, reduction="none"))
+
+
+def test_gce_limits():
+    logits, targets = random_batch(scale=1.0)
+    torch.testing.assert_close(losses.gce(logits, targets, q=1.0), losses.linear(logits, targets),
+                               rtol=1e-12, atol=1e-12)
+    ce = losses.ce(logits, targets, reduction="none")
+    gaps = [(losses.gce(logits, targets, q=q, reduction="none") - ce).abs().max().item()
+            for q in (1e-1, 1e-3, 1e-6)]
+    assert gaps[0] > gaps[1] > gaps[2] and gaps[2] < 1e-4
+
+
+def test_phuber_gce_with_q_one_is_linear():
+    logits, targets = random_batch()
+    torch.testing.assert_close(losses.phuber_gce(logits, targets, tau=5.0, q=1.0),
+                               losses.linear(logits, targets), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("tau", [1.1, 1 + math.exp(-1), 2.0, 10.0])
+def test_binary_partially_huberised_is_two_class_phuber_ce(tau):
+    z = torch.linspace(-6, 6, 121, dtype=torch.float64)
+    logits = torch.stack([torch.zeros_like(z), z], 1)
+    targets = torch.ones(len(z), dtype=torch.long)
+    multiclass = losses.phuber_ce(logits, targets, tau=tau, reduction="none").numpy()
+    np.testing.assert_allclose(losses.partially_huberised(z.numpy(), tau), multiclass, rtol=1e-10, atol=1e-12)
+    binary_ce = losses.ce(logits, targets, reduction="none").numpy()
+    np.testing.assert_allclose(losses.logistic(z.numpy()), binary_ce, rtol=1e-10, atol=1e-12)
+
+
+def test_sce_and_nce_rce_parts():
+    logits, targets = random_batch()
+    p = p_target(logits, targets)
+    rce = 4 * (1 - p)
+    torch.testing.assert_close(losses.sce(logits, targets, alpha=1.0, beta=2.0, reduction="none"),
+                               losses.ce(logits, targets, reduction="none") + 2 * rce)
+    # NCE is a normalised loss: in (0, 1], and 1 / C at the uniform prediction
+    nce = losses.nce_rce(logits, targets, alpha=1.0, beta=1e-12, reduction="none")
+    assert ((nce > 0) & (nce <= 1)).all()
+    uniform = losses.nce_rce(torch.zeros(3, 7, dtype=torch.float64), torch.tensor([0, 3, 6]),
+                             alpha=1.0, beta=1e-12, reduction="none")
+    torch.testing.assert_close(uniform, torch.full((3,), 1 / 7, dtype=torch.float64))
+
+
+# ---------------------------------------------------------------------------------------------
+# Numerics: extreme logits and low precision.
+
+def extreme_batch(c=100, dtype=torch.float32):
+    logits = torch.full((6, c), -1e4, dtype=dtype)
+    logits[0, 0] = 1e4                       # one-hot-like, target is the winner: p = 1
+    logits[1, 1] = 1e4                       # one-hot-like, target loses by 2e4: p = exp(-2e4)
+    logits[2] = torch.linspace(-1e4, 1e4, c)
+    logits[3] = 1e4                          # all equal and huge: p = 1/C
+    logits[4] = torch.linspace(1e4, -1e4, c)
+    logits[5, ::2] = 1e4
+    targets = torch.tensor([0, 0, 0, 5, c - 1, 1])
+    return logits, targets
+
+
+@pytest.mark.parametrize("name", MULTICLASS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_extreme_logits_finite(name, dtype):
+    logits, targets = extreme_batch(dtype=dtype)
+    logits.requires_grad_(True)
+    for reduction in ("none", "mean"):
+        value = losses.make_loss(name, reduction=reduction)(logits, targets)
+        assert value.dtype == torch.float32  # computed in float32 whatever the input precision
+        assert torch.isfinite(value).all(), (name, dtype, value)
+        (grad,) = torch.autograd.grad(value.sum(), logits)
+        assert grad.dtype == dtype and torch.isfinite(grad).all(), (name, dtype)
+
+
+@pytest.mark.parametrize("name", MULTICLASS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_under_autocast(name, dtype):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(20, 10)
+    x = 100 * torch.randn(64, 20)
+    targets = torch.randint(0, 10, (64,))
+    with torch.autocast("cpu", dtype=dtype):
+        logits = model(x)
+        assert logits.dtype == dtype
+        value = losses.make_loss(name)(logits, targets)
+    value.backward()
+    assert value.dtype == torch.float32 and torch.isfinite(value)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    # close to the float32 value of the same logits
+    assert value.item() == pytest.approx(losses.make_loss(name)(logits.float(), targets).item(), rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reductions, shapes, dtypes, parameters, registry.
+
+@pytest.mark.parametrize("name", MULTICLASS)
+def test_reductions(name):
+    logits, targets = random_batch(n=30)
+    none = losses.make_loss(name, reduction="none")(logits, targets)
+    assert none.shape == (30,)
+    torch.testing.assert_close(losses.make_loss(name, reduction="mean")(logits, targets), none.mean())
+    torch.testing.assert_close(losses.make_loss(name, reduction="sum")(logits, targets), none.sum())
+    with pytest.raises(ValueError, match="'avg'"):
+        losses.make_loss(name, reduction="avg")
+    with pytest.raises(ValueError, match="'avg'"):
+        getattr(losses, name)(logits, targets, reduction="avg")
+
+
+@pytest.mark.parametrize("logits,targets,match", [
+    (torch.zeros(4), torch.zeros(4, dtype=torch.long), r"\(N, C\)"),
+    (torch.zeros(4, 3, 2), torch.zeros(4, dtype=torch.long), r"\(N, C\)"),
+    (torch.zeros(4, 3, dtype=torch.long), torch.zeros(4, dtype=torch.long), "floating-point"),
+    (torch.zeros(4, 3), torch.zeros(4), "integer"),
+    (torch.zeros(4, 3), torch.zeros(4, 1, dtype=torch.long), r"\(N,\)"),
+    (torch.zeros(4, 3), torch.zeros(5, dtype=torch.long), "disagree"),
+    (np.zeros((4, 3)), torch.zeros(4, dtype=torch.long), "ndarray"),
+])
+def test_shape_and_dtype_errors(logits, targets, match):
+    for name in MULTICLASS:
+        with pytest.raises(ValueError, match=match):
+            losses.make_loss(name)(logits, targets)
+
+
+def test_integer_targets_of_any_width_accepted():
+    logits, targets = random_batch(n=20)
+    ref = losses.ce(logits, targets)
+    for dtype in (torch.int32, torch.uint8, torch.int16):
+        assert torch.equal(losses.ce(logits, targets.to(dtype)), ref)
+
+
+@pytest.mark.parametrize("name,params,bad", [
+    ("phuber_ce", {"tau": 1.0}, "tau=1.0"), ("phuber_ce", {"tau": 0.5}, "tau=0.5"),
+    ("phuber_ce", {"tau": -3}, "tau=-3"), ("phuber_ce", {"tau": float("nan")}, "tau=nan"),
+    ("phuber_ce", {"tau": float("inf")}, "tau=inf"), ("phuber_ce", {"tau": "10"}, "tau='10'"),
+    ("phuber_gce", {"tau": 1.0}, "tau=1.0"), ("phuber_gce", {"q": 0.0}, "q=0.0"),
+    ("phuber_gce", {"q": 1.5}, "q=1.5"), ("gce", {"q": 0}, "q=0"), ("gce", {"q": -0.1}, "q=-0.1"),
+    ("gce", {"q": 1.0001}, "q=1.0001"), ("gce", {"q": float("nan")}, "q=nan"),
+    ("sce", {"alpha": 0}, "alpha=0"), ("nce_rce", {"beta": -1.0}, "beta=-1.0"),
+    ("ce", {"tau": 10}, "tau"), ("linear", {"q": 0.5}, "q"), ("gce", {"tau": 2}, "tau"),
+])
+def test_bad_parameters_raise(name, params, bad):
+    with pytest.raises(ValueError, match=bad.replace("(", r"\(").replace(".", r"\.")):
+        losses.make_loss(name, **params)
+
+
+def test_functional_forms_validate_parameters_too():
+    logits, targets = random_batch(n=5)
+    with pytest.raises(ValueError, match="tau=1"):
+        losses.phuber_ce(logits, targets, tau=1)
+    with pytest.raises(ValueError, match="q=2"):
+        losses.gce(logits, targets, q=2)
+    with pytest.raises(ValueError, match="tau=2"):
+        losses.huberised(np.zeros(3), 2)
+    with pytest.raises(ValueError, match="tau=0.5"):
+        losses.partially_huberised(np.zeros(3), 0.5)
+
+
+def test_unknown_name_lists_valid_names_and_ranges():
+    with pytest.raises(ValueError) as err:
+        losses.make_loss("phuber")
+    message = str(err.value)
+    assert "'phuber'" in message
+    for name in losses.LOSSES:
+        assert name in message
+    assert "tau > 1" in message and "q in (0, 1]" in message
+
+
+def test_registry():
+    assert list(losses.LOSSES)[:5] == ["ce", "linear", "gce", "phuber_ce", "phuber_gce"]
+    assert losses.make_loss("phuber_ce").params == {"tau": 10.0}
+    assert losses.make_loss("phuber_gce", tau=None, q=None).params == {"tau": 10.0, "q": 0.7}
+    assert losses.make_loss("gce").params == {"q": 0.7}
+    assert losses.make_loss("phuber_ce", tau=2).params == {"tau": 2.0}
+    assert "tau=2" in repr(losses.make_loss("phuber_ce", tau=2))
+
+
+def test_import_loads_only_torch_and_numpy():
+    code = ("import sys; import numpy, torch; before = set(sys.modules); import losses; "
+            "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
+            "print(sorted(new - set(sys.stdlib_module_names)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['losses']"
