@@ -1,0 +1,198 @@
+"""Throughput benchmark: our training loop against the usual DataLoader loop and the bare floor.
+
+    python bench.py --data-dir /usr/share/datasets/fashion-mnist        # real data (else random)
+
+prints, for the chosen device (default: cuda if available):
+  1. LeNet training images/s: the floor (a bare forward/backward/step loop over pre-made,
+     pre-normalised batches), our loop (training.train_epoch: uint8 data on the device, per-epoch
+     permutation, on-device normalisation, statistics kept on the device), and the usual way
+     (torchvision-style Dataset returning PIL images, ToTensor + Normalize, DataLoader workers);
+  2. CIFAR augmentation images/s: our batched crop + flip + normalise against torchvision's
+     per-image RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize;
+  3. ResNet-50 (CIFAR variant) training images/s with our loop.
+Measurements only; nothing is asserted. On a 2-core CPU the whole run takes about two minutes.
+"""
+import argparse
+import time
+import types
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import losses
+import models
+import training
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device):
+    synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - t0
+
+
+def mnist_like(args):
+    """Fashion-MNIST if --data-dir holds it, else random images with the same shapes."""
+    if args.data_dir:
+        train_x, train_y, _, _ = training.load_dataset("fashion-mnist", args.data_dir)
+        return train_x[:args.limit], train_y[:args.limit]
+    g = torch.Generator().manual_seed(0)
+    return (torch.randint(0, 256, (args.limit, 1, 28, 28), dtype=torch.uint8, generator=g),
+            torch.randint(0, 10, (args.limit,), generator=g))
+
+
+def run_args(batch_size, **extra):
+    """The subset of a training script's arguments that train_epoch reads."""
+    return types.SimpleNamespace(batch_size=batch_size, channels_last=False, clip_mode="global",
+                                 clip_norm=None, **extra)
+
+
+def our_loop(model_name, images, labels, device, batch_size, augment, steps=None):
+    """Images/s of training.train_epoch (optionally on the first `steps` batches only)."""
+    if steps is not None:
+        images, labels = images[:steps * batch_size], labels[:steps * batch_size]
+    mean, std = training.channel_stats(images)
+    data = training.Data(train_x=images.to(device), train_y=labels.to(device), train_clean=labels.to(device),
+                         mean=mean.float().view(1, -1, 1, 1).to(device), std=std.float().view(1, -1, 1, 1).to(device))
+    torch.manual_seed(0)
+    net = models.make_model(model_name, 10, images.shape[1]).to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.1 ** (step / 10000))
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    generator = torch.Generator(device).manual_seed(0)
+    autocast = lambda: torch.autocast(device.type, enabled=False)  # noqa: E731
+    epoch = lambda: training.train_epoch(net, net, optimizer, scheduler, scaler, losses.CrossEntropy(),  # noqa: E731
+                                         data, run_args(batch_size), generator, augment, autocast)
+    return len(images) / timed(epoch, device)
+
+
+def bare_loop(images, labels, device, batch_size):
+    """The floor: forward, loss, backward, step over batches made before the clock starts."""
+    mean, std = training.channel_stats(images)
+    x = ((images.float() - mean.float().view(1, -1, 1, 1)) / std.float().view(1, -1, 1, 1)).to(device)
+    batches = [(x[i:i + batch_size], labels[i:i + batch_size].to(device)) for i in range(0, len(x), batch_size)]
+    torch.manual_seed(0)
+    net = models.LeNet5().to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+    def epoch():
+        for xb, yb in batches:
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(net(xb), yb).backward()
+            optimizer.step()
+    return len(images) / timed(epoch, device)
+
+
+class PILDataset(torch.utils.data.Dataset):
+    """What torchvision's MNIST class does per item: a PIL image through the transforms."""
+
+    def __init__(self, images, labels, transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        from PIL import Image
+        array = self.images[i].permute(1, 2, 0).squeeze(-1).numpy()
+        return self.transform(Image.fromarray(array)), int(self.labels[i])
+
+
+def dataloader_loop(images, labels, device, batch_size, workers):
+    """The usual way: DataLoader workers decoding PIL images and applying per-image transforms."""
+    import torchvision.transforms as T
+    mean, std = training.channel_stats(images)
+    transform = T.Compose([T.ToTensor(), T.Normalize((mean / 255).tolist(), (std / 255).tolist())])
+    loader = torch.utils.data.DataLoader(PILDataset(images, labels, transform), batch_size=batch_size,
+                                         shuffle=True, num_workers=workers, pin_memory=device.type == "cuda",
+                                         persistent_workers=False)
+    torch.manual_seed(0)
+    net = models.LeNet5().to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+
+    def epoch():
+        for xb, yb in loader:
+            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(net(xb), yb).backward()
+            optimizer.step()
+    return len(images) / timed(epoch, device)
+
+
+def augmentation(device, n, batch_size):
+    """Images/s of our batched crop + flip + normalise and of torchvision's per-image transforms."""
+    import torchvision.transforms as T
+    from PIL import Image
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    mean, std = training.channel_stats(images)
+    data = types.SimpleNamespace(mean=mean.float().view(1, -1, 1, 1).to(device),
+                                 std=std.float().view(1, -1, 1, 1).to(device))
+    on_device = images.to(device)
+    generator = torch.Generator(device).manual_seed(0)
+
+    def ours():
+        for i in range(0, n, batch_size):
+            training.normalise(training.random_crop_flip(on_device[i:i + batch_size], generator), data)
+    pil = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in images]  # decoded before the clock
+    transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
+                           T.Normalize((mean / 255).tolist(), (std / 255).tolist())])
+
+    def theirs():
+        for i in range(0, n, batch_size):
+            torch.stack([transform(im) for im in pil[i:i + batch_size]])
+    return n / timed(ours, device), n / timed(theirs, torch.device("cpu"))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="torch device (default: %(default)s)")
+    p.add_argument("--data-dir", help="folder with the Fashion-MNIST IDX files (default: random images)")
+    p.add_argument("--limit", type=int, default=60000, help="LeNet training images per epoch (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=4, help="DataLoader workers of the usual loop (default: %(default)s)")
+    p.add_argument("--aug-images", type=int, default=20000, help="images for the augmentation test (default: %(default)s)")
+    p.add_argument("--resnet-steps", type=int, help="ResNet-50 steps to time (default: 3 on cpu, 50 on cuda)")
+    args = p.parse_args()
+    device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = True
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    print(f"device: {name}; torch {torch.__version__}")
+
+    images, labels = mnist_like(args)
+    print(f"LeNet, batch 32, {len(images)} {'Fashion-MNIST' if args.data_dir else 'random'} images per epoch:")
+    our_loop("lenet", images[:2048], labels[:2048], device, 32, augment=False)  # warm-up
+    floor = bare_loop(images, labels, device, 32)
+    ours = our_loop("lenet", images, labels, device, 32, augment=False)
+    usual = dataloader_loop(images, labels, device, 32, args.workers)
+    print(f"  bare loop (floor)          {floor:10,.0f} img/s  {len(images) / floor:6.1f} s/epoch")
+    print(f"  our loop                   {ours:10,.0f} img/s  {len(images) / ours:6.1f} s/epoch  "
+          f"({floor / ours:.2f}x the floor's time)")
+    print(f"  DataLoader + PIL ({args.workers} workers) {usual:10,.0f} img/s  {len(images) / usual:6.1f} s/epoch  "
+          f"(ours is {ours / usual:.1f}x faster)")
+
+    ours_aug, theirs_aug = augmentation(device, args.aug_images, 128)
+    print(f"CIFAR augmentation (crop + flip + normalise), {args.aug_images} images:")
+    print(f"  ours, batched on {device.type:6s}    {ours_aug:10,.0f} img/s")
+    print(f"  torchvision per image      {theirs_aug:10,.0f} img/s  (ours is {ours_aug / theirs_aug:.0f}x faster)")
+
+    steps = args.resnet_steps or (3 if device.type == "cpu" else 50)
+    batch = 128
+    g = torch.Generator().manual_seed(0)
+    cifar = torch.randint(0, 256, ((steps + 1) * batch, 3, 32, 32), dtype=torch.uint8, generator=g)
+    cifar_y = torch.randint(0, 10, (len(cifar),), generator=g)
+    our_loop("resnet50", cifar[:batch], cifar_y[:batch], device, batch, augment=True)  # warm-up
+    rate = our_loop("resnet50", cifar, cifar_y, device, batch, augment=True, steps=steps)
+    print(f"ResNet-50 (CIFAR), batch {batch}, float32, {steps} steps:")
+    print(f"  our loop                   {rate:10,.1f} img/s  ({50000 / rate / 60:.1f} min per CIFAR epoch)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,324 @@
+"""Tests for models.py, training.py, train_mnist.py and train_cifar.py on tiny generated datasets."""
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import types
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+import conftest
+import models
+import train_cifar
+import train_mnist
+import training
+
+TIMING = {"epoch_seconds", "images_per_second", "wall_seconds", "finished"}
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def mnist_args(mnist_dir, out, *extra):
+    return ["--data-dir", mnist_dir, "--out", str(out), "--epochs", "2", *map(str, extra)]
+
+
+def only_run_dir(out):
+    (name,) = os.listdir(os.path.join(out, "runs"))
+    return os.path.join(out, "runs", name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Models.
+
+def test_parameter_counts():
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(models.LeNet5()) == 61706
+    assert count(models.resnet18(10)) == 11173962
+    assert count(models.resnet50(10)) == 23520842        # kuangliu/pytorch-cifar's ResNet50
+    assert count(models.resnet50(100)) == pytest.approx(23.7e6, rel=0.005)
+
+
+def test_lenet_init_and_shapes():
+    torch.manual_seed(0)
+    net = models.LeNet5()
+    weights = torch.cat([m.weight.flatten() for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))])
+    assert weights.abs().max() <= 0.2                    # truncated at 2 std
+    assert weights.std().item() == pytest.approx(0.088, abs=0.003)  # std of N(0, 0.1) cut at +-2 std
+    assert all((m.bias == 0).all() for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert models.resnet18(100)(torch.zeros(2, 3, 32, 32)).shape == (2, 100)
+    assert not models.has_batch_norm(net) and models.has_batch_norm(models.resnet18())
+    # CIFAR stem: 3x3 stride-1 convolution, no max-pool
+    stem = models.resnet50().conv1
+    assert stem.kernel_size == (3, 3) and stem.stride == (1, 1) and stem.padding == (1, 1)
+    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in models.resnet50().modules())
+
+
+# ---------------------------------------------------------------------------------------------
+# Label noise.
+
+def noisy(labels, rho, k=10, noise="symmetric", dataset="mnist", seed=0):
+    return training.add_label_noise(labels, rho, k, noise, training.flip_map(dataset, noise),
+                                    torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("rho", [0.2, 0.6])
+def test_symmetric_noise_rate_and_uniformity(rho):
+    n = 200_000
+    clean = torch.randint(0, 10, (n,), generator=torch.Generator().manual_seed(1))
+    y = noisy(clean, rho)
+    rate = (y != clean).double().mean().item()
+    assert abs(rate - rho) < 5 * math.sqrt(rho * (1 - rho) / n)      # never "flips" to the same class
+    offsets = ((y - clean) % 10)[y != clean]
+    counts = torch.bincount(offsets, minlength=10)[1:].numpy()        # uniform over the other 9 classes
+    assert stats.chisquare(counts).pvalue > 1e-4
+    # flips are independent of the class
+    per_class = [(y[clean == c] != c).double().mean().item() for c in range(10)]
+    assert max(per_class) - min(per_class) < 0.02
+
+
+def test_noise_depends_on_noise_seed_only(mnist_dir):
+    def labels(*argv):
+        parser = train_mnist.build_parser()
+        args = parser.parse_args(["--data-dir", mnist_dir, "--rho", "0.4", *argv])
+        args.model = "lenet"
+        training.check_args(args, parser, 10, "lenet")
+        return training.prepare_data(args, torch.device("cpu")).train_y
+    base = labels("--seed", "0")
+    assert torch.equal(base, labels("--seed", "7"))
+    assert not torch.equal(base, labels("--noise-seed", "1"))
+
+
+def test_rho_zero_changes_nothing():
+    clean = torch.randint(0, 10, (1000,))
+    assert torch.equal(noisy(clean, 0.0), clean)
+
+
+# ---------------------------------------------------------------------------------------------
+# Augmentation.
+
+def test_random_crop_flip_stays_inside_padded_image_and_flips_half():
+    n, c, h, w, pad = 4000, 2, 8, 8, 4
+    base = torch.arange(1, c * h * w + 1).view(1, c, h, w).to(torch.uint8)  # distinct non-zero pixels
+    out = training.random_crop_flip(base.expand(n, c, h, w), torch.Generator().manual_seed(0), pad=pad)
+    assert out.shape == (n, c, h, w) and out.dtype == torch.uint8
+    padded = torch.nn.functional.pad(base, (pad,) * 4)[0]
+    keys, windows = [], []
+    for dy in range(2 * pad + 1):
+        for dx in range(2 * pad + 1):
+            for flip in (False, True):
+                crop = padded[:, dy:dy + h, dx:dx + w]
+                keys.append((dy, dx, flip))
+                windows.append(crop.flip(-1) if flip else crop)
+    match = (out.unsqueeze(1) == torch.stack(windows).unsqueeze(0)).flatten(2).all(2)  # (n, windows)
+    assert (match.sum(1) == 1).all(), "every output must be exactly one crop of the zero-padded image"
+    found = [keys[i] for i in match.int().argmax(1).tolist()]
+    flips = np.mean([f for _, _, f in found])
+    assert abs(flips - 0.5) < 4 * math.sqrt(0.25 / n)
+    offsets = np.bincount([dy * (2 * pad + 1) + dx for dy, dx, _ in found], minlength=(2 * pad + 1) ** 2)
+    assert (offsets > 0).all() and stats.chisquare(offsets).pvalue > 1e-4  # all 81 crops, uniformly
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning-rate schedules.
+
+def test_mnist_schedule_is_exponential_per_iteration():
+    args = train_mnist.build_parser().parse_args([])
+    f = train_mnist.lr_factor(args, steps_per_epoch=1875)
+    assert [f(n) for n in (0, 5000, 10000, 20000)] == pytest.approx([1, 0.1 ** 0.5, 0.1, 0.01])
+    opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1e-3)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, f)
+    for _ in range(10000):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize("dataset,expected", [
+    ("cifar10", {0: 1, 159: 1, 160: 0.1, 299: 0.1, 300: 0.01, 359: 0.01, 360: 0.001, 399: 0.001}),
+    ("cifar100", {0: 1, 59: 1, 60: 0.2, 120: 0.04, 159: 0.04, 160: 0.008, 199: 0.008}),
+])
+def test_cifar_schedule_steps_at_the_papers_epochs(dataset, expected):
+    args = train_cifar.build_parser().parse_args(["--dataset", dataset])
+    for key, value in train_cifar.PAPER[dataset].items():
+        setattr(args, key, value)
+    steps = 391
+    f = train_cifar.lr_factor(args, steps)
+    for epoch, factor in expected.items():
+        assert f(epoch * steps) == pytest.approx(factor) and f(epoch * steps + steps - 1) == pytest.approx(factor)
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole runs.
+
+def test_two_epoch_run_writes_well_formed_csvs(mnist_dir, tmp_path, capsys):
+    assert train_mnist.main(mnist_args(mnist_dir, tmp_path, "--loss", "phuber_ce", "--rho", "0.2")) == 0
+    (row,) = read_csv(tmp_path / "summary.csv")
+    run_dir = only_run_dir(tmp_path)
+    assert row["run"] == os.path.basename(run_dir)
+    for key, value in dict(dataset="mnist", model="lenet", loss="phuber_ce", tau="10.0", rho="0.2", seed="0",
+                           noise_seed="0", epochs="2", batch_size="32", lr="0.001", weight_decay="0.001",
+                           train_size="600", test_size="200", device="cpu", torch=torch.__version__).items():
+        assert row[key] == value, key
+    assert 0.15 < float(row["flip_rate"]) < 0.25 and len(row["label_hash"]) == 16
+    assert 50 < float(row["test_acc"]) <= 100  # learned something on the patterned images
+    epochs = read_csv(os.path.join(run_dir, "epochs.csv"))
+    assert [r["epoch"] for r in epochs] == ["1", "2"]
+    for r in epochs:
+        for key in ("train_loss", "train_acc", "train_clean_acc", "memorised", "test_loss", "test_acc",
+                    "test_ece", "epoch_seconds", "images_per_second", "lr"):
+            assert math.isfinite(float(r[key])), key
+        assert 0 <= float(r["memorised"]) <= 100 and r["val_acc"] == ""
+    assert float(epochs[1]["step"]) == 2 * 19  # ceil(600 / 32) steps per epoch
+    assert row["test_acc"] == epochs[-1]["test_acc"]  # the final epoch's, never a best epoch
+    counts = read_csv(os.path.join(run_dir, "noise_transitions.csv"))
+    assert sum(int(v) for r in counts for k, v in r.items() if k != "clean") == 600
+    meta = json.load(open(os.path.join(run_dir, "config.json")))
+    assert meta["config"]["loss"] == "phuber_ce" and meta["versions"]["torch"] == torch.__version__
+    assert not os.path.exists(os.path.join(run_dir, "checkpoint.pt"))
+    out = capsys.readouterr().out
+    assert out.count("epoch ") >= 2 and "final test accuracy" in out
+
+
+def test_same_flags_same_numbers(mnist_dir, tmp_path):
+    for out in ("a", "b"):
+        train_mnist.main(mnist_args(mnist_dir, tmp_path / out, "--rho", "0.4", "--loss", "gce"))
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]  # noqa: E731
+    assert strip(read_csv(tmp_path / "a" / "summary.csv")) == strip(read_csv(tmp_path / "b" / "summary.csv"))
+    a, b = (read_csv(os.path.join(only_run_dir(tmp_path / o), "epochs.csv")) for o in ("a", "b"))
+    assert strip(a) == strip(b)
+
+
+def test_finished_run_is_skipped_and_force_reruns(mnist_dir, tmp_path, capsys):
+    argv = mnist_args(mnist_dir, tmp_path, "--epochs", "1")
+    train_mnist.main(argv)
+    before = read_csv(tmp_path / "summary.csv")
+    assert train_mnist.main(argv) == 0
+    assert "already finished" in capsys.readouterr().out
+    assert read_csv(tmp_path / "summary.csv") == before
+    train_mnist.main(argv + ["--force"])
+    after = read_csv(tmp_path / "summary.csv")
+    assert len(after) == 1 and after[0]["finished"] >= before[0]["finished"]
+    train_mnist.main(argv + ["--seed", "1"])  # another configuration: a second row, another folder
+    assert len(read_csv(tmp_path / "summary.csv")) == 2 and len(os.listdir(tmp_path / "runs")) == 2
+
+
+def test_kill_and_resume_equals_uninterrupted(mnist_dir, tmp_path, python):
+    argv = [python, "train_mnist.py", "--data-dir", mnist_dir, "--epochs", "8", "--rho", "0.4", "--loss", "phuber_gce"]
+    subprocess.run(argv + ["--out", str(tmp_path / "full")], check=True, cwd=conftest.ROOT, capture_output=True)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(argv + ["--out", str(out)], cwd=conftest.ROOT, stdout=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (os.path.isdir(out / "runs") and os.listdir(out / "runs") and
+               os.path.exists(os.path.join(only_run_dir(out), "checkpoint.pt"))):
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not os.path.exists(out / "summary.csv")  # killed mid-run: nothing claimed finished
+    again = subprocess.run(argv + ["--out", str(out)], cwd=conftest.ROOT, capture_output=True, text=True)
+    assert again.returncode == 2 and "--resume" in again.stderr  # never silently restarts
+    subprocess.run(argv + ["--out", str(out), "--resume"], check=True, cwd=conftest.ROOT, capture_output=True)
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]  # noqa: E731
+    assert strip(read_csv(out / "summary.csv")) == strip(read_csv(tmp_path / "full" / "summary.csv"))
+    full, resumed = (read_csv(os.path.join(only_run_dir(d), "epochs.csv")) for d in (tmp_path / "full", out))
+    assert strip(full) == strip(resumed) and len(resumed) == 8
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--loss", "huber"], "'huber'"), (["--loss", "phuber_ce", "--tau", "1"], "tau=1.0"),
+    (["--loss", "phuber_ce", "--tau", "0.5"], "tau=0.5"), (["--loss", "gce", "--q", "1.5"], "q=1.5"),
+    (["--rho", "1"], "--rho 1.0"), (["--rho", "-0.1"], "--rho -0.1"), (["--epochs", "0"], "--epochs 0"),
+    (["--batch-size", "0"], "--batch-size 0"), (["--clip-norm", "0"], "--clip-norm 0.0"),
+    (["--val-split", "1"], "--val-split 1.0"), (["--loss", "ce", "--tau", "2"], "does not take tau"),
+    (["--clip-mode", "per-example"], "needs --clip-norm"), (["--rho", "x"], "invalid float value: 'x'"),
+    (["--device", "gpu0"], "--device 'gpu0'"),
+])
+def test_bad_flags_exit_2_with_one_line(flags, message, tmp_path, python):
+    result = subprocess.run([python, "train_mnist.py", "--out", str(tmp_path / "out"), *flags],
+                            cwd=conftest.ROOT, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_per_example_clipping_refused_for_batch_norm(cifar_dir, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        train_cifar.main(["--data-dir", cifar_dir, "--out", str(tmp_path), "--model", "resnet18",
+                          "--clip-norm", "1", "--clip-mode", "per-example"])
+    assert e.value.code == 2
+
+
+def test_missing_data_is_one_clear_line(tmp_path, python):
+    empty = tmp_path / "nothing here"
+    result = subprocess.run([python, "train_mnist.py", "--data-dir", str(empty), "--out", str(tmp_path / "out")],
+                            cwd=conftest.ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1
+    assert str(empty) in line and "train-images-idx3-ubyte" in line and "t10k-labels-idx1-ubyte" in line
+    assert not os.path.exists(tmp_path / "out" / "summary.csv")
+
+
+def test_non_finite_loss_stops_cleanly(mnist_dir, tmp_path, python):
+    result = subprocess.run([python, "train_mnist.py", *mnist_args(mnist_dir, tmp_path, "--lr", "1e30")],
+                            cwd=conftest.ROOT, capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "non-finite training loss at epoch 1, step" in result.stderr
+    assert not os.path.exists(tmp_path / "summary.csv")
+
+
+@pytest.mark.parametrize("layout", ["torchvision", "gzip"])
+def test_dataset_layouts(layout, tmp_path):
+    if layout == "torchvision":
+        conftest.make_idx_dataset(str(tmp_path / "FashionMNIST" / "raw"), n_train=50, n_test=20)
+    else:
+        conftest.make_idx_dataset(str(tmp_path), n_train=50, n_test=20, gz=True)
+    train_x, train_y, test_x, test_y = training.load_dataset("fashion-mnist", str(tmp_path))
+    assert train_x.shape == (50, 1, 28, 28) and test_x.shape == (20, 1, 28, 28)
+    assert train_x.dtype == torch.uint8 and train_y.dtype == torch.int64 and len(test_y) == 20
+
+
+def test_prepare_data_describes_dataset(cifar_dir, capsys):
+    assert train_cifar.main(["--data-dir", cifar_dir, "--dataset", "cifar100", "--prepare-data"]) == 0
+    assert "300 training and 100 test images of shape (3, 32, 32)" in capsys.readouterr().out
+
+
+# Mixed precision on CIFAR is covered on LeNet below: the CPU's float16/bfloat16 convolutions in a
+# ResNet take minutes, and the autocast / scaler code path is the same one.
+@pytest.mark.parametrize("dataset,extra", [("cifar10", []), ("cifar100", ["--channels-last"])])
+def test_cifar_runs_with_every_option_on_cpu(cifar_dir, tmp_path, dataset, extra):
+    argv = ["--data-dir", cifar_dir, "--dataset", dataset, "--model", "resnet18", "--epochs", "1",
+            "--batch-size", "50", "--out", str(tmp_path), "--loss", "phuber_ce", "--tau", "2", *extra]
+    assert train_cifar.main(argv) == 0
+    (row,) = read_csv(tmp_path / "summary.csv")
+    assert row["dataset"] == dataset and row["milestones"] == ("160 300 360" if dataset == "cifar10" else "60 120 160")
+    assert row["momentum"] == "0.1" and math.isfinite(float(row["test_acc"]))
+
+
+@pytest.mark.parametrize("extra", [["--amp", "bf16", "--clip-norm", "0.1"], ["--amp", "fp16", "--clip-norm", "0.1"],
+                                   ["--compile"]])
+def test_mnist_runs_with_amp_clipping_and_compile(mnist_dir, tmp_path, extra):
+    assert train_mnist.main(mnist_args(mnist_dir, tmp_path, "--epochs", "1", "--rho", "0.2", *extra)) == 0
+    (row,) = read_csv(tmp_path / "summary.csv")
+    assert math.isfinite(float(row["train_loss"])) and float(row["test_acc"]) > 20
+
+
+def test_expected_calibration_error_by_hand():
+    # confidences 0.9 (correct), 0.9 (wrong), 0.6 (correct), 0.3 (wrong) -> bins 14, 14, 9, 4 of 15
+    probs = torch.tensor([[0.9, 0.1, 0.0], [0.9, 0.05, 0.05], [0.6, 0.4, 0.0], [0.3, 0.35, 0.35]])
+    logits = probs.clamp_min(1e-12).log()
+    labels = torch.tensor([0, 1, 0, 2])
+    # the last row predicts class 1 (0.35 > 0.3 after argmax: first max) with confidence 0.35
+    expected = (abs(0.5 - 0.9) * 2 + abs(1 - 0.6) * 1 + abs(0 - 0.35) * 1) / 4
+    assert training.expected_calibration_error(logits, labels) == pytest.approx(expected, abs=1e-6)
