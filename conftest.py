@@ -73,6 +73,15 @@ def cifar_dir(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    """MNIST (torchvision's layout) and CIFAR-10 under one --data-dir, like a user's data/ folder."""
+    root = str(tmp_path_factory.mktemp("data"))
+    make_idx_dataset(os.path.join(root, "MNIST", "raw"), n_train=300, n_test=100)
+    make_cifar_dataset(root, "cifar10", n_train=100, n_test=50)
+    return root
+
+
 @pytest.fixture
 def python():
     return sys.executable

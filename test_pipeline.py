@@ -1,0 +1,269 @@
+"""Tests for run_all.sh (grid, --task, skip/resume, --quick) and aggregate.py (hand-made results)."""
+import csv
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+import aggregate
+import conftest
+
+
+def run_all(*args, env=None, check=True, **kwargs):
+    env = dict(os.environ, PYTHON=sys.executable, **(env or {}))
+    result = subprocess.run(["bash", "run_all.sh", *args], cwd=conftest.ROOT, env=env, capture_output=True,
+                            text=True, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"run_all.sh {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ---------------------------------------------------------------------------------------------
+# The grid.
+
+@pytest.mark.parametrize("datasets,count", [("mnist", 72), ("cifar10", 72), ("cifar100", 84), ("synthetic", 2),
+                                            ("fashion-mnist", 72), ("synthetic,mnist,cifar10,cifar100", 230)])
+def test_grid_sizes(datasets, count):
+    assert len(run_all("--list", "--datasets", datasets).stdout.splitlines()) == count
+
+
+def test_default_grid_is_the_reports():
+    cells = [line.split()[1] for line in run_all("--list").stdout.splitlines()]
+    assert cells[:2] == ["synthetic-long_servedio", "synthetic-ding"]
+    assert "mnist-phuber_ce-tau10-rho0.6-seed2" in cells and "cifar10-phuber_ce-tau2-rho0-seed0" in cells
+    assert "cifar100-phuber_ce-tau50-rho0.4-seed1" in cells and "cifar10-phuber_ce-tau10-rho0-seed0" not in cells
+    assert "mnist-ce+clip-rho0.2-seed0" in cells and "mnist-phuber_gce-tau10-rho0-seed0" in cells
+    assert len(cells) == len(set(cells))
+
+
+def test_task_runs_the_listed_cell():
+    listing = run_all("--list", "--datasets", "mnist,cifar100", "--losses", "ce+clip,phuber_ce").stdout.splitlines()
+    assert len(listing) == 4 * 3 * (2 + 3)  # mnist: 2 settings, cifar100: 3 (tau 10, 50)
+    for line in listing[::13]:
+        index, cell = line.split()
+        command = run_all("--datasets", "mnist,cifar100", "--losses", "ce+clip,phuber_ce", "--task", index,
+                          "--dry-run").stdout.strip()
+        dataset, rest = cell.split("-", 1)
+        rho, seed = cell.split("-rho")[1].split("-seed")
+        assert f"--dataset {dataset} " in command and f" --rho {rho} --seed {seed} " in command
+        assert ("--clip-norm 0.1" in command) == ("ce+clip" in cell)
+        if "tau" in rest:
+            assert f"--tau {rest.split('tau')[1].split('-')[0]}" in command
+
+
+def test_extra_losses_and_passthrough():
+    out = run_all("--datasets", "mnist", "--losses", "sce", "--rhos", "0.4", "--trials", "1", "--dry-run",
+                  "--", "--amp", "bf16").stdout.strip()
+    assert out.endswith("--loss sce --rho 0.4 --seed 0 --out results --resume --amp bf16")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--datasets", "imagenet"], "'imagenet'"), (["--losses", "huber"], "'huber'"), (["--trials", "0"], "'0'"),
+    (["--task", "999", "--datasets", "mnist"], "'999'"), (["--rhos", "1.5"], "'1.5'"), (["--bogus"], "'--bogus'"),
+])
+def test_bad_options_exit_2(args, message):
+    result = run_all(*args, check=False)
+    assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Running: skip, resume, unavailable data, the quick pipeline.
+
+def test_finished_cells_are_skipped_and_interrupted_ones_resume(data_root, tmp_path):
+    common = ["--datasets", "mnist", "--losses", "ce", "--rhos", "0.2", "--trials", "1", "--out", str(tmp_path)]
+    env = dict(os.environ, PYTHON=sys.executable)
+    # start the cell with a longer budget and kill the whole run once its first checkpoint is there
+    proc = subprocess.Popen(["bash", "run_all.sh", *common, "--", "--data-dir", data_root, "--epochs", "12"],
+                            cwd=conftest.ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    runs = tmp_path / "runs"
+    deadline = time.time() + 120
+    while not (runs.is_dir() and any((d / "checkpoint.pt").exists() for d in runs.iterdir())):
+        assert time.time() < deadline and proc.poll() is None
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "summary.csv").exists()
+    first = run_all(*common, "--", "--data-dir", data_root, "--epochs", "12")
+    assert "1 ran, 0 already finished" in first.stdout
+    log = (tmp_path / "logs" / "mnist-ce-rho0.2-seed0.log").read_text()
+    assert "resuming after epoch" in log and "final test accuracy" in log
+    second = run_all(*common, "--", "--data-dir", data_root, "--epochs", "12")
+    assert "0 ran, 1 already finished" in second.stdout
+    assert len(read_csv(tmp_path / "summary.csv")) == 1  # never duplicated
+
+
+def test_unavailable_dataset_is_skipped_with_a_message(tmp_path):
+    result = run_all("--datasets", "cifar100", "--losses", "ce", "--rhos", "0", "--trials", "1", "--out",
+                     str(tmp_path), "--", "--data-dir", str(tmp_path / "empty"), timeout=300)
+    assert "skipping cifar100: error: cifar100 not found" in result.stdout
+    assert "0 ran, 0 already finished, 1 skipped (data unavailable), 0 failed" in result.stdout
+
+
+def test_quick_pipeline_ends_with_tables_and_figures(data_root, tmp_path):
+    out = str(tmp_path / "quick")
+    run_all("--quick", "--datasets", "synthetic,mnist", "--losses", "ce,phuber_ce", "--rhos", "0,0.4",
+            "--out", out, "--", "--data-dir", data_root)
+    # the CIFAR cells on a CPU: a cheaper network through the pass-through flags
+    result = run_all("--quick", "--datasets", "cifar10", "--losses", "phuber_ce", "--rhos", "0.4", "--out", out,
+                     "--", "--data-dir", data_root, "--model", "resnet18")
+    assert "1 ran" in result.stdout and "0 failed" in result.stdout
+    rows = read_csv(os.path.join(out, "summary.csv"))
+    assert len(rows) == 2 * 2 + 1 and {r["epochs"] for r in rows} == {"1"}
+    tables, figures = os.listdir(os.path.join(out, "tables")), os.listdir(os.path.join(out, "figures"))
+    for name in ("mnist.md", "mnist.tex", "mnist.csv", "mnist_comparison.md", "cifar10.md",
+                 "synthetic_long_servedio_summary.csv", "synthetic_ding_minimisers.csv"):
+        assert name in tables, name
+    for name in ("mnist_accuracy.png", "mnist_accuracy.pdf", "mnist_curves.png", "mnist_memorisation.pdf",
+                 "synthetic_long_servedio.png", "synthetic_ding.pdf"):
+        assert name in figures, name
+    assert "(n=1)" in open(os.path.join(out, "tables", "mnist.md")).read()
+
+
+# ---------------------------------------------------------------------------------------------
+# aggregate.py on hand-made results.
+
+def summary_row(dataset, loss, rho, seed, acc, **extra):
+    row = dict(run=f"{dataset}-{loss}-{extra.get('tau', '')}-{extra.get('clip_norm', '')}-{rho}-{seed}",
+               dataset=dataset, model="lenet", loss=loss, tau="", q="", alpha="", beta="", clip_norm="",
+               clip_mode="global", rho=rho, seed=seed, noise="symmetric", noise_seed=0, epochs=20,
+               test_acc=acc, finished="2026-01-01T00:00:00")
+    row.update({k: v for k, v in extra.items()})
+    return row
+
+
+def write_summary(path, rows):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, columns)
+        w.writeheader()
+        w.writerows(rows)
+
+
+@pytest.fixture
+def hand_made(tmp_path):
+    rows = []
+    for seed, (ce0, ce4, ph0, ph4) in enumerate([(99.0, 90.0, 98.0, 95.0), (98.0, 91.0, 98.5, 97.0),
+                                                 (97.0, 92.0, 99.0, 98.0)]):
+        rows += [summary_row("mnist", "ce", 0.0, seed, ce0), summary_row("mnist", "ce", 0.4, seed, ce4),
+                 summary_row("mnist", "phuber_ce", 0.0, seed, ph0, tau=10.0),
+                 summary_row("mnist", "phuber_ce", 0.4, seed, ph4, tau=10.0)]
+    rows += [summary_row("mnist", "ce", 0.0, s, 97.0, clip_norm=0.1) for s in (0, 1)]  # two trials, rho 0 only
+    write_summary(str(tmp_path / "summary.csv"), rows)
+    return tmp_path
+
+
+def table_cells(path):
+    return {(r["label"], float(r["rho"])): r for r in read_csv(path)}
+
+
+def test_aggregate_means_standard_errors_best_and_missing(hand_made):
+    assert aggregate.main(["--results", str(hand_made), "--no-plot"]) == 0
+    cells = table_cells(hand_made / "tables" / "mnist.csv")
+    ce0 = cells[("CE", 0.0)]
+    assert float(ce0["mean"]) == pytest.approx(98.0) and float(ce0["se"]) == pytest.approx(1 / math.sqrt(3))
+    ph4 = cells[("PHuber-CE τ=10", 0.4)]
+    assert float(ph4["mean"]) == pytest.approx(96.6667, abs=1e-3)
+    assert float(ph4["se"]) == pytest.approx(math.sqrt(((95 - 96.6667) ** 2 + (97 - 96.6667) ** 2 + (98 - 96.6667) ** 2) / 2 / 3), abs=1e-3)
+    assert ph4["best"] == "True" and cells[("CE", 0.4)]["best"] == "False"
+    assert cells[("PHuber-CE τ=10", 0.0)]["best"] == "True"  # 98.5 beats CE's 98.0
+    clip = cells[("CE + clipping (0.1)", 0.0)]
+    assert clip["n"] == "2" and cells[("CE + clipping (0.1)", 0.4)]["mean"] == ""
+    md = (hand_made / "tables" / "mnist.md").read_text()
+    assert "| CE + clipping (0.1) | 97.0 ± 0.0 (n=2) | - |" in md
+    assert "**96.7 ± 0.9**" in md and "**98.5 ± 0.3**" in md
+    tex = (hand_made / "tables" / "mnist.tex").read_text()
+    assert r"\textbf{96.7 $\pm$ 0.9}" in tex
+    comparison = (hand_made / "tables" / "mnist_comparison.md").read_text()
+    assert "| CE | 0 | 98.0 ± 0.6 | 99.1 ± 0.1 | 98.7 | -1.1 | -0.7 |" in comparison
+
+
+def test_aggregate_paired_interval_by_hand(hand_made):
+    aggregate.main(["--results", str(hand_made), "--no-plot"])
+    rows = {float(r["rho"]): r for r in read_csv(hand_made / "tables" / "mnist_paired.csv")}
+    # rho 0.4: PHuber-CE - CE per seed = 5, 6, 6 -> mean 5.667, sd 0.5774, t(0.975, 2) = 4.3027
+    half = 4.302653 * 0.5773503 / math.sqrt(3)
+    assert float(rows[0.4]["mean_diff"]) == pytest.approx(17 / 3, abs=1e-3)
+    assert float(rows[0.4]["ci_low"]) == pytest.approx(17 / 3 - half, abs=1e-3)
+    assert float(rows[0.4]["ci_high"]) == pytest.approx(17 / 3 + half, abs=1e-3)
+    assert rows[0.4]["n"] == "3"
+
+
+def test_aggregate_skips_malformed_files_by_name(hand_made, capsys):
+    (hand_made / "elsewhere").mkdir()
+    (hand_made / "elsewhere" / "summary.csv").write_text("run,dataset\nx,mnist\n")  # no test_acc column
+    with open(hand_made / "summary_b.csv", "w") as f:  # one good row, one truncated
+        f.write("run,dataset,loss,rho,seed,test_acc\nb1,cifar10,ce,0.2,0,80.0\nb2,cifar10,ce,0.2,1,8")
+        f.write("\nb3,cifar10,ce,0.2\n")
+    assert aggregate.main(["--results", str(hand_made), "--no-plot"]) == 0
+    err = capsys.readouterr().err
+    assert "elsewhere/summary.csv: no column" in err and "summary_b.csv line 4" in err
+    cells = table_cells(hand_made / "tables" / "cifar10.csv")
+    assert cells[("CE", 0.2)]["n"] == "2"  # b1 and b2 (a short but well-formed number) kept, b3 dropped
+    assert (hand_made / "tables" / "mnist.md").exists()
+
+
+def test_aggregate_figures(hand_made):
+    assert aggregate.main(["--results", str(hand_made)]) == 0
+    assert {"mnist_accuracy.png", "mnist_accuracy.pdf"} <= set(os.listdir(hand_made / "figures"))
+
+
+def test_tau_is_chosen_on_validation_accuracy_never_test(tmp_path):
+    rows = []
+    for seed in (0, 1):
+        for tau, val, test in ((2.0, 60.0, 90.0), (10.0, 70.0, 10.0)):  # test accuracy says the opposite
+            rows.append(dict(dataset="mnist", loss="phuber_ce", tau=tau, rho=0.6, seed=seed, val_acc=val + seed,
+                             test_acc=test))
+        rows.append(dict(dataset="mnist", loss="phuber_ce", tau=2.0, rho=0.2, seed=seed, val_acc=99.0, test_acc=99))
+    tau, scores = aggregate.choose_tau(rows, "mnist", "phuber_ce")
+    assert tau == 10.0 and scores == {2.0: 60.5, 10.0: 70.5}
+    for r in rows:  # no test column at all: the same choice
+        del r["test_acc"]
+    assert aggregate.choose_tau(rows, "mnist", "phuber_ce")[0] == 10.0
+
+
+# ---------------------------------------------------------------------------------------------
+# A real single-node SLURM cluster on localhost (.ci/run installs it; skipped where it is missing).
+
+def squeue_empty(job_ids, env):
+    out = subprocess.run(["squeue", "-h", "-j", ",".join(job_ids)], env=env, capture_output=True, text=True)
+    return not out.stdout.strip()
+
+
+def test_slurm_array_runs_the_grid_and_aggregates(data_root, tmp_path):
+    cluster = tmp_path / "cluster"
+    start = subprocess.run(["bash", ".ci/slurm_localhost.sh", "start", str(cluster)], cwd=conftest.ROOT,
+                           capture_output=True, text=True, timeout=180)
+    if start.returncode == 3:
+        pytest.skip(start.stderr.strip())
+    assert start.returncode == 0, start.stdout + start.stderr
+    env = {"SLURM_CONF": str(cluster / "slurm.conf")}
+    try:
+        out = tmp_path / "results"
+        submitted = run_all("--slurm", "--quick", "--datasets", "synthetic,mnist", "--losses", "ce,phuber_ce",
+                            "--rhos", "0.4", "--out", str(out), "--", "--data-dir", data_root, env=env)
+        words = submitted.stdout.split()
+        array, aggregation = words[words.index("array") + 1], words[words.index("job", words.index("aggregation")) + 1]
+        assert "(4 cells)" in submitted.stdout
+        deadline = time.time() + 600
+        while not squeue_empty([array, aggregation], dict(os.environ, **env)):
+            assert time.time() < deadline, "SLURM jobs did not finish in 10 minutes"
+            time.sleep(1)
+        logs = sorted(os.listdir(out / "logs"))
+        assert sum(name.startswith(f"slurm-{array}_") for name in logs) == 4
+        rows = read_csv(out / "summary.csv")
+        assert sorted(r["loss"] for r in rows) == ["ce", "phuber_ce"]
+        assert (out / "synthetic" / "long_servedio.csv").exists() and (out / "synthetic" / "ding.csv").exists()
+        assert (out / "tables" / "mnist.md").exists() and (out / "figures" / "mnist_accuracy.png").exists()
+    finally:
+        subprocess.run(["bash", ".ci/slurm_localhost.sh", "stop", str(cluster)], cwd=conftest.ROOT, timeout=120)
