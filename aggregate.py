@@ -37,6 +37,8 @@ from collections import defaultdict
 import numpy as np
 from scipy import stats
 
+from training import write_atomic, write_csv
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 LOSS_ORDER = ["ce", "linear", "gce", "phuber_ce", "phuber_gce", "sce", "nce_rce"]
 LOSS_NAMES = {"ce": "CE", "linear": "Linear", "gce": "GCE", "phuber_ce": "PHuber-CE", "phuber_gce": "PHuber-GCE",
@@ -190,21 +192,7 @@ def fmt_cell(mean, se, n, expected):
 
 
 def write_text(path, text):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def write_csv(path, rows, columns):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, columns)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: f.write(text))
 
 
 def dataset_table(dataset, rows, out, expected):
@@ -375,9 +363,9 @@ def tau_selection_table(rows, out):
 # Figures.
 
 def save_figure(fig, out, name):
-    os.makedirs(os.path.join(out, "figures"), exist_ok=True)
     for ext in ("png", "pdf"):
-        fig.savefig(os.path.join(out, "figures", f"{name}.{ext}"), dpi=150, bbox_inches="tight")
+        write_atomic(os.path.join(out, "figures", f"{name}.{ext}"),
+                     lambda f: fig.savefig(f, format=ext, dpi=150, bbox_inches="tight"), binary=True)
 
 
 def accuracy_figure(dataset, table, rhos, refs, out, plt):
@@ -469,8 +457,9 @@ def synthetic(root, out):
     for pattern, target in (("*_summary.csv", "tables"), ("*minimisers.csv", "tables"), ("*.png", "figures"),
                             ("*.pdf", "figures")):
         for path in sorted(glob.glob(os.path.join(folder, pattern))):
-            os.makedirs(os.path.join(out, target), exist_ok=True)
-            shutil.copyfile(path, os.path.join(out, target, "synthetic_" + os.path.basename(path)))
+            with open(path, "rb") as src:
+                write_atomic(os.path.join(out, target, "synthetic_" + os.path.basename(path)),
+                             lambda f: shutil.copyfileobj(src, f), binary=True)
             copied.append(os.path.basename(path))
     return copied
 

@@ -559,16 +559,18 @@ def run_name(config):
 # ---------------------------------------------------------------------------------------------
 # Files: atomic writes, the shared summary (one row per finished run), checkpoints.
 
-def write_atomic(path, write):
-    """Write through `write(file)` into a temporary file beside `path`, then rename over it."""
+def write_atomic(path, write, binary=False):
+    """Write through `write(file)` into a temporary file beside `path`, then rename over it:
+    a reader, or a run killed mid-write, never sees half a file."""
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path), suffix=".tmp")
     try:
-        with (os.fdopen(fd, "wb") if path.endswith(".pt") else os.fdopen(fd, "w", newline="")) as f:
+        with (os.fdopen(fd, "wb") if binary else os.fdopen(fd, "w", newline="")) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it owner-only
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
@@ -576,10 +578,11 @@ def write_atomic(path, write):
 
 
 def write_csv(path, rows, columns=None):
+    """Rows (dicts) as a CSV, atomically; columns default to every key, in first-seen order."""
     columns = columns or list(dict.fromkeys(k for row in rows for k in row))
 
     def write(f):
-        w = csv.DictWriter(f, columns, extrasaction="raise")
+        w = csv.DictWriter(f, columns, extrasaction="raise", lineterminator="\n")
         w.writeheader()
         w.writerows({k: format_value(row.get(k)) for k in columns} for row in rows)
     write_atomic(path, write)
@@ -589,7 +592,7 @@ def format_value(v):
     if v is None:
         return ""
     if isinstance(v, float):
-        return repr(round(v, 10)) if math.isfinite(v) else str(v)
+        return repr(float(v))  # shortest exact form, also for numpy floats
     if isinstance(v, (list, tuple)):
         return " ".join(str(x) for x in v)
     return v
@@ -778,7 +781,7 @@ def epoch_line(row, epochs):
 
 
 def save_checkpoint(path, state):
-    write_atomic(path, lambda f: torch.save(state, f))
+    write_atomic(path, lambda f: torch.save(state, f), binary=True)
 
 
 def write_run_files(run_dir, args, config, name, data):
