@@ -195,14 +195,19 @@ def write_text(path, text):
     write_atomic(path, lambda f: f.write(text))
 
 
-def dataset_table(dataset, rows, out, expected):
-    """The report's table for one dataset, as Markdown, LaTeX and CSV. Returns the table rows."""
+def dataset_table(dataset, rows, out, expected, chosen):
+    """The report's table for one dataset, as Markdown, LaTeX and CSV. Returns the table rows.
+
+    chosen: {(dataset, loss): tau} picked on noisy validation data; those rows get a dagger.
+    """
     cells, rhos = build_table(rows)
     labels = describe_settings({setting for setting, _ in cells})
     order = sorted(cells, key=lambda sk: (loss_sort(sk[1]), sk[0]))
+    dagger = lambda key: " †" if key[1] and not key[5] and chosen.get((dataset, key[0])) == float(key[1]) else ""  # noqa
     table = []
     for setting, key in order:
-        entry = dict(label=loss_label(key) + labels[setting], tex=loss_label(key, tex=True) + labels[setting],
+        entry = dict(label=loss_label(key) + labels[setting] + dagger(key),
+                     tex=loss_label(key, tex=True) + labels[setting] + dagger(key).replace("†", r"$\dagger$"),
                      key=key, cells={})
         for rho in rhos:
             values = list(cells[(setting, key)].get(rho, {}).values())
@@ -220,6 +225,8 @@ def dataset_table(dataset, rows, out, expected):
         text = [fmt_cell(*e["cells"][rho], expected) for rho in rhos]
         text = [f"**{t}**" if is_best(e, rho) else t for t, rho in zip(text, rhos)]
         md.append(f"| {e['label']} | " + " | ".join(text) + " |")
+    if any("†" in e["label"] for e in table):
+        md += ["", "† τ chosen by final noisy-validation accuracy at the highest noise rate (tables/tau_selection.md)."]
     write_text(os.path.join(out, "tables", f"{dataset}.md"), "\n".join(md) + "\n")
 
     tex = [r"\begin{tabular}{l" + "c" * len(rhos) + "}", r"\toprule",
@@ -328,10 +335,11 @@ def paired_interval(diffs, level=0.95):
 # ---------------------------------------------------------------------------------------------
 # Model selection on noisy validation data (the original paper's protocol for tau).
 
-def choose_tau(rows, dataset, loss):
+def choose_tau(rows, dataset, loss, candidates=None):
     """The tau whose runs have the best mean final noisy-validation accuracy at the highest rho.
 
-    Reads only val_acc: the test set never takes part in the choice.
+    Reads only val_acc: the test set never takes part in the choice. With `candidates`, every one
+    of them must have a run, or there is no choice yet (None).
     """
     runs = [r for r in rows if r["dataset"] == dataset and r["loss"] == loss and r.get("val_acc") not in ("", None)
             and r.get("tau") not in ("", None)]
@@ -343,19 +351,37 @@ def choose_tau(rows, dataset, loss):
         if float(r["rho"]) == top:
             by_tau[float(r["tau"])].append(float(r["val_acc"]))
     scores = {tau: float(np.mean(v)) for tau, v in by_tau.items()}
+    if candidates and not set(candidates) <= set(scores):
+        return None, scores
     return max(sorted(scores), key=lambda tau: scores[tau]), scores
 
 
-def tau_selection_table(rows, out):
-    lines = []
+def tau_choices(rows):
+    """{(dataset, loss): tau} for every partially Huberised loss with noisy-validation runs."""
+    choices = {}
     for dataset, loss in sorted({(r["dataset"], r["loss"]) for r in rows if r["loss"] in BASE_LOSS}):
-        tau, scores = choose_tau(rows, dataset, loss)
+        tau, _ = choose_tau(rows, dataset, loss)
         if tau is not None:
-            listed = ", ".join(f"τ={t:g}: {s:.1f}%" for t, s in sorted(scores.items()))
-            lines.append(f"| {dataset} | {LOSS_NAMES[loss]} | {tau:g} | {listed} |")
+            choices[(dataset, loss)] = tau
+    return choices
+
+
+def tau_selection_table(validation_rows, rows, out):
+    """Which tau the protocol chose, on what evidence, and the test accuracy the grid then got."""
+    lines = []
+    for (dataset, loss), tau in tau_choices(validation_rows).items():
+        _, scores = choose_tau(validation_rows, dataset, loss)
+        listed = ", ".join(f"τ={t:g}: {s:.1f}%" for t, s in sorted(scores.items()))
+        test = defaultdict(list)
+        for r in rows:
+            if (r["dataset"], r["loss"], number(r.get("tau")), r.get("clip_norm")) == (dataset, loss, tau, ""):
+                test[float(r["rho"])].append(float(r["test_acc"]))
+        results = ", ".join(f"ρ={rho:g}: {np.mean(v):.1f}% (n={len(v)})" for rho, v in sorted(test.items())) or "-"
+        lines.append(f"| {dataset} | {LOSS_NAMES[loss]} | {tau:g} | {listed} | {results} |")
     if lines:
         md = ["# τ chosen by final noisy-validation accuracy at the highest noise rate (test data unused)", "",
-              "| dataset | loss | chosen τ | validation accuracy per τ |", "|---|---|---|---|"] + lines
+              "| dataset | loss | chosen τ | noisy-validation accuracy per τ | test accuracy with the chosen τ |",
+              "|---|---|---|---|---|"] + lines
         write_text(os.path.join(out, "tables", "tau_selection.md"), "\n".join(md) + "\n")
 
 
@@ -370,6 +396,7 @@ def save_figure(fig, out, name):
 
 def accuracy_figure(dataset, table, rhos, refs, out, plt):
     fig, ax = plt.subplots(figsize=(6, 4.2))
+    published = False
     for i, e in enumerate(table):
         color = f"C{i % 10}"
         xs = [rho for rho in rhos if e["cells"][rho][0] is not None]
@@ -380,10 +407,14 @@ def accuracy_figure(dataset, table, rhos, refs, out, plt):
             pts = [(rho, refs[k][source][0]) for rho in rhos
                    if (k := reference_key(dataset, e["key"], rho)) in refs and source in refs[k]]
             if pts:
+                published = True
                 ax.scatter(*zip(*pts), color=color, marker=marker, s=30, facecolors="none" if marker == "s" else color)
-    ax.scatter([], [], color="gray", marker="s", facecolors="none", label="report (published)")
-    ax.scatter([], [], color="gray", marker="x", label="original paper (published)")
-    ax.set(xlabel="label noise ρ", ylabel="test accuracy (%)", title=f"{dataset}: ours (lines) and published (markers)")
+    title = f"{dataset}: test accuracy, mean ± s.e. over trials"
+    if published:
+        ax.scatter([], [], color="gray", marker="s", facecolors="none", label="report (published)")
+        ax.scatter([], [], color="gray", marker="x", label="original paper (published)")
+        title = f"{dataset}: ours (lines) and published (markers)"
+    ax.set(xlabel="label noise ρ", ylabel="test accuracy (%)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
     save_figure(fig, out, f"{dataset}_accuracy")
@@ -403,9 +434,12 @@ def curve_figures(dataset, rows, root, out, plt):
     keys = sorted({key for key, _ in curves}, key=loss_sort)
     for column, name, ylabel in (("test_acc", "curves", "test accuracy (%)"),
                                  ("memorised", "memorisation", "corrupted samples fitted (%)")):
-        fig, axes = plt.subplots(1, len(rhos), figsize=(3.6 * len(rhos), 3.2), squeeze=False, sharey=True)
+        panels = [rho for rho in rhos if column != "memorised" or rho > 0]  # rho = 0: nothing corrupted
+        if not panels:
+            continue
+        fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False, sharey=True)
         drawn = False
-        for ax, rho in zip(axes[0], rhos):
+        for ax, rho in zip(axes[0], panels):
             for i, key in enumerate(keys):
                 series = [[number(r.get(column)) for r in run] for run in curves.get((key, rho), [])]
                 series = [s for s in series if s and all(v is not None for v in s)]
@@ -420,7 +454,7 @@ def curve_figures(dataset, rows, root, out, plt):
         axes[0][0].set_ylabel(ylabel)
         if drawn:
             axes[0][-1].legend(fontsize=7)
-            fig.suptitle(f"{dataset}: {ylabel} per epoch (mean over trials)")
+            fig.suptitle(f"{dataset}: {ylabel} per epoch (mean over trials)", y=1.03)
             save_figure(fig, out, f"{dataset}_{name}")
         plt.close(fig)
 
@@ -478,6 +512,7 @@ def main(argv=None):
                    "for --dataset and --loss, and exit")
     p.add_argument("--dataset", help="with --choose-tau")
     p.add_argument("--loss", help="with --choose-tau")
+    p.add_argument("--candidates", help="with --choose-tau: comma-separated taus that must all have been run")
     args = p.parse_args(argv)
     if not os.path.isdir(args.results):
         p.error(f"--results {args.results!r} is not a folder")
@@ -485,9 +520,11 @@ def main(argv=None):
     rows = load_runs(args.results)
 
     if args.choose_tau:
-        tau, scores = choose_tau(rows, args.dataset, args.loss)
+        candidates = [float(t) for t in args.candidates.split(",")] if args.candidates else None
+        tau, scores = choose_tau(rows, args.dataset, args.loss, candidates)
         if tau is None:
-            warn(f"no validation runs for {args.dataset} {args.loss} in {args.results}")
+            warn(f"no tau chosen for {args.dataset} {args.loss}: validation runs in {args.results} cover "
+                 f"tau {sorted(scores) or 'none'}, expected {candidates or 'some'}")
             return 1
         print(f"{tau:g}")
         return 0
@@ -498,10 +535,14 @@ def main(argv=None):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     refs = load_reference(args.reference) if os.path.exists(args.reference) else {}
+    # tau tuning runs (run_all.sh --tune-tau) live in their own results folder
+    tuning = os.path.join(args.results, "tuning")
+    validation_rows = load_runs(tuning) if os.path.isdir(tuning) else rows
+    chosen = tau_choices(validation_rows)
     written = []
     for dataset in sorted({r["dataset"] for r in rows}):
         ds_rows = [r for r in rows if r["dataset"] == dataset]
-        table, rhos = dataset_table(dataset, ds_rows, out, args.trials)
+        table, rhos = dataset_table(dataset, ds_rows, out, args.trials, chosen)
         comparison(dataset, table, rhos, refs, out)
         paired_differences(dataset, ds_rows, out)
         if plt:
@@ -509,7 +550,7 @@ def main(argv=None):
             curve_figures(dataset, ds_rows, args.results, out, plt)
             tau_sweep_figure(dataset, ds_rows, out, plt)
         written.append(f"{dataset} ({len(ds_rows)} runs)")
-    tau_selection_table(rows, out)
+    tau_selection_table(validation_rows, rows, out)
     copied = synthetic(args.results, out)
     if not written and not copied:
         warn(f"no results found under {args.results}")

@@ -24,18 +24,24 @@
 #   --dry-run         print the commands instead of running them
 #   --gpus LIST       one worker per listed GPU (CUDA_VISIBLE_DEVICES)
 #   --slurm           submit as a job array; --sbatch "OPTIONS" passes options to sbatch
-#   --tune-tau        choose tau per dataset and loss on noisy validation data first (README)
+#   --taus LIST       run the losses that have a tau at each of these values instead (a tau sweep)
+#   --tune-tau        the original paper's protocol: first, for each dataset and loss with a tau,
+#                     train with every --tau-candidates value (default 2,10) at the highest rho with
+#                     --val-split (default 0.1) of the noisy training set held out (into OUT/tuning);
+#                     then the grid with, per dataset and loss, the tau of best noisy-validation
+#                     accuracy (aggregate.py --choose-tau; the test set plays no part)
 #   -- ARGS           everything after -- goes to every training script (e.g. -- --amp bf16)
 #
 # Idempotent: a finished cell is skipped, an interrupted one resumes from its checkpoint (--resume),
 # results are written atomically and never duplicated. Each cell logs to OUT/logs/<cell>.log. The
 # final summary says which cells ran, were already done, skipped (data unavailable) or failed.
 set -uo pipefail
+shopt -s extglob
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python}
 
 datasets=synthetic,mnist,cifar10,cifar100 losses="" rhos=0,0.2,0.4,0.6 trials=3 out="" quick=0
-list=0 task="" dry=0 gpus="" slurm=0 sbatch_opts="" tune=0 extra=()
+list=0 task="" dry=0 gpus="" slurm=0 sbatch_opts="" tune=0 taus="" candidates=2,10 val_split=0.1 extra=()
 die() { echo "run_all.sh: $*" >&2; exit 2; }
 need() { [[ $# -ge 2 && $2 != --* ]] || die "$1 needs a value"; }
 while (($#)); do
@@ -53,6 +59,9 @@ while (($#)); do
         --dry-run) dry=1; shift ;;
         --slurm) slurm=1; shift ;;
         --tune-tau) tune=1; shift ;;
+        --taus) need "$@"; taus=$2; shift 2 ;;
+        --tau-candidates) need "$@"; candidates=$2; shift 2 ;;
+        --val-split) need "$@"; val_split=$2; shift 2 ;;
         -h|--help) sed -n '2,/^set -uo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         --) shift; extra=("$@"); break ;;
         *) die "unknown option '$1' (see --help)" ;;
@@ -68,6 +77,12 @@ done
 for r in ${rhos//,/ }; do
     [[ $r =~ ^(0(\.[0-9]+)?|\.[0-9]+)$ ]] || die "--rhos: '$r' is not allowed: noise rates in [0, 1)"
 done
+for t in ${taus//,/ } ${candidates//,/ }; do
+    [[ $t =~ ^[0-9]+(\.[0-9]+)?$ ]] && awk "BEGIN{exit !($t > 1)}" || die "tau '$t' is not allowed: tau > 1"
+done
+[[ -n $taus && $tune == 1 ]] && die "--taus and --tune-tau exclude each other: a sweep fixes tau, tuning chooses it"
+[[ $val_split =~ ^0?\.[0-9]*[1-9][0-9]*$ ]] || die "--val-split '$val_split' is not allowed: a fraction in (0, 1)"
+max_rho=$(tr , '\n' <<<"$rhos" | sort -g | tail -n 1)
 if [[ -n $losses ]]; then
     known_losses=$($PYTHON -c "import losses; print(' '.join(losses.LOSSES))") || die "cannot import losses.py with $PYTHON"
     for l in ${losses//,/ }; do
@@ -86,15 +101,33 @@ variants() {
         [[ " ${v[*]%%:*} " == *" $l "* ]] || v+=("$l:--loss $l")
     done
     for label in "${v[@]}"; do
-        [[ -z $losses || ",$losses," == *",${label%%:*},"* ]] && kept+=("$label")
+        [[ -z $losses || ",$losses," == *",${label%%:*},"* ]] || continue
+        if [[ ${label#*:} == *--tau* && -n $taus ]]; then  # a sweep: every listed tau instead
+            local t; for t in ${taus//,/ }; do kept+=("${label%%--tau*}--tau $t${label##*--tau +([0-9.])}"); done
+        elif [[ ${label#*:} == *--tau* ]] && ((tune)); then  # tau chosen at run time, once per loss
+            [[ " ${kept[*]} " == *" ${label%%:*}:"* ]] || kept+=("${label%%--tau*}--tau TUNED${label##*--tau +([0-9.])}")
+        else
+            kept+=("$label")
+        fi
     done
-    printf '%s\n' "${kept[@]}"
+    printf '%s\n' "${kept[@]}" | awk '!seen[$0]++'
 }
 
 # One line per cell: "id|dataset|command". The numbering depends only on the filters, so a SLURM
 # array task given the same filters finds the same cell.
 grid() {
-    local d v r s script flags tau_flags
+    local d v r s script flags t
+    ((tune)) && for d in ${datasets//,/ }; do  # phase 1 of --tune-tau: the candidates, noisy validation
+        [[ $d == synthetic ]] && continue
+        script=train_cifar.py; [[ $d == *mnist ]] && script=train_mnist.py
+        while IFS= read -r v; do
+            [[ $v == *"--tau TUNED"* ]] || continue
+            for t in ${candidates//,/ }; do
+                flags=${v#*:}
+                echo "tune-$d-${v%%:*}-tau$t-rho$max_rho-seed0|$d|$PYTHON $script --dataset $d ${flags/TUNED/$t} --rho $max_rho --seed 0 --val-split $val_split --out $out/tuning --resume$(quick_flags)"
+            done
+        done < <(variants "$d")
+    done
     for d in ${datasets//,/ }; do
         if [[ $d == synthetic ]]; then
             local n=500; ((quick)) && n=20
@@ -106,28 +139,21 @@ grid() {
         while IFS= read -r v; do
             [[ -n $v ]] || continue
             flags=${v#*:}
-            ((tune)) && [[ $flags == *--tau* ]] && flags=$(tuned_flags "$d" "$flags")
             for r in ${rhos//,/ }; do
                 for ((s = 0; s < trials; s++)); do
-                    local id="$d-${v%%:*}$(sed -E 's/.*--tau ([0-9.]+).*/-tau\1/;t;d' <<<"$flags")-rho$r-seed$s"
-                    local q=""; ((quick)) && q=" --epochs 1 --limit-train 256 --limit-test 256"
-                    echo "$id|$d|$PYTHON $script --dataset $d $flags --rho $r --seed $s --out $out --resume$q"
+                    local id="$d-${v%%:*}$(sed -E 's/.*--tau ([0-9.]+|TUNED).*/-tau\1/;t;d' <<<"$flags")-rho$r-seed$s"
+                    echo "${id/tauTUNED/tuned}|$d|$PYTHON $script --dataset $d $flags --rho $r --seed $s --out $out --resume$(quick_flags)"
                 done
             done
         done < <(variants "$d")
     done
 }
 
-# --tune-tau: replace the paper's tau by the one chosen on noisy validation data (aggregate.py
-# --choose-tau reads the tuning runs in OUT/tuning); without a choice yet, the paper's tau stays.
-tuned_flags() {
-    local loss; loss=$(sed -E 's/.*--loss ([a-z_]+).*/\1/' <<<"$2")
-    local chosen; chosen=$($PYTHON aggregate.py --results "$out/tuning" --choose-tau --dataset "$1" --loss "$loss" 2>/dev/null)
-    [[ -n $chosen ]] && sed -E "s/--tau [0-9.]+/--tau $chosen/" <<<"$2" || echo "$2"
-}
+quick_flags() { ((quick)) && echo " --epochs 1 --limit-train 256 --limit-test 256"; }
 
 mapfile -t cells < <(grid)
 ((${#cells[@]})) || die "the filters select no cell"
+n_tuning=$(printf '%s\n' "${cells[@]}" | grep -c '^tune-')
 
 if ((list)); then
     for i in "${!cells[@]}"; do printf '%4d  %s\n' "$i" "${cells[$i]%%|*}"; done
@@ -142,7 +168,7 @@ run_cell() {
     local id=${cells[$1]%%|*} rest=${cells[$1]#*|}
     local dataset=${rest%%|*} cmd=${rest#*|}
     local log="$out/logs/$id.log"
-    if ((dry)); then echo "$cmd ${extra[*]:-}"; return; fi
+    if ((dry)); then echo "$cmd${extra[*]:+ ${extra[*]}}"; return; fi
     if [[ -f $status_dir/unavailable-$dataset ]]; then
         echo "$id" >>"$status_dir/skipped"; return
     fi
@@ -152,6 +178,16 @@ run_cell() {
     local args=()
     [[ $dataset != synthetic ]] && args=("${extra[@]}")
     echo "[$(date +%H:%M:%S)] cell $1: $id"
+    if [[ $cmd == *"--tau TUNED"* ]]; then  # the tau of the best noisy-validation accuracy
+        local loss chosen
+        loss=$(sed -E 's/.*--loss ([a-z_]+).*/\1/' <<<"$cmd")
+        if ! chosen=$($PYTHON aggregate.py --results "$out/tuning" --choose-tau --dataset "$dataset" \
+                --loss "$loss" --candidates "$candidates" 2>"$log"); then
+            echo "    FAILED: no tau chosen yet (the tuning cells must finish first): see $log"
+            echo "$id ($log)" >>"$status_dir/failed"; return
+        fi
+        cmd=${cmd/TUNED/$chosen}
+    fi
     if $cmd "${args[@]}" >"$log" 2>&1; then
         grep -q "already finished" "$log" && echo "$id" >>"$status_dir/done" || echo "$id" >>"$status_dir/ran"
     else
@@ -178,17 +214,27 @@ if ((slurm)); then
     filters=(--datasets "$datasets" --rhos "$rhos" --trials "$trials" --out "$out")
     [[ -n $losses ]] && filters+=(--losses "$losses")
     ((quick)) && filters+=(--quick)
-    ((tune)) && filters+=(--tune-tau)
+    ((tune)) && filters+=(--tune-tau --tau-candidates "$candidates" --val-split "$val_split")
+    [[ -n $taus ]] && filters+=(--taus "$taus")
     worker="bash run_all.sh ${filters[*]} --task \$SLURM_ARRAY_TASK_ID${extra[*]:+ -- ${extra[*]}}"
+    mkdir -p "$out/logs"
+    after=()
+    if ((n_tuning)); then  # --tune-tau: the grid's array waits for every tuning cell to succeed
+        # shellcheck disable=SC2086
+        tuning=$(sbatch --parsable --job-name=phuber-tune --array=0-$((n_tuning - 1)) $sbatch_opts \
+            --output="$out/logs/slurm-%A_%a.out" --chdir="$PWD" --wrap "$worker") || die "sbatch failed"
+        after=(--dependency=afterok:"${tuning%%;*}")
+        echo "submitted tuning array ${tuning%%;*} ($n_tuning cells)"
+    fi
     # shellcheck disable=SC2086
-    job=$(sbatch --parsable --job-name=phuber --array=0-$((${#cells[@]} - 1)) $sbatch_opts \
+    job=$(sbatch --parsable --job-name=phuber --array=$n_tuning-$((${#cells[@]} - 1)) "${after[@]}" $sbatch_opts \
         --output="$out/logs/slurm-%A_%a.out" --chdir="$PWD" --wrap "$worker") || die "sbatch failed"
     job=${job%%;*}
     # shellcheck disable=SC2086
     agg=$(sbatch --parsable --job-name=phuber-aggregate --dependency=afterany:"$job" $sbatch_opts \
         --output="$out/logs/slurm-aggregate-%j.out" --chdir="$PWD" --wrap "$PYTHON aggregate.py --results $out") ||
         die "sbatch of the aggregation job failed"
-    echo "submitted job array $job (${#cells[@]} cells) and aggregation job ${agg%%;*} (runs when the array ends)"
+    echo "submitted job array $job ($((${#cells[@]} - n_tuning)) cells) and aggregation job ${agg%%;*} (runs when the array ends)"
     exit 0
 fi
 
@@ -201,19 +247,25 @@ if [[ -n $task ]]; then
     exit 0
 fi
 
+# Run cells $1..$2-1, shared out over the GPUs without overlap (or here, one after the other).
+run_range() {
+    if [[ -n $gpus ]]; then
+        IFS=, read -ra gpu_list <<<"$gpus"
+        for k in "${!gpu_list[@]}"; do
+            (
+                export CUDA_VISIBLE_DEVICES=${gpu_list[$k]}
+                for ((i = $1 + k; i < $2; i += ${#gpu_list[@]})); do run_cell "$i"; done
+            ) &
+        done
+        wait
+    else
+        for ((i = $1; i < $2; i++)); do run_cell "$i"; done
+    fi
+}
+
 ((dry)) || check_data
-if [[ -n $gpus ]]; then
-    IFS=, read -ra gpu_list <<<"$gpus"
-    for k in "${!gpu_list[@]}"; do
-        (
-            export CUDA_VISIBLE_DEVICES=${gpu_list[$k]}
-            for i in "${!cells[@]}"; do ((i % ${#gpu_list[@]} == k)) && run_cell "$i"; done
-        ) &
-    done
-    wait
-else
-    for i in "${!cells[@]}"; do run_cell "$i"; done
-fi
+run_range 0 "$n_tuning"       # --tune-tau: every candidate finishes before a tau is chosen
+run_range "$n_tuning" "${#cells[@]}"
 ((dry)) && exit 0
 
 count() { [[ -f $status_dir/$1 ]] && wc -l <"$status_dir/$1" || echo 0; }

@@ -267,3 +267,35 @@ def test_slurm_array_runs_the_grid_and_aggregates(data_root, tmp_path):
         assert (out / "tables" / "mnist.md").exists() and (out / "figures" / "mnist_accuracy.png").exists()
     finally:
         subprocess.run(["bash", ".ci/slurm_localhost.sh", "stop", str(cluster)], cwd=conftest.ROOT, timeout=120)
+
+
+# ---------------------------------------------------------------------------------------------
+# tau: the noisy-validation protocol and the sweep.
+
+def test_tune_tau_protocol_end_to_end(data_root, tmp_path):
+    common = ["--tune-tau", "--quick", "--datasets", "mnist", "--losses", "ce,phuber_ce", "--rhos", "0,0.4",
+              "--tau-candidates", "2,10", "--out", str(tmp_path)]
+    cells = [line.split()[1] for line in run_all(*common, "--list").stdout.splitlines()]
+    assert cells[:2] == ["tune-mnist-phuber_ce-tau2-rho0.4-seed0", "tune-mnist-phuber_ce-tau10-rho0.4-seed0"]
+    assert "mnist-phuber_ce-tuned-rho0-seed0" in cells and len(cells) == 2 + 2 * 2
+    result = run_all(*common, "--", "--data-dir", data_root)
+    assert "6 ran" in result.stdout and "0 failed" in result.stdout
+    tuning = read_csv(tmp_path / "tuning" / "summary.csv")
+    assert sorted(float(r["tau"]) for r in tuning) == [2.0, 10.0]
+    assert all(r["val_size"] == "30" and r["rho"] == "0.4" for r in tuning)  # 10% of 300 held out, highest rho
+    best = max(tuning, key=lambda r: (float(r["val_acc"]), -float(r["tau"])))["tau"]
+    grid = [r for r in read_csv(tmp_path / "summary.csv") if r["loss"] == "phuber_ce"]
+    assert {r["tau"] for r in grid} == {best} and len(grid) == 2 and all(r["val_size"] == "0" for r in grid)
+    selection = (tmp_path / "tables" / "tau_selection.md").read_text()
+    assert f"| mnist | PHuber-CE | {float(best):g} |" in selection
+    assert "†" in (tmp_path / "tables" / "mnist.md").read_text()
+
+
+def test_tau_sweep_figure(tmp_path):
+    rows = [summary_row("cifar100", "phuber_ce", rho, seed, 50 + tau / 10 - 10 * rho, tau=float(tau))
+            for tau in (2, 10, 50) for rho in (0.2, 0.6) for seed in (0, 1)]
+    write_summary(str(tmp_path / "summary.csv"), rows)
+    listing = run_all("--list", "--datasets", "cifar100", "--losses", "phuber_ce", "--taus", "2,10,50").stdout
+    assert len(listing.splitlines()) == 3 * 4 * 3 and "tau50" in listing and "tau2-" in listing
+    assert aggregate.main(["--results", str(tmp_path)]) == 0
+    assert (tmp_path / "figures" / "cifar100_tau_sweep.png").exists()

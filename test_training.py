@@ -15,6 +15,7 @@ import torch
 from scipy import stats
 
 import conftest
+import losses
 import models
 import train_cifar
 import train_mnist
@@ -178,7 +179,7 @@ def test_two_epoch_run_writes_well_formed_csvs(mnist_dir, tmp_path, capsys):
         for key in ("train_loss", "train_acc", "train_clean_acc", "memorised", "test_loss", "test_acc",
                     "test_ece", "epoch_seconds", "images_per_second", "lr"):
             assert math.isfinite(float(r[key])), key
-        assert 0 <= float(r["memorised"]) <= 100 and r["val_acc"] == ""
+        assert 0 <= float(r["memorised"]) <= 100 and r["val_acc"] == "" and r["clipped_clean"] == ""
     assert float(epochs[1]["step"]) == 2 * 19  # ceil(600 / 32) steps per epoch
     assert row["test_acc"] == epochs[-1]["test_acc"]  # the final epoch's, never a best epoch
     counts = read_csv(os.path.join(run_dir, "noise_transitions.csv"))
@@ -322,3 +323,173 @@ def test_expected_calibration_error_by_hand():
     # the last row predicts class 1 (0.35 > 0.3 after argmax: first max) with confidence 0.35
     expected = (abs(0.5 - 0.9) * 2 + abs(1 - 0.6) * 1 + abs(0 - 0.35) * 1) / 4
     assert training.expected_calibration_error(logits, labels) == pytest.approx(expected, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Noise models, their record, and the noisy validation split.
+
+@pytest.mark.parametrize("dataset", list(training.DATASETS))
+def test_asymmetric_flips_only_along_the_map_at_the_set_rate(dataset):
+    k, rho, n = training.DATASETS[dataset]["classes"], 0.3, 400_000
+    clean = torch.randint(0, k, (n,), generator=torch.Generator().manual_seed(2))
+    y = noisy(clean, rho, k, "asymmetric", dataset)
+    target = training.flip_map(dataset, "asymmetric")
+    changed = y != clean
+    assert torch.equal(y[changed], target[clean[changed]])          # only along the map
+    moved = target != torch.arange(k)
+    assert not changed[~moved[clean]].any()                           # unmapped classes never flip
+    per_class_n = n / k
+    for c in torch.nonzero(moved).flatten().tolist():
+        rate = changed[clean == c].double().mean().item()
+        assert abs(rate - rho) < 5 * math.sqrt(rho * (1 - rho) / per_class_n), (dataset, c, rate)
+
+
+def test_flip_maps_are_the_documented_ones():
+    assert dict(training.DATASETS["mnist"]["flips"]) == {2: 7, 3: 8, 5: 6, 6: 5, 7: 1}
+    assert dict(training.DATASETS["cifar10"]["flips"]) == {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
+    cifar100 = training.DATASETS["cifar100"]["flips"]
+    coarse = training.CIFAR100_COARSE
+    assert sorted(cifar100) == list(range(100)) and sorted(cifar100.values()) == list(range(100))  # a permutation
+    assert all(coarse[a] == coarse[b] and a != b for a, b in cifar100.items())  # within the super-class
+    assert [coarse.count(g) for g in range(20)] == [5] * 20
+    assert cifar100[4] == 30 and cifar100[95] == 4  # aquatic mammals: beaver -> dolphin ... whale -> beaver
+
+
+def prepared(mnist_dir, *argv):
+    parser = train_mnist.build_parser()
+    args = parser.parse_args(["--data-dir", mnist_dir, *argv])
+    args.model = "lenet"
+    training.check_args(args, parser, 10, "lenet")
+    return training.prepare_data(args, torch.device("cpu"))
+
+
+def test_noise_record_matches_the_labels(mnist_dir, tmp_path):
+    data = prepared(mnist_dir, "--rho", "0.4", "--noise", "asymmetric")
+    expected = torch.zeros(10, 10, dtype=torch.long)
+    for c, y in zip(data.train_clean.tolist(), data.train_y.tolist()):
+        expected[c, y] += 1
+    assert torch.equal(data.record["transitions"], expected) and expected.sum() == 600
+    assert data.record["flip_rate"] == pytest.approx((data.train_y != data.train_clean).double().mean().item())
+    train_mnist.main(mnist_args(mnist_dir, tmp_path, "--epochs", "1", "--rho", "0.4", "--noise", "asymmetric"))
+    rows = read_csv(os.path.join(only_run_dir(tmp_path), "noise_transitions.csv"))
+    written = torch.tensor([[int(r[f"noisy_{j}"]) for j in range(10)] for r in rows])
+    assert torch.equal(written, expected)
+    (summary,) = read_csv(tmp_path / "summary.csv")
+    assert summary["label_hash"] == training.label_hash(data.train_y) and summary["noise"] == "asymmetric"
+
+
+def test_label_hash_changes_with_one_label_only():
+    labels = torch.randint(0, 10, (1000,), generator=torch.Generator().manual_seed(0))
+    same = labels.clone()
+    assert training.label_hash(labels) == training.label_hash(same)
+    same[123] = (same[123] + 1) % 10
+    assert training.label_hash(labels) != training.label_hash(same)
+    assert training.label_hash(labels) == training.label_hash(labels.to(torch.int32))  # dtype does not matter
+
+
+def test_validation_split_is_disjoint_noisy_and_shared_by_trials(mnist_dir):
+    a = prepared(mnist_dir, "--rho", "0.4", "--val-split", "0.25", "--seed", "0")
+    b = prepared(mnist_dir, "--rho", "0.4", "--val-split", "0.25", "--seed", "3")
+    c = prepared(mnist_dir, "--rho", "0.4", "--val-split", "0.25", "--noise-seed", "1")
+    assert len(a.val_y) == 150 and len(a.train_y) == 450
+    train_rows = {bytes(x.numpy()) for x in a.train_x}
+    assert not any(bytes(x.numpy()) in train_rows for x in a.val_x)   # disjoint
+    assert 0.25 < (a.val_y != a.val_clean).double().mean().item() < 0.55  # labels stay noisy
+    assert torch.equal(a.val_x, b.val_x) and torch.equal(a.val_y, b.val_y)  # same for every trial
+    assert not torch.equal(a.val_x, c.val_x)                                 # another noise seed: another split
+
+
+def test_validation_accuracy_logged_every_epoch(mnist_dir, tmp_path):
+    train_mnist.main(mnist_args(mnist_dir, tmp_path, "--rho", "0.4", "--val-split", "0.2", "--loss", "phuber_ce"))
+    epochs = read_csv(os.path.join(only_run_dir(tmp_path), "epochs.csv"))
+    assert all(0 <= float(r["val_acc"]) <= 100 and r["val_clean_acc"] for r in epochs)
+    (row,) = read_csv(tmp_path / "summary.csv")
+    assert row["val_size"] == "120" and row["train_size"] == "480" and row["val_acc"] == epochs[-1]["val_acc"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-example clipping.
+
+def tiny_batch(n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+def reference_clipped_mean(net, criterion, x, y, clip):
+    """The slow way: one backward per sample, clip its whole gradient, average."""
+    total = [torch.zeros_like(p) for p in net.parameters()]
+    for i in range(len(y)):
+        net.zero_grad()
+        criterion(net(x[i:i + 1]), y[i:i + 1]).backward()
+        grads = [p.grad.clone() for p in net.parameters()]
+        norm = torch.sqrt(sum((g ** 2).sum() for g in grads))
+        factor = min(1.0, clip / (norm.item() + 1e-6))
+        total = [t + factor * g for t, g in zip(total, grads)]
+    return [t / len(y) for t in total]
+
+
+def per_example(net, criterion, x, y, clip):
+    net.zero_grad()
+    autocast = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
+    _, _, norms = training.per_example_clipped_backward(net, criterion, x, y, clip, autocast)
+    return [p.grad.clone() for p in net.parameters()], norms
+
+
+@pytest.mark.parametrize("clip", [0.05, 0.5])
+def test_per_example_clipping_equals_the_slow_reference(clip):
+    torch.manual_seed(0)
+    net, criterion = models.LeNet5(), losses.make_loss("phuber_ce", tau=3)
+    x, y = tiny_batch()
+    fast, norms = per_example(net, criterion, x, y, clip)
+    slow = reference_clipped_mean(net, criterion, x, y, clip)
+    assert (norms > clip).any()  # the threshold bites
+    for f, s in zip(fast, slow):
+        torch.testing.assert_close(f, s, rtol=1e-4, atol=1e-6)
+
+
+def test_per_example_clipping_is_a_no_op_above_every_norm():
+    torch.manual_seed(0)
+    net, criterion = models.LeNet5(), losses.make_loss("ce")
+    x, y = tiny_batch()
+    fast, norms = per_example(net, criterion, x, y, clip=1e6)
+    assert (norms < 1e6).all()
+    net.zero_grad()
+    criterion(net(x), y).backward()
+    for f, p in zip(fast, net.parameters()):
+        torch.testing.assert_close(f, p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_per_example_clipping_of_one_sample_is_global_clipping():
+    torch.manual_seed(0)
+    net, criterion = models.LeNet5(), losses.make_loss("ce")
+    x, y = tiny_batch(n=1)
+    fast, norms = per_example(net, criterion, x, y, clip=0.01)
+    net.zero_grad()
+    criterion(net(x), y).backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 0.01)
+    for f, p in zip(fast, net.parameters()):
+        torch.testing.assert_close(f, p.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_clipped_shares_on_a_hand_made_batch():
+    logits = torch.eye(4) * 5                     # predicts 0, 1, 2, 3
+    y = torch.tensor([0, 1, 2, 3])                # noisy labels: all fitted
+    clean = torch.tensor([0, 1, 0, 0])            # samples 2 and 3 were corrupted
+    norms = torch.tensor([0.5, 2.0, 3.0, 0.1])
+    stats_ = training.epoch_stats(logits.argmax(1), y, clean, norms, 1.0)
+    stats_["loss_sum"] = 2.0
+    assert stats_["clipped_clean"] == 1 and stats_["clipped_corrupted"] == 1
+    assert stats_["norm_sum_clean"] == pytest.approx(2.5) and stats_["norm_sum_corrupted"] == pytest.approx(3.1)
+    assert stats_["memorised"] == 2 and stats_["corrupted_clean"] == 0 and stats_["correct_clean"] == 2
+    row = training.epoch_row(1, 1, 1e-3, stats_, dict(loss=0, nll=0, ece=0, acc=0), {}, 1.0, 1.0)
+    assert row["clipped_clean"] == 50 and row["clipped_corrupted"] == 50 and row["memorised"] == 100
+    assert row["grad_norm_clean"] == pytest.approx(1.25) and row["grad_norm_corrupted"] == pytest.approx(1.55)
+    assert row["train_acc"] == 100 and row["train_clean_acc"] == 50 and row["train_loss"] == pytest.approx(0.5)
+
+
+def test_per_example_run_logs_clipping(mnist_dir, tmp_path):
+    train_mnist.main(mnist_args(mnist_dir, tmp_path, "--rho", "0.4", "--clip-norm", "0.5", "--clip-mode",
+                                "per-example", "--amp", "bf16"))
+    (row,) = read_csv(tmp_path / "summary.csv")
+    assert row["clip_mode"] == "per-example" and "clip0.5pe" in row["run"]
+    assert 0 <= float(row["clipped_clean"]) <= 100 and float(row["grad_norm_corrupted"]) > 0

@@ -283,10 +283,6 @@ def random_crop_flip(images, generator, pad=4):
 # ---------------------------------------------------------------------------------------------
 # Training and evaluation.
 
-TRAIN_STATS = ["loss_sum", "correct_noisy", "correct_clean", "corrupted", "memorised", "corrupted_clean",
-               "clean_seen", "clipped_clean", "clipped_corrupted", "norm_sum_clean", "norm_sum_corrupted"]
-
-
 def per_example_clipped_backward(net, criterion, x, y, clip_norm, autocast):
     """Set p.grad to the mean of per-sample gradients, each clipped to norm `clip_norm`.
 
@@ -314,28 +310,32 @@ def per_example_clipped_backward(net, criterion, x, y, clip_norm, autocast):
 def train_epoch(net, forward, optimizer, scheduler, scaler, criterion, data, args, generator, augment, autocast):
     """One pass over the training set in a fresh random order; returns the epoch's statistics.
 
-    The per-step losses are kept on the device and checked once at the end, so a non-finite loss
-    is reported with its step without a host sync per step.
+    Per step, only the loss, the predictions (and per-sample gradient norms) are written into
+    device buffers; everything is counted once at the end, so the loop never waits for the device
+    and a non-finite loss is still reported with its step.
     """
     net.train()
+    dev = data.train_y.device
     n, b = len(data.train_y), args.batch_size
-    perm = torch.randperm(n, device=data.train_y.device, generator=generator)
     steps = math.ceil(n / b)
-    step_losses = torch.zeros(steps, device=data.train_y.device)
-    stats = torch.zeros(len(TRAIN_STATS), device=data.train_y.device, dtype=torch.float64)
+    perm = torch.randperm(n, device=dev, generator=generator)
+    step_losses = torch.zeros(steps, device=dev)
+    preds = torch.empty(n, dtype=torch.long, device=dev)
+    norms = torch.zeros(n, device=dev) if args.clip_mode == "per-example" else None
     progress = Progress(steps) if sys.stderr.isatty() else None
     for i in range(steps):
-        idx = perm[i * b:(i + 1) * b]
+        batch = slice(i * b, (i + 1) * b)
+        idx = perm[batch]
         images = data.train_x[idx]
         if augment:
             images = random_crop_flip(images, generator)
         x = normalise(images, data)
         if args.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        y, clean = data.train_y[idx], data.train_clean[idx]
+        y = data.train_y[idx]
         optimizer.zero_grad(set_to_none=True)
-        if args.clip_mode == "per-example":
-            logits, loss, norms = per_example_clipped_backward(net, criterion, x, y, args.clip_norm, autocast)
+        if norms is not None:
+            logits, loss, norms[batch] = per_example_clipped_backward(net, criterion, x, y, args.clip_norm, autocast)
         else:
             with autocast():
                 logits = forward(x)
@@ -344,32 +344,34 @@ def train_epoch(net, forward, optimizer, scheduler, scaler, criterion, data, arg
             if args.clip_norm is not None:  # clip the true gradient: unscale first under fp16
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(net.parameters(), args.clip_norm)
-            norms = None
         scaler.step(optimizer)
         scaler.update()
         scheduler.step()  # every schedule is expressed per iteration
         step_losses[i] = loss.detach()
-        stats += batch_stats(logits.detach(), loss.detach(), y, clean, norms, args.clip_norm)
+        preds[batch] = logits.detach().argmax(1)
         if progress:
             progress.update(i + 1, (i + 1) * b)
     if progress:
         progress.close()
-    return step_losses, dict(zip(TRAIN_STATS, stats.tolist()))
+    sizes = torch.full((steps,), float(b), device=dev)
+    sizes[-1] = n - (steps - 1) * b  # the last batch may be smaller
+    stats = epoch_stats(preds, data.train_y[perm], data.train_clean[perm], norms, args.clip_norm)
+    stats["loss_sum"] = (step_losses * sizes).sum().item()
+    return step_losses, stats
 
 
-def batch_stats(logits, loss, y, clean, norms, clip_norm):
-    pred = logits.argmax(1)
-    corrupted = y != clean
-    fits = pred == y
-    counts = [loss.double() * len(y), fits.sum(), (pred == clean).sum(), corrupted.sum(),
-              (fits & corrupted).sum(), ((pred == clean) & corrupted).sum(), (~corrupted).sum()]
-    if norms is None:
-        counts += [torch.zeros((), device=y.device)] * 4
-    else:
+def epoch_stats(pred, y, clean, norms=None, clip_norm=None):
+    """Counts over the epoch's predictions (and per-sample gradient norms), clean and corrupted apart."""
+    corrupted, fits, right = y != clean, pred == y, pred == clean
+    counts = [fits, right, corrupted, fits & corrupted, right & corrupted, ~corrupted]
+    names = ["correct_noisy", "correct_clean", "corrupted", "memorised", "corrupted_clean", "clean_seen"]
+    values = torch.stack(counts).sum(1).double()
+    if norms is not None:
         clipped = norms > clip_norm
-        counts += [(clipped & ~corrupted).sum(), (clipped & corrupted).sum(),
-                   (norms * ~corrupted).sum(), (norms * corrupted).sum()]
-    return torch.stack([c.double() for c in counts])
+        names += ["clipped_clean", "clipped_corrupted", "norm_sum_clean", "norm_sum_corrupted"]
+        values = torch.cat([values, torch.stack([(clipped & ~corrupted).sum(), (clipped & corrupted).sum(),
+                                                 (norms * ~corrupted).sum(), (norms * corrupted).sum()]).double()])
+    return dict(zip(names, values.tolist()))
 
 
 @torch.no_grad()
@@ -682,6 +684,7 @@ def run(args, parser, make_optimizer, lr_factor, augment):
              "pass --resume to continue it or --force to start over")
 
     device = torch.device(args.device)
+    torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
     try:
         data = prepare_data(args, device)
     except DataError as e:
@@ -701,7 +704,8 @@ def run(args, parser, make_optimizer, lr_factor, augment):
 
     history, elapsed, start_epoch = [], 0.0, 0
     if resuming:
-        state = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        # on the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest to the device
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -755,19 +759,22 @@ def run(args, parser, make_optimizer, lr_factor, augment):
 
 
 def epoch_row(epoch, steps, lr, stats, test, val, train_seconds, seconds):
+    """The epoch's CSV row; shares in %, clipping statistics only where per-sample norms exist."""
     corrupted, clean_seen = stats["corrupted"], stats["clean_seen"]
     seen = corrupted + clean_seen
     share = lambda a, b: 100 * a / b if b else None  # noqa: E731
+    mean = lambda a, b: a / b if b else None  # noqa: E731
+    clean_norms, corrupted_norms = (clean_seen, corrupted) if "norm_sum_clean" in stats else (0, 0)
     return dict(
         epoch=epoch, step=epoch * steps, lr=lr, train_loss=stats["loss_sum"] / seen,
         train_acc=share(stats["correct_noisy"], seen), train_clean_acc=share(stats["correct_clean"], seen),
         memorised=share(stats["memorised"], corrupted), corrupted_clean_acc=share(stats["corrupted_clean"], corrupted),
         test_loss=test["loss"], test_nll=test["nll"], test_ece=test["ece"], test_acc=test["acc"],
         val_acc=val.get("acc"), val_clean_acc=val.get("clean_acc"),
-        clipped_clean=share(stats["clipped_clean"], clean_seen),
-        clipped_corrupted=share(stats["clipped_corrupted"], corrupted),
-        grad_norm_clean=stats["norm_sum_clean"] / clean_seen if clean_seen else None,
-        grad_norm_corrupted=stats["norm_sum_corrupted"] / corrupted if corrupted else None,
+        clipped_clean=share(stats.get("clipped_clean"), clean_norms),
+        clipped_corrupted=share(stats.get("clipped_corrupted"), corrupted_norms),
+        grad_norm_clean=mean(stats.get("norm_sum_clean"), clean_norms),
+        grad_norm_corrupted=mean(stats.get("norm_sum_corrupted"), corrupted_norms),
         epoch_seconds=seconds, images_per_second=seen / train_seconds)
 
 
