@@ -60,6 +60,12 @@ def make_cifar_dataset(root, name="cifar10", n_train=250, n_test=100, seed=0):
     return root
 
 
+def unreachable_folder(tmp_path):
+    """A data folder that can never be created, so a download fails even with internet."""
+    (tmp_path / "a file").write_text("")
+    return tmp_path / "a file" / "data"
+
+
 @pytest.fixture(scope="session")
 def mnist_dir(tmp_path_factory):
     return make_idx_dataset(str(tmp_path_factory.mktemp("mnist")))

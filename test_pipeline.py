@@ -104,7 +104,7 @@ def test_finished_cells_are_skipped_and_interrupted_ones_resume(data_root, tmp_p
 
 def test_unavailable_dataset_is_skipped_with_a_message(tmp_path):
     result = run_all("--datasets", "cifar100", "--losses", "ce", "--rhos", "0", "--trials", "1", "--out",
-                     str(tmp_path), "--", "--data-dir", str(tmp_path / "empty"), timeout=300)
+                     str(tmp_path), "--", "--data-dir", str(conftest.unreachable_folder(tmp_path)), timeout=300)
     assert "skipping cifar100: error: cifar100 not found" in result.stdout
     assert "0 ran, 0 already finished, 1 skipped (data unavailable), 0 failed" in result.stdout
 

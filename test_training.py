@@ -261,7 +261,7 @@ def test_per_example_clipping_refused_for_batch_norm(cifar_dir, tmp_path):
 
 
 def test_missing_data_is_one_clear_line(tmp_path, python):
-    empty = tmp_path / "nothing here"
+    empty = conftest.unreachable_folder(tmp_path)
     result = subprocess.run([python, "train_mnist.py", "--data-dir", str(empty), "--out", str(tmp_path / "out")],
                             cwd=conftest.ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
