@@ -219,8 +219,11 @@ def dataset_table(dataset, rows, out, expected, chosen):
     is_best = lambda e, rho: e["cells"][rho][0] is not None and e["cells"][rho][0] == best[rho]  # noqa: E731
 
     head = "| Loss | " + " | ".join(f"ρ = {rho:g}" for rho in rhos) + " |"
-    md = [f"# {dataset}: test accuracy (%), mean ± standard error over trials (n shown when below {expected})",
-          "", head, "|---" * (len(rhos) + 1) + "|"]
+    md = [f"# {dataset}: test accuracy (%), mean ± standard error over trials (n shown when below {expected})", ""]
+    if any(r.get("limit_train") or r.get("limit_test") for r in rows):
+        md += ["**Smoke runs on a subset of the data (--limit-train / --limit-test, e.g. run_all.sh --quick): "
+               "these numbers check the pipeline and are not results.**", ""]
+    md += [head, "|---" * (len(rhos) + 1) + "|"]
     for e in table:
         text = [fmt_cell(*e["cells"][rho], expected) for rho in rhos]
         text = [f"**{t}**" if is_best(e, rho) else t for t, rho in zip(text, rhos)]
