@@ -18,7 +18,6 @@ import time
 import types
 import warnings
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 

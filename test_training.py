@@ -5,9 +5,7 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import time
-import types
 
 import numpy as np
 import pytest

@@ -389,14 +389,16 @@ def predict(net, forward, images, data, args, autocast, batch=1000):
 
 
 def expected_calibration_error(logits, labels, bins=15):
-    """ECE with equal-width confidence bins: sum_b |acc_b - conf_b| n_b / n."""
+    """ECE with equal-width confidence bins: sum_b (n_b / n) |acc_b - conf_b|.
+
+    Computed as sum_b |correct_b - confidence_b| / n with per-bin sums, which is the same thing.
+    """
     conf, pred = torch.softmax(logits.float(), 1).max(1)
     correct = (pred == labels).float()
     which = torch.clamp((conf * bins).ceil().long() - 1, 0, bins - 1)  # bin b holds (b/B, (b+1)/B]
-    n_b = torch.bincount(which, minlength=bins).float()
-    acc_b = torch.bincount(which, weights=correct, minlength=bins)
-    conf_b = torch.bincount(which, weights=conf, minlength=bins)
-    return ((acc_b - conf_b).abs().sum() / max(len(labels), 1)).item()
+    correct_sums = torch.bincount(which, weights=correct, minlength=bins)
+    conf_sums = torch.bincount(which, weights=conf, minlength=bins)
+    return ((correct_sums - conf_sums).abs().sum() / max(len(labels), 1)).item()
 
 
 def evaluate(net, forward, images, labels, criterion, data, args, autocast, clean=None):
