@@ -102,6 +102,16 @@ def test_finished_cells_are_skipped_and_interrupted_ones_resume(data_root, tmp_p
     assert len(read_csv(tmp_path / "summary.csv")) == 1  # never duplicated
 
 
+def test_gpu_workers_share_cells_without_overlap(data_root, tmp_path):
+    # no GPU needed: each worker gets its own CUDA_VISIBLE_DEVICES and the scripts fall back to the CPU
+    result = run_all("--gpus", "0,1", "--quick", "--datasets", "mnist", "--losses", "ce,linear", "--rhos", "0,0.2",
+                     "--out", str(tmp_path), "--", "--data-dir", data_root)
+    assert "4 ran, 0 already finished" in result.stdout
+    started = [line.split(": ", 1)[1] for line in result.stdout.splitlines() if "] cell " in line]
+    assert sorted(started) == sorted(set(started)) and len(started) == 4  # every cell once
+    assert len(read_csv(tmp_path / "summary.csv")) == 4
+
+
 def test_unavailable_dataset_is_skipped_with_a_message(tmp_path):
     result = run_all("--datasets", "cifar100", "--losses", "ce", "--rhos", "0", "--trials", "1", "--out",
                      str(tmp_path), "--", "--data-dir", str(conftest.unreachable_folder(tmp_path)), timeout=300)
