@@ -37,7 +37,7 @@ from collections import defaultdict
 import numpy as np
 from scipy import stats
 
-from training import write_atomic, write_csv
+from training import save_figure, write_atomic, write_csv
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LOSS_ORDER = ["ce", "linear", "gce", "phuber_ce", "phuber_gce", "sce", "nce_rce"]
@@ -104,7 +104,7 @@ def find_summaries(root):
 
 
 def load_runs(root):
-    """One row per run (the newest where several files hold the same run), numbers parsed."""
+    """One row per run (the newest where several files hold the same run), as read."""
     runs = {}
     for path in find_summaries(root):
         for row in read_rows(path, REQUIRED, ["rho", "seed", "test_acc"]) or []:
@@ -391,12 +391,6 @@ def tau_selection_table(validation_rows, rows, out):
 # ---------------------------------------------------------------------------------------------
 # Figures.
 
-def save_figure(fig, out, name):
-    for ext in ("png", "pdf"):
-        write_atomic(os.path.join(out, "figures", f"{name}.{ext}"),
-                     lambda f: fig.savefig(f, format=ext, dpi=150, bbox_inches="tight"), binary=True)
-
-
 def accuracy_figure(dataset, table, rhos, refs, out, plt):
     fig, ax = plt.subplots(figsize=(6, 4.2))
     published = False
@@ -420,7 +414,7 @@ def accuracy_figure(dataset, table, rhos, refs, out, plt):
     ax.set(xlabel="label noise ρ", ylabel="test accuracy (%)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
-    save_figure(fig, out, f"{dataset}_accuracy")
+    save_figure(fig, os.path.join(out, "figures", f"{dataset}_accuracy"))
     plt.close(fig)
 
 
@@ -458,7 +452,7 @@ def curve_figures(dataset, rows, root, out, plt):
         if drawn:
             axes[0][-1].legend(fontsize=7)
             fig.suptitle(f"{dataset}: {ylabel} per epoch (mean over trials)", y=1.03)
-            save_figure(fig, out, f"{dataset}_{name}")
+            save_figure(fig, os.path.join(out, "figures", f"{dataset}_{name}"))
         plt.close(fig)
 
 
@@ -483,7 +477,7 @@ def tau_sweep_figure(dataset, rows, out, plt):
         ax.set(xlabel="τ", ylabel="test accuracy (%)", title=f"{dataset}: {LOSS_NAMES[loss]}")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
-    save_figure(fig, out, f"{dataset}_tau_sweep")
+    save_figure(fig, os.path.join(out, "figures", f"{dataset}_tau_sweep"))
     plt.close(fig)
 
 

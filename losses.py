@@ -56,6 +56,11 @@ def check_positive(name, value):
     return _check_real(name, value, lambda v: 0 < v < math.inf, "a finite number > 0")
 
 
+def check_log_zero(A):
+    """A, the value log 0 is clamped to in the reverse cross-entropy."""
+    return _check_real("A", A, lambda v: -math.inf < v < 0, "a finite number < 0")
+
+
 def _check_reduction(reduction):
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction={reduction!r} is not allowed: use one of {', '.join(REDUCTIONS)}")
@@ -153,8 +158,7 @@ def phuber_gce(logits, targets, tau=10.0, q=0.7, reduction="mean"):
 
 def sce(logits, targets, alpha=0.1, beta=1.0, A=-4.0, reduction="mean"):
     """Symmetric CE: alpha CE + beta RCE, with RCE = -A (1 - p_y) (log 0 clamped to A)."""
-    alpha, beta = check_positive("alpha", alpha), check_positive("beta", beta)
-    A = _check_real("A", A, lambda v: -math.inf < v < 0, "a finite number < 0")
+    alpha, beta, A = check_positive("alpha", alpha), check_positive("beta", beta), check_log_zero(A)
     _check_reduction(reduction)
     log_p = _log_probs(logits, targets)[1]
     return _reduce(-alpha * log_p - beta * A * (1 - log_p.exp()), reduction)
@@ -162,8 +166,7 @@ def sce(logits, targets, alpha=0.1, beta=1.0, A=-4.0, reduction="mean"):
 
 def nce_rce(logits, targets, alpha=1.0, beta=1.0, A=-4.0, reduction="mean"):
     """Active-passive loss alpha NCE + beta RCE, NCE = log p_y / sum_k log p_k (Ma et al., 2020)."""
-    alpha, beta = check_positive("alpha", alpha), check_positive("beta", beta)
-    A = _check_real("A", A, lambda v: -math.inf < v < 0, "a finite number < 0")
+    alpha, beta, A = check_positive("alpha", alpha), check_positive("beta", beta), check_log_zero(A)
     _check_reduction(reduction)
     log_p_all, log_p_y = _log_probs(logits, targets)
     nce = log_p_y / log_p_all.sum(dim=1)  # in (0, 1]; the sum is <= -C log C < 0 (never 0)

@@ -119,7 +119,7 @@ grid() {
     local d v r s script flags t
     ((tune)) && for d in ${datasets//,/ }; do  # phase 1 of --tune-tau: the candidates, noisy validation
         [[ $d == synthetic ]] && continue
-        script=train_cifar.py; [[ $d == *mnist ]] && script=train_mnist.py
+        script=$(script_for "$d")
         while IFS= read -r v; do
             [[ $v == *"--tau TUNED"* ]] || continue
             for t in ${candidates//,/ }; do
@@ -135,7 +135,7 @@ grid() {
             echo "synthetic-ding|synthetic|$PYTHON synthetic_ding.py --out $out/synthetic"
             continue
         fi
-        script=train_cifar.py; [[ $d == *mnist ]] && script=train_mnist.py
+        script=$(script_for "$d")
         while IFS= read -r v; do
             [[ -n $v ]] || continue
             flags=${v#*:}
@@ -149,6 +149,7 @@ grid() {
     done
 }
 
+script_for() { [[ $1 == *mnist ]] && echo train_mnist.py || echo train_cifar.py; }
 quick_flags() { ((quick)) && echo " --epochs 1 --limit-train 256 --limit-test 256"; }
 
 mapfile -t cells < <(grid)
@@ -201,7 +202,7 @@ check_data() {
     local d script
     for d in $(printf '%s\n' "${cells[@]}" | cut -d'|' -f2 | sort -u); do
         [[ $d == synthetic ]] && continue
-        script=train_cifar.py; [[ $d == *mnist ]] && script=train_mnist.py
+        script=$(script_for "$d")
         if ! msg=$($PYTHON $script --dataset "$d" --prepare-data "${extra[@]}" 2>&1); then
             echo "skipping $d: $(tail -n 1 <<<"$msg")"
             touch "$status_dir/unavailable-$d"

@@ -22,10 +22,9 @@ import os
 
 import numpy as np
 
-# Shared with the other synthetic experiment: the loss table, tau checks, figure writer.
-from synthetic_long_servedio import (COLOURS, LABELS, LOSS_NAMES, check_taus, loss_functions, pyplot,
-                                     save_figure, versions)
-from training import write_csv
+# Shared with the other synthetic experiment: the loss table, tau checks, plot style.
+from synthetic_long_servedio import COLOURS, LABELS, LOSS_NAMES, check_taus, loss_functions, pyplot, versions
+from training import save_figure, write_csv
 
 N_INLIERS = 5000  # per class
 N_OUTLIERS = 25  # per class
@@ -86,7 +85,8 @@ def plot(theta, curves, out):
     ax.set_title("Ding (2013) outliers: risk of the linear model $\\theta x$")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    save_figure(fig, out, "ding")
+    save_figure(fig, os.path.join(out, "ding"))
+    plt.close(fig)
 
 
 def main(argv=None):

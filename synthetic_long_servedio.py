@@ -35,7 +35,7 @@ import scipy
 from scipy.optimize import minimize
 
 import losses
-from training import write_atomic, write_csv
+from training import save_figure, write_csv
 
 GAMMA = 1 / 24
 SIGMA = 0.01
@@ -179,13 +179,6 @@ def pyplot():
     return plt
 
 
-def save_figure(fig, out, stem):
-    for ext in ("png", "pdf"):
-        write_atomic(os.path.join(out, f"{stem}.{ext}"), functools.partial(fig.savefig, format=ext, dpi=150),
-                     binary=True)
-    pyplot().close(fig)
-
-
 def plot(rows, rhos, optimizer, max_iter, out):
     plt = pyplot()
     taus = {r["loss"]: r["tau"] for r in rows}
@@ -205,7 +198,8 @@ def plot(rows, rhos, optimizer, max_iter, out):
     fitted = f"SLSQP, at most {max_iter} iterations" if optimizer == "slsqp" else "L-BFGS-B to convergence"
     fig.suptitle(f"Long & Servedio mixture, symmetric label noise: linear model, {fitted}", fontsize=10)
     fig.tight_layout()
-    save_figure(fig, out, "long_servedio")
+    save_figure(fig, os.path.join(out, "long_servedio"))
+    plt.close(fig)
 
 
 def main(argv=None):

@@ -11,6 +11,7 @@ import pytest
 
 import aggregate
 import conftest
+from training import read_csv
 
 
 def run_all(*args, env=None, check=True, **kwargs):
@@ -20,11 +21,6 @@ def run_all(*args, env=None, check=True, **kwargs):
     if check and result.returncode != 0:
         raise AssertionError(f"run_all.sh {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
-
-
-def read_csv(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 # ---------------------------------------------------------------------------------------------

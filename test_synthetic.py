@@ -4,7 +4,6 @@ Data generators against the report's description (statistically, with tolerances
 noise rate fails), analytic gradients against finite differences, the report's claims on small seeded
 runs, reproducibility, CSV layout, and flag errors. A few seconds on CPU.
 """
-import csv
 import math
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pytest
 
 import synthetic_ding as ding
 import synthetic_long_servedio as ls
+from training import read_csv
 
 HERE = Path(__file__).resolve().parent
 GAMMA = 1 / 24
@@ -27,11 +27,6 @@ LS_COLUMNS = ["rho", "trial", "loss", "tau", "train_acc", "clean_train_acc", "te
               "n_train", "n_test", "python", "numpy", "scipy"]
 DING_COLUMNS = ["theta", "loss", "tau", "outliers", "risk", "seed", "theta_min", "theta_max", "theta_step",
                 "n_inliers", "n_outliers", "python", "numpy", "scipy"]
-
-
-def read_csv(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def run_ls(out, *flags):

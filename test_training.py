@@ -1,5 +1,4 @@
 """Tests for models.py, training.py, train_mnist.py and train_cifar.py on tiny generated datasets."""
-import csv
 import json
 import math
 import os
@@ -18,13 +17,9 @@ import models
 import train_cifar
 import train_mnist
 import training
+from training import read_csv
 
 TIMING = {"epoch_seconds", "images_per_second", "wall_seconds", "finished"}
-
-
-def read_csv(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def mnist_args(mnist_dir, out, *extra):

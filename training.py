@@ -535,7 +535,9 @@ def check_args(args, parser, num_classes, model_name):
             bad("--clip-mode", args.clip_mode, "per-example clipping needs --clip-norm")
         if args.amp == "fp16":
             bad("--amp", args.amp, "per-example clipping supports --amp bf16 or float32 (no gradient scaler)")
-        if models.has_batch_norm(models.make_model(model_name, num_classes, 3)):
+        with torch.device("meta"):  # the architecture only: no memory, no initialisation cost
+            batch_norm = models.has_batch_norm(models.make_model(model_name, num_classes, 3))
+        if batch_norm:
             bad("--clip-mode", args.clip_mode, f"{model_name} has batch norm, which couples the samples of a "
                 "batch, so per-sample gradients are not defined; use --clip-mode global or a model without "
                 "batch norm (lenet)")
@@ -579,6 +581,13 @@ def write_atomic(path, write, binary=False):
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def save_figure(fig, stem):
+    """A matplotlib figure as stem.png and stem.pdf, each written atomically."""
+    for ext in ("png", "pdf"):
+        write_atomic(f"{stem}.{ext}", lambda f: fig.savefig(f, format=ext, dpi=150, bbox_inches="tight"),
+                     binary=True)
 
 
 def write_csv(path, rows, columns=None):
