@@ -4,7 +4,7 @@
 
 prints, for the chosen device (default: cuda if available):
   1. LeNet training images/s: the floor (a bare forward/backward/step loop over pre-made,
-     pre-normalised batches), our loop (training.train_epoch: uint8 data on the device, per-epoch
+     pre-normalised batches), our loop (training.train_epoch itself: uint8 data on the device, per-epoch
      permutation, on-device normalisation, statistics kept on the device), the usual way
      (torchvision-style Dataset returning PIL images, ToTensor + Normalize, DataLoader workers),
      and our loop with per-example clipping (torch.func per-sample gradients);
@@ -15,7 +15,6 @@ Measurements only; nothing is asserted. On a 2-core CPU the whole run takes abou
 """
 import argparse
 import time
-import types
 import warnings
 
 import torch
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 import losses
 import models
 import training
+from data import Data, channel_stats, load_dataset, normalise, random_crop_flip
 
 
 def synchronize(device):
@@ -42,40 +42,36 @@ def timed(fn, device):
 def mnist_like(args):
     """Fashion-MNIST if --data-dir holds it, else random images with the same shapes."""
     if args.data_dir:
-        train_x, train_y, _, _ = training.load_dataset("fashion-mnist", args.data_dir)
+        train_x, train_y, _, _ = load_dataset("fashion-mnist", args.data_dir)
         return train_x[:args.limit], train_y[:args.limit]
     g = torch.Generator().manual_seed(0)
     return (torch.randint(0, 256, (args.limit, 1, 28, 28), dtype=torch.uint8, generator=g),
             torch.randint(0, 10, (args.limit,), generator=g))
 
 
-def run_args(batch_size, clip_mode="global", clip_norm=None):
-    """The subset of a training script's arguments that train_epoch reads."""
-    return types.SimpleNamespace(batch_size=batch_size, channels_last=False, clip_mode=clip_mode, clip_norm=clip_norm)
-
-
-def our_loop(model_name, images, labels, device, batch_size, augment, steps=None, clip_mode="global", clip_norm=None):
+def our_loop(model_name, images, labels, device, batch_size, augment, steps=None, clip_norm=None,
+             per_example=False):
     """Images/s of training.train_epoch (optionally on the first `steps` batches only)."""
     if steps is not None:
         images, labels = images[:steps * batch_size], labels[:steps * batch_size]
-    mean, std = training.channel_stats(images)
-    data = training.Data(train_x=images.to(device), train_y=labels.to(device), train_clean=labels.to(device),
-                         mean=mean.float().view(1, -1, 1, 1).to(device), std=std.float().view(1, -1, 1, 1).to(device))
+    mean, std = channel_stats(images)
+    x, y, none = images.to(device), labels.to(device), images[:0].to(device)  # no validation or test set
+    data = Data(classes=10, channels=images.shape[1], mean=mean.float().view(1, -1, 1, 1).to(device),
+                std=std.float().view(1, -1, 1, 1).to(device), train_x=x, train_y=y, train_clean=y,
+                val_x=none, val_y=y[:0], val_clean=y[:0], test_x=none, test_y=y[:0])
     torch.manual_seed(0)
     net = models.make_model(model_name, 10, images.shape[1]).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.1 ** (step / 10000))
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    step = training.Step(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: 0.1 ** (n / 10000)),
+                         torch.amp.GradScaler(device.type, enabled=False), clip_norm, per_example)
+    model = training.Model(net, losses.CrossEntropy())
     generator = torch.Generator(device).manual_seed(0)
-    autocast = lambda: torch.autocast(device.type, enabled=False)  # noqa: E731
-    epoch = lambda: training.train_epoch(net, net, optimizer, scheduler, scaler, losses.CrossEntropy(),  # noqa: E731
-                                         data, run_args(batch_size, clip_mode, clip_norm), generator, augment, autocast)
-    return len(images) / timed(epoch, device)
+    return len(images) / timed(lambda: training.train_epoch(model, step, data, batch_size, augment, generator), device)
 
 
 def bare_loop(images, labels, device, batch_size):
     """The floor: forward, loss, backward, step over batches made before the clock starts."""
-    mean, std = training.channel_stats(images)
+    mean, std = channel_stats(images)
     x = ((images.float() - mean.float().view(1, -1, 1, 1)) / std.float().view(1, -1, 1, 1)).to(device)
     batches = [(x[i:i + batch_size], labels[i:i + batch_size].to(device)) for i in range(0, len(x), batch_size)]
     torch.manual_seed(0)
@@ -108,7 +104,7 @@ class PILDataset(torch.utils.data.Dataset):
 def dataloader_loop(images, labels, device, batch_size, workers):
     """The usual way: DataLoader workers decoding PIL images and applying per-image transforms."""
     import torchvision.transforms as T
-    mean, std = training.channel_stats(images)
+    mean, std = channel_stats(images)
     transform = T.Compose([T.ToTensor(), T.Normalize((mean / 255).tolist(), (std / 255).tolist())])
     loader = torch.utils.data.DataLoader(PILDataset(images, labels, transform), batch_size=batch_size,
                                          shuffle=True, num_workers=workers, pin_memory=device.type == "cuda",
@@ -132,15 +128,14 @@ def augmentation(device, n, batch_size):
     from PIL import Image
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
-    mean, std = training.channel_stats(images)
-    data = types.SimpleNamespace(mean=mean.float().view(1, -1, 1, 1).to(device),
-                                 std=std.float().view(1, -1, 1, 1).to(device))
+    mean, std = channel_stats(images)
+    on_mean, on_std = mean.float().view(1, -1, 1, 1).to(device), std.float().view(1, -1, 1, 1).to(device)
     on_device = images.to(device)
     generator = torch.Generator(device).manual_seed(0)
 
     def ours():
         for i in range(0, n, batch_size):
-            training.normalise(training.random_crop_flip(on_device[i:i + batch_size], generator), data)
+            normalise(random_crop_flip(on_device[i:i + batch_size], generator), on_mean, on_std)
     pil = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in images]  # decoded before the clock
     transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
                            T.Normalize((mean / 255).tolist(), (std / 255).tolist())])
@@ -179,7 +174,7 @@ def main():
         floor = max(floor, bare_loop(images, labels, device, 32))
         ours = max(ours, our_loop("lenet", images, labels, device, 32, augment=False))
     usual = dataloader_loop(images, labels, device, 32, args.workers)
-    per_example = our_loop("lenet", images, labels, device, 32, augment=False, clip_mode="per-example", clip_norm=0.1)
+    per_example = our_loop("lenet", images, labels, device, 32, augment=False, clip_norm=0.1, per_example=True)
     print(f"  bare loop (floor)          {floor:10,.0f} img/s  {len(images) / floor:6.1f} s/epoch")
     print(f"  our loop                   {ours:10,.0f} img/s  {len(images) / ours:6.1f} s/epoch  "
           f"({floor / ours:.2f}x the floor's time)")

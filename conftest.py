@@ -3,16 +3,54 @@
 Images carry a class-dependent pattern (a bright bar whose position is the class) plus noise, so a
 few epochs of training get well above chance and tests can assert that learning happened.
 """
+import csv
 import gzip
 import os
 import pickle
 import struct
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+TIMING = {"epoch_seconds", "images_per_second", "wall_seconds", "finished"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: end-to-end runs (processes, grids); the fast tier is -m 'not slow'")
+
+
+def without_timing(rows):
+    """CSV rows without the wall-clock columns, which differ between two identical runs."""
+    return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
+
+
+def write_csv_rows(path, rows):
+    """Hand-made result rows as a CSV, the way a results folder from outside would hold them."""
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, columns)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def only_run_dir(out):
+    (name,) = os.listdir(os.path.join(out, "runs"))
+    return os.path.join(out, "runs", name)
+
+
+def run_all(*args, env=None, check=True, cwd=ROOT, **kwargs):
+    """bash run_all.sh ARGS with this interpreter as PYTHON; raises with its output if it fails."""
+    env = dict(os.environ, PYTHON=sys.executable, **(env or {}))
+    result = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), *args], cwd=cwd, env=env,
+                            capture_output=True, text=True, **kwargs)
+    if check and result.returncode != 0:
+        raise AssertionError(f"run_all.sh {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+TEMPORARY = ".*.tmp"  # the names results.write_atomic gives its temporary files (test_results.py checks)
 
 
 def patterned_images(labels, channels, size, rng):

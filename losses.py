@@ -21,16 +21,33 @@ Everything is computed from log_softmax in float32 or wider (float16/bfloat16 lo
 autocast, are upcast), with torch.where over two finite branches, so values and gradients stay finite
 for logits up to +-1e4 and nothing forces a host sync.
 
-The binary margin losses of the synthetic experiments (report section 4) are plain numpy functions of
-the margin z = y * score, each with its derivative in z: logistic, huberised, partially_huberised.
+The registry (PARAMS and LOSSES, with each function's defaults) is the one source of the training
+flags, run names and table keys: a new loss is a function, a module and a LOSSES entry here (see
+docs/adding-a-loss.md). The binary margin losses of the synthetic experiments (logistic, huberised,
+partially_huberised) live in margin_losses.py, torch-free, and are re-exported here.
 """
 import inspect
 import math
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+import registry
+from margin_losses import (huberised, huberised_grad, huberised_threshold, logistic,  # noqa: F401 (re-exported)
+                           logistic_grad, partially_huberised, partially_huberised_grad,
+                           partially_huberised_threshold, sigmoid)
+
+# Every parameter a loss can take: allowed interval, what it is (the --help text of its flag) and its
+# symbol in tables. A literal, so that registry.py can read it without importing torch.
+PARAMS = {
+    "tau": {"range": "(1, inf)", "help": "partially Huberised threshold", "symbol": "τ", "tex": r"$\tau$"},
+    "q": {"range": "(0, 1]", "help": "GCE exponent", "symbol": "q", "tex": "$q$"},
+    "alpha": {"range": "(0, inf)", "help": "sce / nce_rce weight of the first term", "symbol": "α",
+              "tex": r"$\alpha$"},
+    "beta": {"range": "(0, inf)", "help": "sce / nce_rce weight of the RCE term", "symbol": "β",
+             "tex": r"$\beta$"},
+}
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -38,27 +55,14 @@ REDUCTIONS = ("mean", "sum", "none")
 # ---------------------------------------------------------------------------------------------
 # Parameter checks: each raises ValueError naming the bad value and what is allowed.
 
-def _check_real(name, value, ok, allowed):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(float(value)):
-        raise ValueError(f"{name}={value!r} is not allowed: {name} must be {allowed}")
-    return float(value)
-
-
-def check_tau(tau):
-    return _check_real("tau", tau, lambda t: 1 < t < math.inf, "a finite number > 1")
-
-
-def check_q(q):
-    return _check_real("q", q, lambda v: 0 < v <= 1, "in (0, 1]")
-
-
-def check_positive(name, value):
-    return _check_real(name, value, lambda v: 0 < v < math.inf, "a finite number > 0")
+def check_param(name, value):
+    """float(value) if it lies in PARAMS[name]'s interval, else ValueError naming it."""
+    return registry.check(name, value, PARAMS[name]["range"])
 
 
 def check_log_zero(A):
     """A, the value log 0 is clamped to in the reverse cross-entropy."""
-    return _check_real("A", A, lambda v: -math.inf < v < 0, "a finite number < 0")
+    return registry.check("A", A, "(-inf, 0)")
 
 
 def _check_reduction(reduction):
@@ -121,7 +125,7 @@ def linear(logits, targets, reduction="mean"):
 
 def gce(logits, targets, q=0.7, reduction="mean"):
     """Generalized cross-entropy (1 - p_y^q) / q; q = 1 is the linear loss, q -> 0 tends to CE."""
-    q = check_q(q)
+    q = check_param("q", q)
     _check_reduction(reduction)
     # -expm1(q log p) = 1 - p^q without cancellation when q log p is small (q -> 0 limit).
     return _reduce(-torch.expm1(q * _log_probs(logits, targets)[1]) / q, reduction)
@@ -129,7 +133,7 @@ def gce(logits, targets, q=0.7, reduction="mean"):
 
 def phuber_ce(logits, targets, tau=10.0, reduction="mean"):
     """Partially Huberised CE, eq. (1): -tau p + log tau + 1 where p <= 1/tau, else -log p."""
-    tau = check_tau(tau)
+    tau = check_param("tau", tau)
     _check_reduction(reduction)
     log_p = _log_probs(logits, targets)[1]
     linearised = -tau * log_p.exp() + math.log(tau) + 1
@@ -138,13 +142,13 @@ def phuber_ce(logits, targets, tau=10.0, reduction="mean"):
 
 def phuber_gce_threshold(tau, q):
     """p* = tau^(1/(q-1)), where the GCE slope in p, -p^(q-1), reaches -tau (0 for q = 1)."""
-    tau, q = check_tau(tau), check_q(q)
+    tau, q = check_param("tau", tau), check_param("q", q)
     return 0.0 if q == 1 else tau ** (1 / (q - 1))
 
 
 def phuber_gce(logits, targets, tau=10.0, q=0.7, reduction="mean"):
     """Partially Huberised GCE: the tangent of (1 - p^q)/q at p* below p*, GCE above."""
-    tau, q = check_tau(tau), check_q(q)
+    tau, q = check_param("tau", tau), check_param("q", q)
     _check_reduction(reduction)
     log_p = _log_probs(logits, targets)[1]
     # In log space the comparison is exact for q = 1 too (log p* = -inf: never linearised).
@@ -158,7 +162,7 @@ def phuber_gce(logits, targets, tau=10.0, q=0.7, reduction="mean"):
 
 def sce(logits, targets, alpha=0.1, beta=1.0, A=-4.0, reduction="mean"):
     """Symmetric CE: alpha CE + beta RCE, with RCE = -A (1 - p_y) (log 0 clamped to A)."""
-    alpha, beta, A = check_positive("alpha", alpha), check_positive("beta", beta), check_log_zero(A)
+    alpha, beta, A = check_param("alpha", alpha), check_param("beta", beta), check_log_zero(A)
     _check_reduction(reduction)
     log_p = _log_probs(logits, targets)[1]
     return _reduce(-alpha * log_p - beta * A * (1 - log_p.exp()), reduction)
@@ -166,7 +170,7 @@ def sce(logits, targets, alpha=0.1, beta=1.0, A=-4.0, reduction="mean"):
 
 def nce_rce(logits, targets, alpha=1.0, beta=1.0, A=-4.0, reduction="mean"):
     """Active-passive loss alpha NCE + beta RCE, NCE = log p_y / sum_k log p_k (Ma et al., 2020)."""
-    alpha, beta, A = check_positive("alpha", alpha), check_positive("beta", beta), check_log_zero(A)
+    alpha, beta, A = check_param("alpha", alpha), check_param("beta", beta), check_log_zero(A)
     _check_reduction(reduction)
     log_p_all, log_p_y = _log_probs(logits, targets)
     nce = log_p_y / log_p_all.sum(dim=1)  # in (0, 1]; the sum is <= -C log C < 0 (never 0)
@@ -177,13 +181,20 @@ def nce_rce(logits, targets, alpha=1.0, beta=1.0, A=-4.0, reduction="mean"):
 # Module forms and the registry scripts build losses from (`--loss phuber_ce --tau 10`).
 
 class _Loss(nn.Module):
-    """nn.Module wrapper of a functional loss; subclasses set `fn` and validate their parameters."""
+    """nn.Module form of the functional loss `fn`; parameters not given take fn's defaults."""
     fn = None
 
     def __init__(self, reduction="mean", **params):
         super().__init__()
+        name = self.fn.__name__
         self.reduction = _check_reduction(reduction)
-        self.params = params  # validated values, also what result files record
+        unknown = sorted(set(params) - set(loss_defaults(name)))
+        if unknown:
+            takes = ", ".join(loss_defaults(name)) or "no parameters"
+            raise ValueError(f"loss {name!r} does not take {', '.join(unknown)}: it takes {takes} "
+                             f"(all losses: {describe_losses()})")
+        # validated values with defaults filled in: also what result files record
+        self.params = {k: check_param(k, params.get(k, v)) for k, v in loss_defaults(name).items()}
 
     def forward(self, logits, targets):
         return type(self).fn(logits, targets, **self.params, reduction=self.reduction)
@@ -195,70 +206,51 @@ class _Loss(nn.Module):
 class CrossEntropy(_Loss):
     fn = staticmethod(ce)
 
-    def __init__(self, reduction="mean"):
-        super().__init__(reduction)
-
 
 class Linear(_Loss):
     fn = staticmethod(linear)
 
-    def __init__(self, reduction="mean"):
-        super().__init__(reduction)
-
 
 class GCE(_Loss):
+    """GCE(q=0.7)"""
     fn = staticmethod(gce)
-
-    def __init__(self, q=0.7, reduction="mean"):
-        super().__init__(reduction, q=check_q(q))
 
 
 class PHuberCE(_Loss):
+    """PHuberCE(tau=10)"""
     fn = staticmethod(phuber_ce)
-
-    def __init__(self, tau=10.0, reduction="mean"):
-        super().__init__(reduction, tau=check_tau(tau))
 
 
 class PHuberGCE(_Loss):
+    """PHuberGCE(tau=10, q=0.7)"""
     fn = staticmethod(phuber_gce)
-
-    def __init__(self, tau=10.0, q=0.7, reduction="mean"):
-        super().__init__(reduction, tau=check_tau(tau), q=check_q(q))
 
 
 class SCE(_Loss):
+    """SCE(alpha=0.1, beta=1)"""
     fn = staticmethod(sce)
-
-    def __init__(self, alpha=0.1, beta=1.0, reduction="mean"):
-        super().__init__(reduction, alpha=check_positive("alpha", alpha), beta=check_positive("beta", beta))
 
 
 class NCERCE(_Loss):
+    """NCERCE(alpha=1, beta=1)"""
     fn = staticmethod(nce_rce)
 
-    def __init__(self, alpha=1.0, beta=1.0, reduction="mean"):
-        super().__init__(reduction, alpha=check_positive("alpha", alpha), beta=check_positive("beta", beta))
 
-
+# The registry: each key names its function above, whose defaults are the loss's defaults.
 LOSSES = {"ce": CrossEntropy, "linear": Linear, "gce": GCE, "phuber_ce": PHuberCE,
           "phuber_gce": PHuberGCE, "sce": SCE, "nce_rce": NCERCE}
-PARAM_RANGES = {"tau": "> 1", "q": "in (0, 1]", "alpha": "> 0", "beta": "> 0"}
 
 
 def loss_defaults(name):
-    """The parameters loss `name` takes, with their defaults, e.g. {'tau': 10.0, 'q': 0.7}."""
+    """The registry parameters loss `name` takes, with their defaults, e.g. {'tau': 10.0, 'q': 0.7}."""
     _check_name(name)
-    signature = inspect.signature(LOSSES[name].__init__).parameters.values()
-    return {p.name: p.default for p in signature if p.name not in ("self", "reduction")}
+    signature = inspect.signature(LOSSES[name].fn).parameters.values()
+    return {p.name: p.default for p in signature if p.name in PARAMS}
 
 
 def describe_losses():
     """One line listing every loss with the allowed range and default of each parameter."""
-    def describe(name):
-        params = [f"{k} {PARAM_RANGES[k]}, default {v:g}" for k, v in loss_defaults(name).items()]
-        return f"{name} ({'; '.join(params)})" if params else name
-    return ", ".join(describe(name) for name in LOSSES)
+    return registry.describe({name: loss_defaults(name) for name in LOSSES}, PARAMS)
 
 
 def _check_name(name):
@@ -273,60 +265,4 @@ def make_loss(name, reduction="mean", **params):
     (e.g. tau for ce), or a value outside its range.
     """
     _check_name(name)
-    params = {k: v for k, v in params.items() if v is not None}
-    unknown = sorted(set(params) - set(loss_defaults(name)))
-    if unknown:
-        takes = ", ".join(loss_defaults(name)) or "no parameters"
-        raise ValueError(f"loss {name!r} does not take {', '.join(unknown)}: it takes {takes} "
-                         f"(all losses: {describe_losses()})")
-    return LOSSES[name](reduction=reduction, **params)
-
-
-# ---------------------------------------------------------------------------------------------
-# Binary margin losses in numpy (synthetic experiments), as functions of z = y * score.
-
-def sigmoid(z):
-    """Logistic function, stable for any z (no overflow warning)."""
-    return np.exp(-np.logaddexp(0.0, -np.asarray(z, dtype=float)))
-
-
-def logistic(z):
-    """log(1 + e^-z)."""
-    return np.logaddexp(0.0, -np.asarray(z, dtype=float))
-
-
-def logistic_grad(z):
-    return -sigmoid(-np.asarray(z, dtype=float))
-
-
-def huberised_threshold(tau):
-    """Margin z0 below which |logistic'(z)| = sigmoid(-z) >= tau: z0 = log((1 - tau) / tau)."""
-    tau = _check_real("tau", tau, lambda t: 0 < t < 1, "in (0, 1) for the Huberised loss")
-    return math.log((1 - tau) / tau)
-
-
-def huberised(z, tau):
-    """Huberised logistic loss: the tangent of the logistic loss at z0 for z <= z0 (slope -tau)."""
-    z, z0 = np.asarray(z, dtype=float), huberised_threshold(tau)
-    return np.where(z <= z0, logistic(z0) - tau * (z - z0), logistic(z))
-
-
-def huberised_grad(z, tau):
-    z, z0 = np.asarray(z, dtype=float), huberised_threshold(tau)
-    return np.where(z <= z0, -float(tau), logistic_grad(z))
-
-
-def partially_huberised_threshold(tau):
-    """Margin z0 = logit(1/tau) = -log(tau - 1): sigmoid(z) <= 1/tau exactly when z <= z0."""
-    return -math.log(check_tau(tau) - 1)
-
-
-def partially_huberised(z, tau):
-    """Partially Huberised logistic loss: -tau sigmoid(z) + log tau + 1 where sigmoid(z) <= 1/tau."""
-    z, z0 = np.asarray(z, dtype=float), partially_huberised_threshold(tau)
-    return np.where(z <= z0, -tau * sigmoid(z) + math.log(tau) + 1, logistic(z))
-
-
-def partially_huberised_grad(z, tau):
-    z, z0 = np.asarray(z, dtype=float), partially_huberised_threshold(tau)
-    return np.where(z <= z0, -tau * sigmoid(z) * sigmoid(-z), logistic_grad(z))
+    return LOSSES[name](reduction=reduction, **{k: v for k, v in params.items() if v is not None})

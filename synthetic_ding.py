@@ -22,9 +22,8 @@ import os
 
 import numpy as np
 
-# Shared with the other synthetic experiment: the loss table, tau checks, plot style.
-from synthetic_long_servedio import COLOURS, LABELS, LOSS_NAMES, check_taus, loss_functions, pyplot, versions
-from training import save_figure, write_csv
+from margin_losses import COLOURS, LABELS, MARGIN_LOSSES, check_flags, with_taus
+from results import pyplot, save_figure, versions, write_csv
 
 N_INLIERS = 5000  # per class
 N_OUTLIERS = 25  # per class
@@ -74,9 +73,9 @@ def plot(theta, curves, out):
         ax.plot(theta, risk, color=COLOURS[name], linestyle="--" if outliers else "-")
     # Two short legends, colour for the loss and line style for the data, instead of six entries.
     taus = {name: tau for name, tau, _ in curves}
-    loss_legend = ax.legend([plt.Line2D([], [], color=COLOURS[name]) for name in LOSS_NAMES],
+    loss_legend = ax.legend([plt.Line2D([], [], color=COLOURS[name]) for name in MARGIN_LOSSES],
                             [LABELS[name] + ("" if taus[name] == "" else f" ($\\tau$ = {taus[name]:g})")
-                             for name in LOSS_NAMES], loc="upper center", fontsize=8)
+                             for name in MARGIN_LOSSES], loc="upper center", fontsize=8)
     ax.add_artist(loss_legend)
     ax.legend([plt.Line2D([], [], color="black", linestyle=style) for style in ("-", "--")],
               ["without outliers", "with outliers"], loc="lower left", fontsize=8)
@@ -105,9 +104,7 @@ def main(argv=None):
     parser.add_argument("--no-plot", action="store_true", help="skip the figure")
     args = parser.parse_args(argv)
 
-    if args.seed < 0:
-        parser.error(f"--seed {args.seed} is not allowed: seeds are integers >= 0")
-    check_taus(parser, args.tau_huber, args.tau_phuber)
+    check_flags(parser, args.seed, args.tau_huber, args.tau_phuber)
     if not (math.isfinite(args.theta_min) and math.isfinite(args.theta_max)
             and args.theta_min < args.theta_max):
         parser.error(f"--theta-min {args.theta_min:g} --theta-max {args.theta_max:g} is not allowed: "
@@ -122,12 +119,12 @@ def main(argv=None):
     x, y = make_data(np.random.default_rng(args.seed))
     theta = theta_grid(args.theta_min, args.theta_max, args.theta_step)
     curves = {}
-    for name, (tau, loss, _) in loss_functions(args.tau_huber, args.tau_phuber).items():
+    for name, (tau, loss) in with_taus(args.tau_huber, args.tau_phuber).items():
         for outliers, risk in risk_curves(theta, x, y, loss).items():
             curves[name, "" if tau is None else tau, outliers] = risk
     config = {"seed": args.seed, "theta_min": args.theta_min, "theta_max": args.theta_max,
               "theta_step": args.theta_step, "n_inliers": 2 * N_INLIERS, "n_outliers": 2 * N_OUTLIERS,
-              **versions()}
+              **versions("numpy", "scipy")}
     rows = [{"theta": t, "loss": name, "tau": tau, "outliers": outliers, "risk": r, **config}
             for (name, tau, outliers), risk in curves.items() for t, r in zip(theta, risk)]
     best = minimisers(theta, curves)

@@ -20,22 +20,19 @@ logistic and Huberised early there (never the 100-iteration cap); with --optimiz
 62.2 / 53.7 / 92.6 %.
 """
 import argparse
-import functools
 import math
 import multiprocessing
 import os
-import platform
 
 # One BLAS thread, set before numpy loads OpenBLAS: the optimisers' 2x2 linear algebra gains nothing
 # from threads, and on a busy 2-core machine L-BFGS-B ran ~40x slower with them. Parallelism comes
 # from --workers processes instead.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402 (after the line above on purpose)
-import scipy
-from scipy.optimize import minimize
+from scipy.optimize import minimize  # noqa: E402
 
-import losses
-from training import save_figure, write_csv
+from margin_losses import COLOURS, LABELS, MARGIN_LOSSES, check_flags, with_taus  # noqa: E402
+from results import pyplot, save_figure, versions, write_csv  # noqa: E402
 
 GAMMA = 1 / 24
 SIGMA = 0.01
@@ -46,39 +43,8 @@ WEIGHTS = np.array([1 / 8, 1 / 8, 1 / 8, 1 / 8, 1 / 4, 1 / 4])
 N_TRAIN, N_TEST = 1000, 500
 TAU_HUBER = 1 / (1 + math.e)  # sigmoid(-1), the value the authors used (the paper misprints 1.0)
 TAU_PHUBER = 1 + math.exp(-1)  # the paper misprints 2.0
-LOSS_NAMES = ("logistic", "huberised", "partially_huberised")
-LABELS = {"logistic": "Logistic", "huberised": "Huberised", "partially_huberised": "Partially Huberised"}
-COLOURS = {"logistic": "tab:blue", "huberised": "tab:orange", "partially_huberised": "tab:green"}
 # "Run to convergence": the cap is never the reason to stop, only a vanishing gradient is.
 LBFGS_OPTIONS = {"maxiter": 10_000, "ftol": 0.0, "gtol": 1e-8}
-
-
-def loss_functions(tau_huber, tau_phuber):
-    """{name: (tau, loss(z), loss'(z))} for the three margin losses, tau bound (None for logistic)."""
-    return {
-        "logistic": (None, losses.logistic, losses.logistic_grad),
-        "huberised": (tau_huber, functools.partial(losses.huberised, tau=tau_huber),
-                      functools.partial(losses.huberised_grad, tau=tau_huber)),
-        "partially_huberised": (tau_phuber, functools.partial(losses.partially_huberised, tau=tau_phuber),
-                                functools.partial(losses.partially_huberised_grad, tau=tau_phuber)),
-    }
-
-
-def check_taus(parser, tau_huber, tau_phuber):
-    """parser.error (exit 2) naming the flag if a tau is outside the range losses.py allows."""
-    try:
-        losses.huberised_threshold(tau_huber)
-    except ValueError as e:
-        misprint = " (the original paper's tau = 1.0 is a misprint)" if tau_huber == 1 else ""
-        parser.error(f"--tau-huber {tau_huber:g}: {e}{misprint}")
-    try:
-        losses.partially_huberised_threshold(tau_phuber)
-    except ValueError as e:
-        parser.error(f"--tau-phuber {tau_phuber:g}: {e}")
-
-
-def versions():
-    return {"python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__}
 
 
 def make_data(rng, n):
@@ -92,20 +58,20 @@ def flip_labels(rng, y, rho):
     return np.where(rng.random(len(y)) < rho, -y, y)
 
 
-def objective(w, yx, loss, loss_grad):
+def objective(w, yx, loss):
     """Empirical risk mean_i loss(y_i w.x_i) and its gradient in w; yx holds the rows y_i x_i."""
-    z = yx @ w
-    return loss(z).mean(), loss_grad(z) @ yx / len(z)
+    value, slope = loss(yx @ w, grad=True)
+    return value.sum() / len(value), slope @ yx / len(value)  # = value.mean(), bit for bit, without its overhead
 
 
-def fit(yx, loss, loss_grad, optimizer, max_iter):
+def fit(yx, loss, optimizer, max_iter):
     """Minimise the empirical risk from w = 0; returns scipy's OptimizeResult."""
     # jac=True: value and gradient come from one pass over the data, scipy reuses it for both.
     if optimizer == "slsqp":
         method, options = "SLSQP", {"maxiter": max_iter}
     else:
         method, options = "L-BFGS-B", LBFGS_OPTIONS
-    return minimize(objective, np.zeros(2), args=(yx, loss, loss_grad), jac=True, method=method,
+    return minimize(objective, np.zeros(2), args=(yx, loss), jac=True, method=method,
                     options=options)
 
 
@@ -122,8 +88,8 @@ def run_trial(seed, rho, trial, tau_huber, tau_phuber, optimizer, max_iter):
     x_test, y_test = make_data(rng, N_TEST)  # test set is clean
     yx = y[:, None] * x
     rows = []
-    for name, (tau, loss, loss_grad) in loss_functions(tau_huber, tau_phuber).items():
-        res = fit(yx, loss, loss_grad, optimizer, max_iter)
+    for name, (tau, loss) in with_taus(tau_huber, tau_phuber).items():
+        res = fit(yx, loss, optimizer, max_iter)
         rows.append({"rho": rho, "trial": trial, "loss": name, "tau": "" if tau is None else tau,
                      "train_acc": accuracy(res.x, x, y), "clean_train_acc": accuracy(res.x, x, y_clean),
                      "test_acc": accuracy(res.x, x_test, y_test), "w1": res.x[0], "w2": res.x[1],
@@ -132,20 +98,25 @@ def run_trial(seed, rho, trial, tau_huber, tau_phuber, optimizer, max_iter):
     return rows
 
 
-def run_trials(jobs, workers):
-    """run_trial over job tuples, in order; every trial seeds itself, so workers change nothing."""
+def run_trials(jobs, workers, meanwhile=None):
+    """run_trial over job tuples, in order; every trial seeds itself, so workers change nothing.
+    meanwhile(), if given, runs in this process while the workers compute."""
     if workers == 1:
-        return [row for job in jobs for row in run_trial(*job)]
-    chunk = math.ceil(len(jobs) / (4 * workers))  # a few chunks per worker evens out slow trials
+        rows = [row for job in jobs for row in run_trial(*job)]
+        meanwhile and meanwhile()
+        return rows
+    chunk = math.ceil(len(jobs) / (32 * workers))  # small chunks: no worker idles while another finishes
     with multiprocessing.get_context("fork").Pool(workers) as pool:
-        return [row for rows in pool.starmap(run_trial, jobs, chunksize=chunk) for row in rows]
+        pending = pool.starmap_async(run_trial, jobs, chunksize=chunk)
+        meanwhile and meanwhile()
+        return [row for rows in pending.get() for row in rows]
 
 
 def summarise(rows, rhos):
-    """Test accuracy statistics per (rho, loss), in the order of rhos and LOSS_NAMES."""
+    """Test accuracy statistics per (rho, loss), in the order of rhos and MARGIN_LOSSES."""
     summary = []
     for rho in rhos:
-        for name in LOSS_NAMES:
+        for name in MARGIN_LOSSES:
             sel = [r for r in rows if r["rho"] == rho and r["loss"] == name]
             acc = np.array([r["test_acc"] for r in sel])
             q1, median, q3 = np.percentile(acc, [25, 50, 75])
@@ -171,26 +142,18 @@ def print_summary(summary, optimizer, max_iter):
               f" {shares} {s['iterations_mean']:6.1f}")
 
 
-def pyplot():
-    """matplotlib.pyplot on Agg, imported on first use: --no-plot runs and importers never load it."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def plot(rows, rhos, optimizer, max_iter, out):
     plt = pyplot()
     taus = {r["loss"]: r["tau"] for r in rows}
-    labels = [LABELS[name].replace(" ", "\n") for name in LOSS_NAMES]
+    labels = [LABELS[name].replace(" ", "\n") for name in MARGIN_LOSSES]
     labels = [label + ("" if taus[name] == "" else f"\n($\\tau$ = {taus[name]:.4g})")
-              for label, name in zip(labels, LOSS_NAMES)]
+              for label, name in zip(labels, MARGIN_LOSSES)]
     fig, axes = plt.subplots(1, len(rhos), figsize=(3.6 * len(rhos), 3.8), sharey=True, squeeze=False)
     for ax, rho in zip(axes[0], rhos):
-        acc = [[r["test_acc"] for r in rows if r["rho"] == rho and r["loss"] == name] for name in LOSS_NAMES]
+        acc = [[r["test_acc"] for r in rows if r["rho"] == rho and r["loss"] == name] for name in MARGIN_LOSSES]
         boxes = ax.boxplot(acc, tick_labels=labels, widths=0.5, patch_artist=True,
                            medianprops={"color": "black"})
-        for box, name in zip(boxes["boxes"], LOSS_NAMES):
+        for box, name in zip(boxes["boxes"], MARGIN_LOSSES):
             box.set(facecolor=COLOURS[name], alpha=0.6)
         ax.set_title(f"$\\rho$ = {rho:g} ({len(acc[0])} trials)")
         ax.grid(axis="y", alpha=0.3)
@@ -235,16 +198,15 @@ def main(argv=None):
                         ("--workers", args.workers)):
         if value < 1:
             parser.error(f"{flag} {value} is not allowed: it must be an integer >= 1")
-    if args.seed < 0:
-        parser.error(f"--seed {args.seed} is not allowed: seeds are integers >= 0")
-    check_taus(parser, args.tau_huber, args.tau_phuber)
+    check_flags(parser, args.seed, args.tau_huber, args.tau_phuber)
 
     jobs = [(args.seed, rho, trial, args.tau_huber, args.tau_phuber, args.optimizer, args.max_iter)
             for rho in args.rho for trial in range(args.trials)]
-    rows = run_trials(jobs, min(args.workers, len(jobs)))
+    # while the workers fit, this process would wait idle: it imports matplotlib meanwhile
+    rows = run_trials(jobs, min(args.workers, len(jobs)), meanwhile=None if args.no_plot else pyplot)
     max_iter = args.max_iter if args.optimizer == "slsqp" else LBFGS_OPTIONS["maxiter"]
     config = {"optimizer": args.optimizer, "max_iter": max_iter, "trials": args.trials, "seed": args.seed,
-              "n_train": N_TRAIN, "n_test": N_TEST, **versions()}
+              "n_train": N_TRAIN, "n_test": N_TEST, **versions("numpy", "scipy")}
     summary = summarise(rows, args.rho)
 
     os.makedirs(args.out, exist_ok=True)

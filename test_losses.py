@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import losses
+import registry
 
 MULTICLASS = list(losses.LOSSES)
 
@@ -386,7 +387,7 @@ def test_unknown_name_lists_valid_names_and_ranges():
     assert "'phuber'" in message
     for name in losses.LOSSES:
         assert name in message
-    assert "tau > 1" in message and "q in (0, 1]" in message
+    assert "tau in (1, inf)" in message and "q in (0, 1]" in message
 
 
 def test_registry():
@@ -403,4 +404,39 @@ def test_import_loads_only_torch_and_numpy():
             "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
             "print(sorted(new - set(sys.stdlib_module_names)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "['losses']"
+    assert out.stdout.strip() == "['losses', 'margin_losses', 'registry']"
+
+
+def test_registry_read_without_torch_equals_the_module():
+    read_losses, read_params = registry.read()
+    assert read_params == losses.PARAMS
+    assert read_losses == {name: losses.loss_defaults(name) for name in losses.LOSSES}
+    assert list(read_losses) == list(losses.LOSSES)  # registry order: flags, table rows
+    code = "import sys, registry; registry.read(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_registry_reads_a_new_loss_from_source_alone(tmp_path):
+    source = tmp_path / "losses.py"
+    source.write_text('PARAMS = {"tau": {"range": "(1, inf)"}, "gamma": {"range": "(0, 1)"}}\n'
+                      'def ce(logits, targets, reduction="mean"): pass\n'
+                      'def focal(logits, targets, gamma=0.5, tau=3.0, A=-4.0, reduction="mean"): pass\n'
+                      'LOSSES = {"ce": None, "focal": None}\n')
+    read_losses, read_params = registry.read(str(source))
+    assert read_losses == {"ce": {}, "focal": {"gamma": 0.5, "tau": 3.0}}  # A is not a registry parameter
+    assert list(read_params) == ["tau", "gamma"]
+
+
+@pytest.mark.parametrize("value,interval,ok", [
+    (1.5, "(1, inf)", True), (1, "(1, inf)", False), (float("inf"), "(1, inf)", False),
+    (float("nan"), "(0, 1]", False), (1, "(0, 1]", True), (0, "(0, 1]", False), (0, "[0, 1)", True),
+    (np.float32(10), "(1, inf)", True), (np.int64(3), "(1, inf)", True), (True, "(0, 1]", False),
+    ("10", "(1, inf)", False), (None, "(1, inf)", False), (-4.0, "(-inf, 0)", True),
+])
+def test_interval_check(value, interval, ok):
+    if ok:
+        assert registry.check("x", value, interval) == float(value)
+    else:
+        with pytest.raises(ValueError, match=f"x={value!r} is not allowed: x must be a number in"):
+            registry.check("x", value, interval)

@@ -1,5 +1,4 @@
 """Tests for run_all.sh (grid, --task, skip/resume, --quick) and aggregate.py (hand-made results)."""
-import csv
 import math
 import os
 import signal
@@ -11,16 +10,9 @@ import pytest
 
 import aggregate
 import conftest
-from training import read_csv
-
-
-def run_all(*args, env=None, check=True, **kwargs):
-    env = dict(os.environ, PYTHON=sys.executable, **(env or {}))
-    result = subprocess.run(["bash", "run_all.sh", *args], cwd=conftest.ROOT, env=env, capture_output=True,
-                            text=True, **kwargs)
-    if check and result.returncode != 0:
-        raise AssertionError(f"run_all.sh {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result
+import grid
+from conftest import run_all
+from results import read_csv
 
 
 # ---------------------------------------------------------------------------------------------
@@ -41,6 +33,7 @@ def test_default_grid_is_the_reports():
     assert len(cells) == len(set(cells))
 
 
+@pytest.mark.slow
 def test_task_runs_the_listed_cell():
     listing = run_all("--list", "--datasets", "mnist,cifar100", "--losses", "ce+clip,phuber_ce").stdout.splitlines()
     assert len(listing) == 4 * 3 * (2 + 3)  # mnist: 2 settings, cifar100: 3 (tau 10, 50)
@@ -59,12 +52,14 @@ def test_task_runs_the_listed_cell():
 def test_extra_losses_and_passthrough():
     out = run_all("--datasets", "mnist", "--losses", "sce", "--rhos", "0.4", "--trials", "1", "--dry-run",
                   "--", "--amp", "bf16").stdout.strip()
-    assert out.endswith("--loss sce --rho 0.4 --seed 0 --out results --resume --amp bf16")
+    script = os.path.join(conftest.ROOT, "train_mnist.py")
+    assert out == f"{sys.executable} {script} --dataset mnist --loss sce --rho 0.4 --seed 0 --out " \
+                  f"{os.path.join(conftest.ROOT, 'results')} --resume --amp bf16"
 
 
 @pytest.mark.parametrize("args,message", [
     (["--datasets", "imagenet"], "'imagenet'"), (["--losses", "huber"], "'huber'"), (["--trials", "0"], "'0'"),
-    (["--task", "999", "--datasets", "mnist"], "'999'"), (["--rhos", "1.5"], "'1.5'"), (["--bogus"], "'--bogus'"),
+    (["--task", "999", "--datasets", "mnist"], "'999'"), (["--rhos", "1.5"], "'1.5'"), (["--bogus"], "--bogus"),
 ])
 def test_bad_options_exit_2(args, message):
     result = run_all(*args, check=False)
@@ -74,6 +69,7 @@ def test_bad_options_exit_2(args, message):
 # ---------------------------------------------------------------------------------------------
 # Running: skip, resume, unavailable data, the quick pipeline.
 
+@pytest.mark.slow
 def test_finished_cells_are_skipped_and_interrupted_ones_resume(data_root, tmp_path):
     common = ["--datasets", "mnist", "--losses", "ce", "--rhos", "0.2", "--trials", "1", "--out", str(tmp_path)]
     env = dict(os.environ, PYTHON=sys.executable)
@@ -98,16 +94,20 @@ def test_finished_cells_are_skipped_and_interrupted_ones_resume(data_root, tmp_p
     assert len(read_csv(tmp_path / "summary.csv")) == 1  # never duplicated
 
 
+@pytest.mark.slow
 def test_gpu_workers_share_cells_without_overlap(data_root, tmp_path):
-    # no GPU needed: each worker gets its own CUDA_VISIBLE_DEVICES and the scripts fall back to the CPU
+    # Two visible "GPUs" on a CPU machine: each worker gets its own CUDA_VISIBLE_DEVICES, and the
+    # cells run on the CPU because --device cpu overrides the workers' --device cuda.
     result = run_all("--gpus", "0,1", "--quick", "--datasets", "mnist", "--losses", "ce,linear", "--rhos", "0,0.2",
-                     "--out", str(tmp_path), "--", "--data-dir", data_root)
+                     "--out", str(tmp_path), "--", "--data-dir", data_root, "--device", "cpu",
+                     env={"CUDA_VISIBLE_DEVICES": "0,1"})
     assert "4 ran, 0 already finished" in result.stdout
-    started = [line.split(": ", 1)[1] for line in result.stdout.splitlines() if "] cell " in line]
+    started = [line.split(": ", 1)[1].split(" (")[0] for line in result.stdout.splitlines() if "] cell " in line]
     assert sorted(started) == sorted(set(started)) and len(started) == 4  # every cell once
     assert len(read_csv(tmp_path / "summary.csv")) == 4
 
 
+@pytest.mark.slow
 def test_unavailable_dataset_is_skipped_with_a_message(tmp_path):
     result = run_all("--datasets", "cifar100", "--losses", "ce", "--rhos", "0", "--trials", "1", "--out",
                      str(tmp_path), "--", "--data-dir", str(conftest.unreachable_folder(tmp_path)), timeout=300)
@@ -115,6 +115,7 @@ def test_unavailable_dataset_is_skipped_with_a_message(tmp_path):
     assert "0 ran, 0 already finished, 1 skipped (data unavailable), 0 failed" in result.stdout
 
 
+@pytest.mark.slow
 def test_quick_pipeline_ends_with_tables_and_figures(data_root, tmp_path):
     out = str(tmp_path / "quick")
     run_all("--quick", "--datasets", "synthetic,mnist", "--losses", "ce,phuber_ce", "--rhos", "0,0.4",
@@ -148,15 +149,6 @@ def summary_row(dataset, loss, rho, seed, acc, **extra):
     return row
 
 
-def write_summary(path, rows):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, columns)
-        w.writeheader()
-        w.writerows(rows)
-
-
 @pytest.fixture
 def hand_made(tmp_path):
     rows = []
@@ -166,7 +158,7 @@ def hand_made(tmp_path):
                  summary_row("mnist", "phuber_ce", 0.0, seed, ph0, tau=10.0),
                  summary_row("mnist", "phuber_ce", 0.4, seed, ph4, tau=10.0)]
     rows += [summary_row("mnist", "ce", 0.0, s, 97.0, clip_norm=0.1) for s in (0, 1)]  # two trials, rho 0 only
-    write_summary(str(tmp_path / "summary.csv"), rows)
+    conftest.write_csv_rows(tmp_path / "summary.csv", rows)
     return tmp_path
 
 
@@ -232,11 +224,11 @@ def test_tau_is_chosen_on_validation_accuracy_never_test(tmp_path):
             rows.append(dict(dataset="mnist", loss="phuber_ce", tau=tau, rho=0.6, seed=seed, val_acc=val + seed,
                              test_acc=test))
         rows.append(dict(dataset="mnist", loss="phuber_ce", tau=2.0, rho=0.2, seed=seed, val_acc=99.0, test_acc=99))
-    tau, scores = aggregate.choose_tau(rows, "mnist", "phuber_ce")
+    tau, scores = grid.choose_tau(rows, "mnist", "phuber_ce")
     assert tau == 10.0 and scores == {2.0: 60.5, 10.0: 70.5}
     for r in rows:  # no test column at all: the same choice
         del r["test_acc"]
-    assert aggregate.choose_tau(rows, "mnist", "phuber_ce")[0] == 10.0
+    assert grid.choose_tau(rows, "mnist", "phuber_ce")[0] == 10.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,6 +239,7 @@ def squeue_empty(job_ids, env):
     return not out.stdout.strip()
 
 
+@pytest.mark.slow
 def test_slurm_array_runs_the_grid_and_aggregates(data_root, tmp_path):
     cluster = tmp_path / "cluster"
     start = subprocess.run(["bash", ".ci/slurm_localhost.sh", "start", str(cluster)], cwd=conftest.ROOT,
@@ -279,6 +272,7 @@ def test_slurm_array_runs_the_grid_and_aggregates(data_root, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # tau: the noisy-validation protocol and the sweep.
 
+@pytest.mark.slow
 def test_tune_tau_protocol_end_to_end(data_root, tmp_path):
     common = ["--tune-tau", "--quick", "--datasets", "mnist", "--losses", "ce,phuber_ce", "--rhos", "0,0.4",
               "--tau-candidates", "2,10", "--out", str(tmp_path)]
@@ -301,7 +295,7 @@ def test_tune_tau_protocol_end_to_end(data_root, tmp_path):
 def test_tau_sweep_figure(tmp_path):
     rows = [summary_row("cifar100", "phuber_ce", rho, seed, 50 + tau / 10 - 10 * rho, tau=float(tau))
             for tau in (2, 10, 50) for rho in (0.2, 0.6) for seed in (0, 1)]
-    write_summary(str(tmp_path / "summary.csv"), rows)
+    conftest.write_csv_rows(tmp_path / "summary.csv", rows)
     listing = run_all("--list", "--datasets", "cifar100", "--losses", "phuber_ce", "--taus", "2,10,50").stdout
     assert len(listing.splitlines()) == 3 * 4 * 3 and "tau50" in listing and "tau2-" in listing
     assert aggregate.main(["--results", str(tmp_path)]) == 0

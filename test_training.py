@@ -1,4 +1,5 @@
-"""Tests for models.py, training.py, train_mnist.py and train_cifar.py on tiny generated datasets."""
+"""Tests for models.py, data.py, training.py, cli.py, train_mnist.py and train_cifar.py on tiny
+generated datasets."""
 import json
 import math
 import os
@@ -11,24 +12,29 @@ import pytest
 import torch
 from scipy import stats
 
+import cli
 import conftest
+import data
+import experiment
+import grid
 import losses
 import models
 import train_cifar
 import train_mnist
 import training
-from training import read_csv
-
-TIMING = {"epoch_seconds", "images_per_second", "wall_seconds", "finished"}
+from conftest import only_run_dir, without_timing
+from results import read_csv
 
 
 def mnist_args(mnist_dir, out, *extra):
     return ["--data-dir", mnist_dir, "--out", str(out), "--epochs", "2", *map(str, extra)]
 
 
-def only_run_dir(out):
-    (name,) = os.listdir(os.path.join(out, "runs"))
-    return os.path.join(out, "runs", name)
+def prepared(mnist_dir, *argv):
+    """The Data of a train_mnist.py command line, on the CPU."""
+    _, c = cli.parse("train_mnist.py", ["--data-dir", mnist_dir, *argv])
+    return data.prepare(c["dataset"], mnist_dir, False, c["rho"], c["noise"], c["noise_seed"], c["val_split"],
+                        c["limit_train"], c["limit_test"], torch.device("cpu"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -62,8 +68,8 @@ def test_lenet_init_and_shapes():
 # Label noise.
 
 def noisy(labels, rho, k=10, noise="symmetric", dataset="mnist", seed=0):
-    return training.add_label_noise(labels, rho, k, noise, training.flip_map(dataset, noise),
-                                    torch.Generator().manual_seed(seed))
+    return data.add_label_noise(labels, rho, k, noise, data.flip_map(dataset, noise),
+                                torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("rho", [0.2, 0.6])
@@ -82,15 +88,9 @@ def test_symmetric_noise_rate_and_uniformity(rho):
 
 
 def test_noise_depends_on_noise_seed_only(mnist_dir):
-    def labels(*argv):
-        parser = train_mnist.build_parser()
-        args = parser.parse_args(["--data-dir", mnist_dir, "--rho", "0.4", *argv])
-        args.model = "lenet"
-        training.check_args(args, parser, 10, "lenet")
-        return training.prepare_data(args, torch.device("cpu")).train_y
-    base = labels("--seed", "0")
-    assert torch.equal(base, labels("--seed", "7"))
-    assert not torch.equal(base, labels("--noise-seed", "1"))
+    base = prepared(mnist_dir, "--rho", "0.4", "--seed", "0").train_y
+    assert torch.equal(base, prepared(mnist_dir, "--rho", "0.4", "--seed", "7").train_y)
+    assert not torch.equal(base, prepared(mnist_dir, "--rho", "0.4", "--noise-seed", "1").train_y)
 
 
 def test_rho_zero_changes_nothing():
@@ -104,7 +104,7 @@ def test_rho_zero_changes_nothing():
 def test_random_crop_flip_stays_inside_padded_image_and_flips_half():
     n, c, h, w, pad = 4000, 2, 8, 8, 4
     base = torch.arange(1, c * h * w + 1).view(1, c, h, w).to(torch.uint8)  # distinct non-zero pixels
-    out = training.random_crop_flip(base.expand(n, c, h, w), torch.Generator().manual_seed(0), pad=pad)
+    out = data.random_crop_flip(base.expand(n, c, h, w), torch.Generator().manual_seed(0), pad=pad)
     assert out.shape == (n, c, h, w) and out.dtype == torch.uint8
     padded = torch.nn.functional.pad(base, (pad,) * 4)[0]
     keys, windows = [], []
@@ -127,8 +127,7 @@ def test_random_crop_flip_stays_inside_padded_image_and_flips_half():
 # Learning-rate schedules.
 
 def test_mnist_schedule_is_exponential_per_iteration():
-    args = train_mnist.build_parser().parse_args([])
-    f = train_mnist.lr_factor(args, steps_per_epoch=1875)
+    f = train_mnist.lr_factor(grid.DATASETS["mnist"]["lr_decay"], grid.DATASETS["mnist"]["lr_decay_steps"])
     assert [f(n) for n in (0, 5000, 10000, 20000)] == pytest.approx([1, 0.1 ** 0.5, 0.1, 0.01])
     opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1e-3)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, f)
@@ -143,11 +142,9 @@ def test_mnist_schedule_is_exponential_per_iteration():
     ("cifar100", {0: 1, 59: 1, 60: 0.2, 120: 0.04, 159: 0.04, 160: 0.008, 199: 0.008}),
 ])
 def test_cifar_schedule_steps_at_the_papers_epochs(dataset, expected):
-    args = train_cifar.build_parser().parse_args(["--dataset", dataset])
-    for key, value in train_cifar.PAPER[dataset].items():
-        setattr(args, key, value)
+    _, config = cli.parse("train_cifar.py", ["--dataset", dataset])
     steps = 391
-    f = train_cifar.lr_factor(args, steps)
+    f = train_cifar.lr_factor(config["lr_gamma"], config["milestones"], steps)
     for epoch, factor in expected.items():
         assert f(epoch * steps) == pytest.approx(factor) and f(epoch * steps + steps - 1) == pytest.approx(factor)
 
@@ -187,10 +184,9 @@ def test_two_epoch_run_writes_well_formed_csvs(mnist_dir, tmp_path, capsys):
 def test_same_flags_same_numbers(mnist_dir, tmp_path):
     for out in ("a", "b"):
         train_mnist.main(mnist_args(mnist_dir, tmp_path / out, "--rho", "0.4", "--loss", "gce"))
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]  # noqa: E731
-    assert strip(read_csv(tmp_path / "a" / "summary.csv")) == strip(read_csv(tmp_path / "b" / "summary.csv"))
+    assert without_timing(read_csv(tmp_path / "a" / "summary.csv")) == without_timing(read_csv(tmp_path / "b" / "summary.csv"))
     a, b = (read_csv(os.path.join(only_run_dir(tmp_path / o), "epochs.csv")) for o in ("a", "b"))
-    assert strip(a) == strip(b)
+    assert without_timing(a) == without_timing(b)
 
 
 def test_finished_run_is_skipped_and_force_reruns(mnist_dir, tmp_path, capsys):
@@ -207,6 +203,7 @@ def test_finished_run_is_skipped_and_force_reruns(mnist_dir, tmp_path, capsys):
     assert len(read_csv(tmp_path / "summary.csv")) == 2 and len(os.listdir(tmp_path / "runs")) == 2
 
 
+@pytest.mark.slow
 def test_kill_and_resume_equals_uninterrupted(mnist_dir, tmp_path, python):
     argv = [python, "train_mnist.py", "--data-dir", mnist_dir, "--epochs", "8", "--rho", "0.4", "--loss", "phuber_gce"]
     subprocess.run(argv + ["--out", str(tmp_path / "full")], check=True, cwd=conftest.ROOT, capture_output=True)
@@ -223,10 +220,9 @@ def test_kill_and_resume_equals_uninterrupted(mnist_dir, tmp_path, python):
     again = subprocess.run(argv + ["--out", str(out)], cwd=conftest.ROOT, capture_output=True, text=True)
     assert again.returncode == 2 and "--resume" in again.stderr  # never silently restarts
     subprocess.run(argv + ["--out", str(out), "--resume"], check=True, cwd=conftest.ROOT, capture_output=True)
-    strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]  # noqa: E731
-    assert strip(read_csv(out / "summary.csv")) == strip(read_csv(tmp_path / "full" / "summary.csv"))
+    assert without_timing(read_csv(out / "summary.csv")) == without_timing(read_csv(tmp_path / "full" / "summary.csv"))
     full, resumed = (read_csv(os.path.join(only_run_dir(d), "epochs.csv")) for d in (tmp_path / "full", out))
-    assert strip(full) == strip(resumed) and len(resumed) == 8
+    assert without_timing(full) == without_timing(resumed) and len(resumed) == 8
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -238,11 +234,12 @@ def test_kill_and_resume_equals_uninterrupted(mnist_dir, tmp_path, python):
     (["--clip-mode", "per-example"], "needs --clip-norm"), (["--rho", "x"], "invalid float value: 'x'"),
     (["--device", "gpu0"], "--device 'gpu0'"),
 ])
-def test_bad_flags_exit_2_with_one_line(flags, message, tmp_path, python):
-    result = subprocess.run([python, "train_mnist.py", "--out", str(tmp_path / "out"), *flags],
-                            cwd=conftest.ROOT, capture_output=True, text=True)
-    assert result.returncode == 2
-    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+def test_bad_flags_exit_2_with_one_line(flags, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        train_mnist.main(["--out", str(tmp_path / "out"), *flags])
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert message in err and len(err.strip().splitlines()) == 1, err
     assert not os.path.exists(tmp_path / "out")
 
 
@@ -253,22 +250,22 @@ def test_per_example_clipping_refused_for_batch_norm(cifar_dir, tmp_path):
     assert e.value.code == 2
 
 
-def test_missing_data_is_one_clear_line(tmp_path, python):
+def test_missing_data_is_one_clear_line_and_exit_3(tmp_path, capsys):
     empty = conftest.unreachable_folder(tmp_path)
-    result = subprocess.run([python, "train_mnist.py", "--data-dir", str(empty), "--out", str(tmp_path / "out")],
-                            cwd=conftest.ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
-    line = result.stderr.strip()
+    with pytest.raises(SystemExit) as e:
+        train_mnist.main(["--data-dir", str(empty), "--out", str(tmp_path / "out")])
+    assert e.value.code == 3  # run_all.sh: skipped (data unavailable)
+    line = capsys.readouterr().err.strip()
     assert len(line.splitlines()) == 1
     assert str(empty) in line and "train-images-idx3-ubyte" in line and "t10k-labels-idx1-ubyte" in line
     assert not os.path.exists(tmp_path / "out" / "summary.csv")
 
 
-def test_non_finite_loss_stops_cleanly(mnist_dir, tmp_path, python):
-    result = subprocess.run([python, "train_mnist.py", *mnist_args(mnist_dir, tmp_path, "--lr", "1e30")],
-                            cwd=conftest.ROOT, capture_output=True, text=True)
-    assert result.returncode == 1
-    assert "non-finite training loss at epoch 1, step" in result.stderr
+def test_non_finite_loss_stops_cleanly(mnist_dir, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        train_mnist.main(mnist_args(mnist_dir, tmp_path, "--lr", "1e30"))
+    assert e.value.code == 1
+    assert "non-finite training loss at epoch 1, step" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "summary.csv")
 
 
@@ -278,7 +275,7 @@ def test_dataset_layouts(layout, tmp_path):
         conftest.make_idx_dataset(str(tmp_path / "FashionMNIST" / "raw"), n_train=50, n_test=20)
     else:
         conftest.make_idx_dataset(str(tmp_path), n_train=50, n_test=20, gz=True)
-    train_x, train_y, test_x, test_y = training.load_dataset("fashion-mnist", str(tmp_path))
+    train_x, train_y, test_x, test_y = data.load_dataset("fashion-mnist", str(tmp_path))
     assert train_x.shape == (50, 1, 28, 28) and test_x.shape == (20, 1, 28, 28)
     assert train_x.dtype == torch.uint8 and train_y.dtype == torch.int64 and len(test_y) == 20
 
@@ -290,6 +287,7 @@ def test_prepare_data_describes_dataset(cifar_dir, capsys):
 
 # Mixed precision on CIFAR is covered on LeNet below: the CPU's float16/bfloat16 convolutions in a
 # ResNet take minutes, and the autocast / scaler code path is the same one.
+@pytest.mark.slow
 @pytest.mark.parametrize("dataset,extra", [("cifar10", []), ("cifar100", ["--channels-last"])])
 def test_cifar_runs_with_every_option_on_cpu(cifar_dir, tmp_path, dataset, extra):
     argv = ["--data-dir", cifar_dir, "--dataset", dataset, "--model", "resnet18", "--epochs", "1",
@@ -321,12 +319,12 @@ def test_expected_calibration_error_by_hand():
 # ---------------------------------------------------------------------------------------------
 # Noise models, their record, and the noisy validation split.
 
-@pytest.mark.parametrize("dataset", list(training.DATASETS))
+@pytest.mark.parametrize("dataset", list(data.DATASETS))
 def test_asymmetric_flips_only_along_the_map_at_the_set_rate(dataset):
-    k, rho, n = training.DATASETS[dataset]["classes"], 0.3, 400_000
+    k, rho, n = data.DATASETS[dataset]["classes"], 0.3, 400_000
     clean = torch.randint(0, k, (n,), generator=torch.Generator().manual_seed(2))
     y = noisy(clean, rho, k, "asymmetric", dataset)
-    target = training.flip_map(dataset, "asymmetric")
+    target = data.flip_map(dataset, "asymmetric")
     changed = y != clean
     assert torch.equal(y[changed], target[clean[changed]])          # only along the map
     moved = target != torch.arange(k)
@@ -338,46 +336,38 @@ def test_asymmetric_flips_only_along_the_map_at_the_set_rate(dataset):
 
 
 def test_flip_maps_are_the_documented_ones():
-    assert dict(training.DATASETS["mnist"]["flips"]) == {2: 7, 3: 8, 5: 6, 6: 5, 7: 1}
-    assert dict(training.DATASETS["cifar10"]["flips"]) == {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
-    cifar100 = training.DATASETS["cifar100"]["flips"]
-    coarse = training.CIFAR100_COARSE
+    assert dict(data.DATASETS["mnist"]["flips"]) == {2: 7, 3: 8, 5: 6, 6: 5, 7: 1}
+    assert dict(data.DATASETS["cifar10"]["flips"]) == {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
+    cifar100 = data.DATASETS["cifar100"]["flips"]
+    coarse = data.CIFAR100_COARSE
     assert sorted(cifar100) == list(range(100)) and sorted(cifar100.values()) == list(range(100))  # a permutation
     assert all(coarse[a] == coarse[b] and a != b for a, b in cifar100.items())  # within the super-class
     assert [coarse.count(g) for g in range(20)] == [5] * 20
     assert cifar100[4] == 30 and cifar100[95] == 4  # aquatic mammals: beaver -> dolphin ... whale -> beaver
 
 
-def prepared(mnist_dir, *argv):
-    parser = train_mnist.build_parser()
-    args = parser.parse_args(["--data-dir", mnist_dir, *argv])
-    args.model = "lenet"
-    training.check_args(args, parser, 10, "lenet")
-    return training.prepare_data(args, torch.device("cpu"))
-
-
 def test_noise_record_matches_the_labels(mnist_dir, tmp_path):
-    data = prepared(mnist_dir, "--rho", "0.4", "--noise", "asymmetric")
+    d = prepared(mnist_dir, "--rho", "0.4", "--noise", "asymmetric")
     expected = torch.zeros(10, 10, dtype=torch.long)
-    for c, y in zip(data.train_clean.tolist(), data.train_y.tolist()):
+    for c, y in zip(d.train_clean.tolist(), d.train_y.tolist()):
         expected[c, y] += 1
-    assert torch.equal(data.record["transitions"], expected) and expected.sum() == 600
-    assert data.record["flip_rate"] == pytest.approx((data.train_y != data.train_clean).double().mean().item())
+    assert torch.equal(d.record["transitions"], expected) and expected.sum() == 600
+    assert d.record["flip_rate"] == pytest.approx((d.train_y != d.train_clean).double().mean().item())
     train_mnist.main(mnist_args(mnist_dir, tmp_path, "--epochs", "1", "--rho", "0.4", "--noise", "asymmetric"))
     rows = read_csv(os.path.join(only_run_dir(tmp_path), "noise_transitions.csv"))
     written = torch.tensor([[int(r[f"noisy_{j}"]) for j in range(10)] for r in rows])
     assert torch.equal(written, expected)
     (summary,) = read_csv(tmp_path / "summary.csv")
-    assert summary["label_hash"] == training.label_hash(data.train_y) and summary["noise"] == "asymmetric"
+    assert summary["label_hash"] == data.label_hash(d.train_y) and summary["noise"] == "asymmetric"
 
 
 def test_label_hash_changes_with_one_label_only():
     labels = torch.randint(0, 10, (1000,), generator=torch.Generator().manual_seed(0))
     same = labels.clone()
-    assert training.label_hash(labels) == training.label_hash(same)
+    assert data.label_hash(labels) == data.label_hash(same)
     same[123] = (same[123] + 1) % 10
-    assert training.label_hash(labels) != training.label_hash(same)
-    assert training.label_hash(labels) == training.label_hash(labels.to(torch.int32))  # dtype does not matter
+    assert data.label_hash(labels) != data.label_hash(same)
+    assert data.label_hash(labels) == data.label_hash(labels.to(torch.int32))  # dtype does not matter
 
 
 def test_validation_split_is_disjoint_noisy_and_shared_by_trials(mnist_dir):
@@ -423,8 +413,7 @@ def reference_clipped_mean(net, criterion, x, y, clip):
 
 def per_example(net, criterion, x, y, clip):
     net.zero_grad()
-    autocast = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
-    _, _, norms = training.per_example_clipped_backward(net, criterion, x, y, clip, autocast)
+    _, _, norms = training.per_example_clipped_backward(training.Model(net, criterion), x, y, clip)
     return [p.grad.clone() for p in net.parameters()], norms
 
 
@@ -474,7 +463,7 @@ def test_clipped_shares_on_a_hand_made_batch():
     assert stats_["clipped_clean"] == 1 and stats_["clipped_corrupted"] == 1
     assert stats_["norm_sum_clean"] == pytest.approx(2.5) and stats_["norm_sum_corrupted"] == pytest.approx(3.1)
     assert stats_["memorised"] == 2 and stats_["corrupted_clean"] == 0 and stats_["correct_clean"] == 2
-    row = training.epoch_row(1, 1, 1e-3, stats_, dict(loss=0, nll=0, ece=0, acc=0), {}, 1.0, 1.0)
+    row = experiment.epoch_row(1, 1, 1e-3, stats_, dict(loss=0, nll=0, ece=0, acc=0), {}, 1.0, 1.0)
     assert row["clipped_clean"] == 50 and row["clipped_corrupted"] == 50 and row["memorised"] == 100
     assert row["grad_norm_clean"] == pytest.approx(1.25) and row["grad_norm_corrupted"] == pytest.approx(1.55)
     assert row["train_acc"] == 100 and row["train_clean_acc"] == 50 and row["train_loss"] == pytest.approx(0.5)

@@ -1,0 +1,26 @@
+# Two commands for a fresh machine; each first creates .venv from requirements.txt if it is missing
+# (torch's CUDA build: about 5.5 GB, 2 minutes).
+#
+#   make figure1     the synthetic experiments of the report's Figure 1 (about 5 s on 2 CPU cores)
+#   make test        the whole test suite, as CI runs it (about 4 minutes on 2 CPU cores)
+#   make test-fast   the tests without the end-to-end runs (under a minute)
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+.PHONY: figure1 test test-fast
+
+figure1: $(VENV)/installed
+	$(PY) synthetic_long_servedio.py
+	$(PY) synthetic_ding.py
+
+test: $(VENV)/installed
+	$(PY) -m pytest -q
+
+test-fast: $(VENV)/installed
+	$(PY) -m pytest -q -m "not slow"
+
+$(VENV)/installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -r requirements.txt
+	touch $@

@@ -1,0 +1,173 @@
+"""The command line: one-line errors for every script, and the training scripts' flags.
+
+    Parser              argparse, but a bad value is one line naming it and exit status 2
+    fail                the same for errors found after parsing
+    training_parser     the flags of train_mnist.py / train_cifar.py; defaults are the report's,
+                        per dataset (grid.DATASETS), and each loss's (the registry of losses.py)
+    parse               parse, fill in the defaults, validate: (args, config)
+
+Standard library only: run_all.sh resolves every cell's configuration, and so its run name and
+whether it has finished, without starting torch.
+"""
+import argparse
+import sys
+
+import grid
+import registry
+
+# Flags that change how fast a run goes or where files go, never its numbers: not part of the
+# run's identity, so a run can be resumed with a different --device or --out.
+RUNTIME_FLAGS = {"device", "out", "data_dir", "download", "prepare_data", "resume", "force", "compile",
+                 "save_model"}
+SCRIPTS = {"train_mnist.py": ["mnist", "fashion-mnist"], "train_cifar.py": ["cifar10", "cifar100"]}
+
+
+class Parser(argparse.ArgumentParser):
+    """Bad input: one line naming the value and what is allowed, exit status 2 (no usage dump)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def fail(message, code=2):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def per_dataset(script, key):
+    """'mnist 20, fashion-mnist 20': the report's value of `key` for each dataset of `script`."""
+    values = [f"{d} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+              for d in SCRIPTS[script] if (v := grid.DATASETS[d].get(key)) is not None]
+    return ", ".join(values)
+
+
+def training_parser(script, doc=None):
+    """The flags of `script` (train_mnist.py or train_cifar.py); None defaults are resolved by parse."""
+    datasets = SCRIPTS[script]
+    losses, params = registry.read()
+    p = Parser(prog=script, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("experiment (what the grid sweeps)")
+    g.add_argument("--dataset", choices=datasets, default=datasets[0], help="dataset (default: %(default)s)")
+    g.add_argument("--loss", default="ce", metavar="NAME",
+                   help=f"training loss (default: %(default)s), one of: {registry.describe(losses, params)}")
+    for name, meta in params.items():
+        takes = ", ".join(f"{loss} {d[name]:g}" for loss, d in losses.items() if name in d)
+        g.add_argument(f"--{name.replace('_', '-')}", type=float,
+                       help=f"{meta['help']}, in {meta['range']} (default: the loss's: {takes})")
+    g.add_argument("--clip-norm", type=float, help="clip gradients to this L2 norm; 0.1 is the paper's "
+                   "'CE + clipping' (default: no clipping)")
+    g.add_argument("--clip-mode", choices=["global", "per-example"], default="global",
+                   help="global: clip the mini-batch gradient (the paper's); per-example: clip each "
+                   "sample's gradient before averaging (default: %(default)s)")
+    g.add_argument("--rho", type=float, default=0.0, help="label flip probability, in [0, 1) (default: %(default)s)")
+    g.add_argument("--noise", choices=["symmetric", "asymmetric"], default="symmetric",
+                   help="symmetric: flip to one of the other K-1 classes uniformly (the paper's); "
+                   "asymmetric: flip along the dataset's class map (default: %(default)s)")
+    g.add_argument("--noise-seed", type=int, default=0,
+                   help="seed of the label noise, the same for all trials as in the paper (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=0, help="trial seed: initialisation, data order, "
+                   "augmentation (default: %(default)s)")
+    g.add_argument("--val-split", type=float, default=0.0, help="fraction of the noisy training set held "
+                   "out (labels stay noisy) and evaluated every epoch, in [0, 1) (default: %(default)s)")
+    g = p.add_argument_group("optimisation (defaults: the report's, per dataset)")
+    g.add_argument("--epochs", type=int, help=f"epochs (default: {per_dataset(script, 'epochs')})")
+    g.add_argument("--batch-size", type=int, help=f"batch size (default: {per_dataset(script, 'batch_size')})")
+    g.add_argument("--lr", type=float, help=f"initial learning rate (default: {per_dataset(script, 'lr')})")
+    g.add_argument("--weight-decay", type=float,
+                   help=f"L2 weight decay (default: {per_dataset(script, 'weight_decay')})")
+    if script == "train_mnist.py":
+        g.add_argument("--lr-decay", type=float, help="learning-rate factor per --lr-decay-steps iterations, "
+                       f"applied smoothly every iteration; 1 keeps it constant (default: {per_dataset(script, 'lr_decay')})")
+        g.add_argument("--lr-decay-steps", type=float, help="iterations over which the learning rate decays "
+                       f"by --lr-decay (default: {per_dataset(script, 'lr_decay_steps')})")
+    else:
+        g.add_argument("--model", choices=["resnet50", "resnet18"],
+                       help="network; resnet18 is a cheaper stand-in, not the report's (default: resnet50)")
+        g.add_argument("--momentum", type=float, help=f"Nesterov momentum (default: {per_dataset(script, 'momentum')})")
+        g.add_argument("--milestones", type=int, nargs="*", help="epochs after which the learning rate is "
+                       f"multiplied by --lr-gamma (default: {per_dataset(script, 'milestones')})")
+        g.add_argument("--lr-gamma", type=float,
+                       help=f"learning-rate factor at each milestone (default: {per_dataset(script, 'lr_gamma')})")
+    g = p.add_argument_group("run scale, hardware and files")
+    g.add_argument("--limit-train", type=int, help="train on the first N training samples only (smoke runs)")
+    g.add_argument("--limit-test", type=int, help="evaluate on the first N test samples only (smoke runs)")
+    g.add_argument("--data-dir", default="data", help="dataset folder; may also be the folder holding the four "
+                   "IDX files directly (default: %(default)s)")
+    g.add_argument("--download", action="store_true", help="fetch the dataset with torchvision first")
+    g.add_argument("--prepare-data", action="store_true",
+                   help="only load (downloading if needed) and describe the dataset, then exit")
+    g.add_argument("--out", default="results", help="results folder (default: %(default)s)")
+    g.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    g.add_argument("--amp", choices=["bf16", "fp16"], help="mixed precision autocast; fp16 uses a gradient "
+                   "scaler (default: off, float32)")
+    g.add_argument("--channels-last", action="store_true", help="channels-last memory format (faster convs on GPUs)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    g.add_argument("--force", action="store_true", help="re-run even if this configuration has finished")
+    g.add_argument("--save-model", action="store_true", help="keep the final weights as model.pt in the run folder")
+    return p
+
+
+def parse(script, argv=None, doc=None):
+    """Parse `script`'s flags, fill in the defaults and validate them (one line and exit 2 if bad).
+
+    Returns (args, config): config holds every setting that defines the run (sorted; the loss's
+    parameter defaults and the dataset's report settings filled in), args also the runtime flags.
+    """
+    parser = training_parser(script, doc)
+    args = parser.parse_args(argv)
+    for key, value in grid.DATASETS[args.dataset].items():  # the report's values, unless given
+        if key != "script" and getattr(args, key, value) is None:
+            setattr(args, key, value)
+    if script == "train_mnist.py":
+        args.model = grid.DATASETS[args.dataset]["model"]
+    check(parser, args)
+    config = {k: v for k, v in sorted(vars(args).items()) if k not in RUNTIME_FLAGS}
+    return args, config
+
+
+def check(parser, args):
+    """Reject bad values with one line naming the value and what is allowed; fill loss defaults."""
+    def bad(flag, value, allowed):
+        parser.error(f"{flag} {value!r} is not allowed: {allowed}")
+    losses, params = registry.read()
+    if args.loss not in losses:
+        bad("--loss", args.loss, f"valid losses are {registry.describe(losses, params)}")
+    given = {k for k in params if getattr(args, k) is not None}
+    if given - set(losses[args.loss]):
+        takes = ", ".join(losses[args.loss]) or "no parameters"
+        parser.error(f"loss {args.loss!r} does not take {', '.join(sorted(given - set(losses[args.loss])))}: "
+                     f"it takes {takes}")
+    for name in params:  # the effective parameters (defaults resolved) are part of the run's identity
+        value = getattr(args, name)
+        if name in losses[args.loss]:
+            try:
+                value = registry.check(name, losses[args.loss][name] if value is None else value,
+                                       params[name]["range"])
+            except ValueError as e:
+                parser.error(str(e))
+        setattr(args, name, value)
+    if not 0 <= args.rho < 1:
+        bad("--rho", args.rho, "the flip probability must be in [0, 1)")
+    if not 0 <= args.val_split < 1:
+        bad("--val-split", args.val_split, "the held-out fraction must be in [0, 1)")
+    for flag in ("epochs", "batch_size", "limit_train", "limit_test"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            bad("--" + flag.replace("_", "-"), value, "must be at least 1")
+    if not args.lr > 0 or not args.weight_decay >= 0:
+        bad("--lr/--weight-decay", (args.lr, args.weight_decay), "lr must be > 0 and weight decay >= 0")
+    if args.clip_norm is not None and not args.clip_norm > 0:
+        bad("--clip-norm", args.clip_norm, "the clipping threshold must be > 0")
+    if args.clip_mode == "per-example":
+        if args.clip_norm is None:
+            bad("--clip-mode", args.clip_mode, "per-example clipping needs --clip-norm")
+        if args.amp == "fp16":
+            bad("--amp", args.amp, "per-example clipping supports --amp bf16 or float32 (no gradient scaler)")
+    if args.dataset in ("mnist", "fashion-mnist"):
+        if not (0 < args.lr_decay <= 1 and args.lr_decay_steps > 0):
+            parser.error(f"--lr-decay {args.lr_decay} / --lr-decay-steps {args.lr_decay_steps} are not allowed: "
+                         "the decay must be in (0, 1] and the steps > 0")
+    elif not (args.momentum > 0 and 0 < args.lr_gamma <= 1 and args.milestones == sorted(args.milestones)):
+        parser.error(f"--momentum {args.momentum} / --lr-gamma {args.lr_gamma} / --milestones "
+                     f"{args.milestones} are not allowed: momentum > 0, gamma in (0, 1], milestones ascending")

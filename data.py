@@ -1,0 +1,273 @@
+"""Data for the training scripts: datasets, label noise and its record, the split, augmentation.
+
+    load_dataset      the four arrays of a dataset as uint8 / int64 tensors (torchvision downloads)
+    add_label_noise   symmetric / asymmetric flips from their own seeded generator
+    noise_record      realised flip rate, clean x noisy counts and a hash of the noisy labels
+    prepare           all of it for one run: noise, noisy validation split, limits, on the device
+    normalise, random_crop_flip   per batch, on the device (one gather for crop + flip)
+
+Data stay on the device as uint8 tensors for the whole run; nothing here runs per sample in Python.
+"""
+import gzip
+import hashlib
+import os
+import pickle
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+# Datasets. The asymmetric flip maps are data (class -> class it is flipped to), the common
+# definitions of Patrini et al. (2017) / Zhang & Sabuncu (2018); see docs/noise.md.
+
+CIFAR100_COARSE = [  # super-class of each fine label, in the order of the dataset's fine labels
+    4, 1, 14, 8, 0, 6, 7, 7, 18, 3, 3, 14, 9, 18, 7, 11, 3, 9, 7, 11, 6, 11, 5, 10, 7, 6, 13, 15, 3, 15,
+    0, 11, 1, 10, 12, 14, 16, 9, 11, 5, 5, 19, 8, 8, 15, 13, 14, 17, 18, 10, 16, 4, 17, 4, 2, 0, 17, 4,
+    18, 17, 10, 3, 2, 12, 12, 16, 12, 1, 9, 19, 2, 10, 0, 1, 16, 12, 9, 13, 15, 13, 16, 19, 2, 4, 6, 19,
+    5, 5, 8, 19, 18, 1, 2, 15, 6, 0, 17, 8, 14, 13]
+
+
+def next_within_superclass(coarse):
+    """Each class flips to the next class of its super-class, circularly."""
+    flips = {}
+    for group in sorted(set(coarse)):
+        members = [c for c, g in enumerate(coarse) if g == group]
+        flips.update({c: members[(i + 1) % len(members)] for i, c in enumerate(members)})
+    return flips
+
+
+DATASETS = {
+    "mnist": dict(classes=10, format="idx", folder="MNIST",
+                  flips={2: 7, 3: 8, 5: 6, 6: 5, 7: 1}),
+    "fashion-mnist": dict(classes=10, format="idx", folder="FashionMNIST",  # shirt<->t-shirt,
+                          flips={6: 0, 0: 6, 2: 4, 4: 2, 5: 7, 7: 5}),     # pullover<->coat, sandal<->sneaker
+    "cifar10": dict(classes=10, format="cifar", folder="cifar-10-batches-py", label_key="labels",
+                    train_files=[f"data_batch_{i}" for i in range(1, 6)], test_files=["test_batch"],
+                    flips={9: 1, 2: 0, 4: 7, 3: 5, 5: 3}),  # truck->automobile, bird->airplane, deer->horse, cat<->dog
+    "cifar100": dict(classes=100, format="cifar", folder="cifar-100-python", label_key="fine_labels",
+                     train_files=["train"], test_files=["test"], flips=next_within_superclass(CIFAR100_COARSE)),
+}
+IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+TORCHVISION_CLASS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100"}
+
+
+class DataError(Exception):
+    """Data unreadable; the message names the file. Scripts exit 2 (bad input) with it."""
+
+
+class DataMissing(DataError):
+    """Data not found and not downloadable; the message says which files are expected where. Scripts
+    exit 3 with it, which run_all.sh reports as 'skipped (data unavailable)'."""
+
+
+def read_idx(path):
+    """An IDX file (optionally gzipped) as a uint8 tensor."""
+    with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
+        raise DataError(f"{path} is not an uint8 IDX file (bad magic number {raw[:4]!r})")
+    ndim = raw[3]
+    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    return torch.frombuffer(bytearray(raw[4 + 4 * ndim:]), dtype=torch.uint8).reshape(shape)
+
+
+def find_idx_files(data_dir, folder):
+    """The four IDX files, in data_dir itself (Debian's layout) or in torchvision's data_dir/folder/raw."""
+    for where in (data_dir, os.path.join(data_dir, folder, "raw")):
+        found = []
+        for name in IDX_FILES:
+            path = next((p for p in (os.path.join(where, name), os.path.join(where, name + ".gz"))
+                         if os.path.isfile(p)), None)
+            found.append(path)
+        if all(found):
+            return found
+    return None
+
+
+def find_cifar_files(data_dir, spec):
+    folder = os.path.join(data_dir, spec["folder"])
+    paths = [os.path.join(folder, f) for f in spec["train_files"] + spec["test_files"]]
+    return paths if all(os.path.isfile(p) for p in paths) else None
+
+
+def read_cifar(paths, label_key):
+    images, labels = [], []
+    for path in paths:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="latin1")
+        images.append(torch.from_numpy(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)))
+        labels.append(torch.as_tensor(batch[label_key], dtype=torch.long))
+    return torch.cat(images), torch.cat(labels)
+
+
+def download(name, data_dir):
+    """Fetch through torchvision's dataset class (which checks the MD5 sums)."""
+    import torchvision  # only needed to download
+    getattr(torchvision.datasets, TORCHVISION_CLASS[name])(data_dir, train=True, download=True)
+    if DATASETS[name]["format"] == "idx":  # MNIST-like classes fetch the test files separately
+        getattr(torchvision.datasets, TORCHVISION_CLASS[name])(data_dir, train=False, download=True)
+
+
+def expected_files(name, data_dir):
+    spec = DATASETS[name]
+    if spec["format"] == "idx":
+        return (f"{', '.join(IDX_FILES)} (or .gz) in {data_dir}/ or "
+                f"{os.path.join(data_dir, spec['folder'], 'raw')}/")
+    return f"{', '.join(spec['train_files'] + spec['test_files'])} in {os.path.join(data_dir, spec['folder'])}/"
+
+
+def load_dataset(name, data_dir, force_download=False):
+    """Return (train_images, train_labels, test_images, test_labels): uint8 (N, C, H, W), int64 (N,).
+
+    Reads the files if present, else downloads them (torchvision); raises DataError if neither works.
+    """
+    spec = DATASETS[name]
+    find = (lambda: find_idx_files(data_dir, spec["folder"])) if spec["format"] == "idx" else \
+        (lambda: find_cifar_files(data_dir, spec))
+    paths = find()
+    if paths is None or force_download:
+        try:
+            download(name, data_dir)
+        except Exception as e:  # no network, bad checksum, unwritable folder: all end the same way
+            if paths is None:
+                reason = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
+                raise DataMissing(f"{name} not found: expected {expected_files(name, data_dir)}; the download "
+                                f"failed ({reason}). Fetch it where there is internet "
+                                f"(--download --prepare-data) or point --data-dir at the folder holding it.")
+        paths = find()
+        if paths is None:
+            raise DataMissing(f"{name} not found after download: expected {expected_files(name, data_dir)}")
+    try:
+        if spec["format"] == "idx":
+            train_x, train_y, test_x, test_y = (read_idx(p) for p in paths)
+            train_x, test_x = train_x.unsqueeze(1), test_x.unsqueeze(1)
+            train_y, test_y = train_y.long(), test_y.long()
+        else:
+            n_train = len(spec["train_files"])
+            train_x, train_y = read_cifar(paths[:n_train], spec["label_key"])
+            test_x, test_y = read_cifar(paths[n_train:], spec["label_key"])
+    except (OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError, RuntimeError) as e:
+        raise DataError(f"{name}: cannot read {expected_files(name, data_dir)}: {e}")
+    if len(train_x) != len(train_y) or len(test_x) != len(test_y):
+        raise DataError(f"{name}: image and label counts differ in {data_dir}")
+    return train_x, train_y, test_x, test_y
+
+
+# ---------------------------------------------------------------------------------------------
+# Label noise: one vectorised function on its own generator, applied once to the training labels.
+
+def derived_seed(*keys):
+    """An independent 63-bit seed for each purpose (noise, validation split, ...) from integer keys."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def flip_map(name, noise):
+    """Target class of every class as a tensor (identity where the class is not flipped)."""
+    k = DATASETS[name]["classes"]
+    target = torch.arange(k)
+    if noise == "asymmetric":
+        for src, dst in DATASETS[name]["flips"].items():
+            target[src] = dst
+    return target
+
+
+def add_label_noise(labels, rho, num_classes, noise, target, generator):
+    """Flip each label with probability rho, on the CPU so every device sees the same labels.
+
+    symmetric:  to one of the other K-1 classes uniformly (the report's convention);
+    asymmetric: to target[label], for the classes the flip map moves (others never flip).
+    """
+    flip = torch.rand(len(labels), generator=generator) < rho
+    if noise == "symmetric":
+        offset = torch.randint(1, num_classes, (len(labels),), generator=generator)
+        return torch.where(flip, (labels + offset) % num_classes, labels)
+    return torch.where(flip, target[labels], labels)
+
+
+def noise_record(clean, noisy, num_classes):
+    """Realised flip rate, K x K transition counts (clean x noisy) and a hash of the noisy labels."""
+    counts = torch.bincount(clean * num_classes + noisy, minlength=num_classes ** 2).view(num_classes, -1)
+    return dict(flip_rate=(clean != noisy).double().mean().item(), transitions=counts,
+                label_hash=label_hash(noisy))
+
+
+def label_hash(labels):
+    return hashlib.sha256(labels.to(torch.int64).numpy().astype("<i8").tobytes()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------
+# Data on the device.
+
+@dataclass
+class Data:
+    """Everything a run trains and evaluates on, as tensors on the device (uint8 images, int64 labels)."""
+    classes: int
+    channels: int
+    mean: torch.Tensor          # (1, C, 1, 1) float32, per-channel statistics of the training images
+    std: torch.Tensor
+    train_x: torch.Tensor
+    train_y: torch.Tensor       # noisy labels: what the run trains on
+    train_clean: torch.Tensor   # true labels: for statistics only
+    val_x: torch.Tensor         # held out of the noisy training set (--val-split); labels stay noisy
+    val_y: torch.Tensor
+    val_clean: torch.Tensor
+    test_x: torch.Tensor        # clean
+    test_y: torch.Tensor
+    record: dict = field(default_factory=dict)  # the noise record over the whole training set
+
+
+def prepare(dataset, data_dir, download, rho, noise, noise_seed, val_split, limit_train, limit_test, device):
+    """Load, add label noise, hold out the noisy validation split, limit sizes, move to the device."""
+    train_x, train_y, test_x, test_y = load_dataset(dataset, data_dir, download)
+    k = DATASETS[dataset]["classes"]
+    mean, std = channel_stats(train_x)
+    noise_gen = torch.Generator().manual_seed(derived_seed(noise_seed, 0))
+    noisy_y = add_label_noise(train_y, rho, k, noise, flip_map(dataset, noise), noise_gen)
+    # The noisy validation split depends on the noise seed only: identical across trials.
+    order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(derived_seed(noise_seed, 1)))
+    n_val = int(round(val_split * len(train_y)))
+    val_idx, train_idx = order[:n_val].sort().values, order[n_val:].sort().values
+    if limit_train is not None:
+        train_idx = train_idx[:limit_train]
+    test_n = len(test_y) if limit_test is None else min(limit_test, len(test_y))
+    on = lambda t: t.to(device, non_blocking=True)  # noqa: E731
+    return Data(
+        classes=k, channels=train_x.shape[1], record=noise_record(train_y, noisy_y, k),
+        mean=on(mean.float().view(1, -1, 1, 1)), std=on(std.float().view(1, -1, 1, 1)),
+        train_x=on(train_x[train_idx]), train_y=on(noisy_y[train_idx]), train_clean=on(train_y[train_idx]),
+        val_x=on(train_x[val_idx]), val_y=on(noisy_y[val_idx]), val_clean=on(train_y[val_idx]),
+        test_x=on(test_x[:test_n]), test_y=on(test_y[:test_n]))
+
+
+def channel_stats(images):
+    """Exact per-channel mean and std of uint8 images (MNIST: its one channel), from pixel histograms."""
+    values = torch.arange(256, dtype=torch.float64)
+    counts = torch.stack([torch.bincount(images[:, c].flatten(), minlength=256) for c in range(images.shape[1])])
+    counts = counts.double() / counts.sum(1, keepdim=True)
+    mean = counts @ values
+    std = (counts @ values ** 2 - mean ** 2).sqrt()
+    return mean, std
+
+
+def normalise(images_uint8, mean, std):
+    return (images_uint8.float() - mean) / std
+
+
+def random_crop_flip(images, generator, pad=4):
+    """Zero-pad by `pad`, take a random crop of the original size and mirror half of the batch.
+
+    Crop and flip are one gather over the flattened padded images: no per-sample Python.
+    """
+    b, c, h, w = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad))
+    dev = images.device
+    dy = torch.randint(0, 2 * pad + 1, (b, 1, 1), device=dev, generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (b, 1, 1), device=dev, generator=generator)
+    flip = torch.rand(b, 1, 1, device=dev, generator=generator) < 0.5
+    cols = torch.arange(w, device=dev).view(1, 1, w)
+    cols = dx + torch.where(flip, w - 1 - cols, cols)
+    rows = dy + torch.arange(h, device=dev).view(1, h, 1)
+    index = (rows * (w + 2 * pad) + cols).view(b, 1, h * w).expand(b, c, h * w)
+    return padded.flatten(2).gather(2, index).view(b, c, h, w)

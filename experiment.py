@@ -1,0 +1,228 @@
+"""One training run from start to finish: train_mnist.py and train_cifar.py call run().
+
+    run      setup (data, model, optimiser), resume or start, fit (epochs, checkpoints), finish
+             (the summary row); what the run writes is described in docs/csv-columns.md
+
+A run is identified by its settings (results.run_name); a finished run is not run again, an
+interrupted one continues from the checkpoint of its last epoch with every random state restored.
+"""
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+import warnings
+
+import torch
+
+import losses
+import models
+import results
+from cli import fail
+from data import DataError, DataMissing, load_dataset, prepare
+from training import Model, Step, evaluate, train_epoch
+
+
+def criterion_for(config):
+    """The run's loss, built from its settings: the one place a training loss is made."""
+    return losses.make_loss(config["loss"], **{k: config.get(k) for k in losses.PARAMS})
+
+
+def run(args, config, make_optimizer, lr_factor, augment):
+    """Train `config` (from cli.parse; args adds the runtime flags) and write its results.
+
+    make_optimizer(params) and lr_factor(steps_per_epoch) -> (step -> factor) hold the script's
+    report settings; augment switches on random crop + flip. Returns the exit status.
+    """
+    criterion = criterion_for(config)
+    if config["clip_mode"] == "per-example":
+        with torch.device("meta"):  # the architecture only: no memory, no initialisation cost
+            batch_norm = models.has_batch_norm(models.make_model(config["model"], 10, 3))
+        if batch_norm:
+            fail(f"--clip-mode per-example is not allowed with {config['model']}: it has batch norm, which "
+                 "couples the samples of a batch, so per-sample gradients are not defined; use --clip-mode "
+                 "global or a model without batch norm (lenet)")
+    try:
+        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        fail(f"--device {args.device!r} is not allowed: use a torch device such as cpu, cuda or cuda:1")
+    if args.prepare_data:
+        return describe_data(config["dataset"], args.data_dir, args.download)
+
+    name = results.run_name(config)
+    run_dir = os.path.join(args.out, "runs", name)
+    summary_path = os.path.join(args.out, "summary.csv")
+    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
+    done = results.finished_row(summary_path, name)
+    if done and not args.force:
+        print(f"{name}: already finished (test accuracy {done.get('test_acc')}%); --force re-runs it")
+        return 0
+    resuming = os.path.exists(checkpoint_path) and not args.force
+    if resuming and not args.resume:
+        fail(f"{checkpoint_path} holds an interrupted run of this configuration: "
+             "pass --resume to continue it or --force to start over")
+
+    data, model, step, generator = setup(config, criterion, device, args, make_optimizer, lr_factor)
+    if resuming:
+        history, elapsed = resume(checkpoint_path, model, step, generator)
+        print(f"{name}: resuming after epoch {len(history)}")
+    else:
+        history, elapsed = [], 0.0
+        write_run_files(run_dir, config, name, data)
+    print(f"{name}: {len(data.train_y)} training samples (realised flip rate "
+          f"{100 * data.record['flip_rate']:.2f}% of the full training set), {len(data.val_y)} validation, "
+          f"{len(data.test_y)} test; {config['epochs']} epochs on {device}")
+    elapsed = fit(model, step, data, generator, history, elapsed, config, augment, run_dir)
+    finish(name, config, model, data, history, elapsed, device, summary_path, args.save_model, run_dir)
+    return 0
+
+
+def describe_data(dataset, data_dir, download):
+    """--prepare-data: load (downloading if needed) and describe the dataset."""
+    try:
+        train_x, _, test_x, _ = load_dataset(dataset, data_dir, download)
+    except DataError as e:
+        fail(str(e), code=3 if isinstance(e, DataMissing) else 2)
+    print(f"{dataset}: {len(train_x)} training and {len(test_x)} test images of shape "
+          f"{tuple(train_x.shape[1:])} in {data_dir}")
+    return 0
+
+
+def setup(config, criterion, device, args, make_optimizer, lr_factor):
+    """The run's data on the device, its model (seeded by the trial seed), optimiser and generator."""
+    torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
+    try:
+        data = prepare(config["dataset"], args.data_dir, args.download, config["rho"], config["noise"],
+                       config["noise_seed"], config["val_split"], config["limit_train"], config["limit_test"], device)
+    except DataError as e:
+        fail(str(e), code=3 if isinstance(e, DataMissing) else 2)
+    if config["noise"] == "symmetric" and config["rho"] > (data.classes - 1) / data.classes:
+        warnings.warn(f"--rho {config['rho']} exceeds (K-1)/K = {(data.classes - 1) / data.classes:.3f}: "
+                      "noisy labels are then anti-correlated with the true ones")
+    torch.manual_seed(config["seed"])
+    net = models.make_model(config["model"], data.classes, data.channels).to(device)
+    if config["channels_last"]:
+        net = net.to(memory_format=torch.channels_last)
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[config["amp"]]
+    model = Model(net, criterion, torch.compile(net) if args.compile else net, amp, config["channels_last"])
+    optimizer = make_optimizer(net.parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_factor(math.ceil(len(data.train_y) / config["batch_size"])))
+    step = Step(optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=config["amp"] == "fp16"),
+                config["clip_norm"], per_example=config["clip_mode"] == "per-example")
+    return data, model, step, torch.Generator(device).manual_seed(config["seed"])
+
+
+def resume(checkpoint_path, model, step, generator):
+    """Restore every state of an interrupted run; returns its history and elapsed seconds."""
+    # on the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest to the device
+    state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    model.net.load_state_dict(state["model"])
+    step.optimizer.load_state_dict(state["optimizer"])
+    step.scheduler.load_state_dict(state["scheduler"])
+    step.scaler.load_state_dict(state["scaler"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    return state["history"], state["elapsed"]
+
+
+def fit(model, step, data, generator, history, elapsed, config, augment, run_dir):
+    """Train the remaining epochs; after each, evaluate, checkpoint and rewrite epochs.csv."""
+    steps = math.ceil(len(data.train_y) / config["batch_size"])
+    for epoch in range(len(history) + 1, config["epochs"] + 1):
+        t0 = time.perf_counter()
+        lr = step.optimizer.param_groups[0]["lr"]
+        step_losses, stats = train_epoch(model, step, data, config["batch_size"], augment, generator)
+        bad = (~torch.isfinite(step_losses)).nonzero()  # the epoch's one host sync (with the stats)
+        if len(bad):
+            fail(f"non-finite training loss at epoch {epoch}, step {bad[0].item() + 1} of {steps} "
+                 f"(global step {(epoch - 1) * steps + bad[0].item() + 1}); no result written, "
+                 f"the last checkpoint is epoch {epoch - 1}", code=1)
+        train_seconds = time.perf_counter() - t0
+        test = evaluate(model, data.test_x, data.test_y, data.mean, data.std)
+        val = evaluate(model, data.val_x, data.val_y, data.mean, data.std, clean=data.val_clean)
+        seconds = time.perf_counter() - t0
+        elapsed += seconds
+        history.append(epoch_row(epoch, steps, lr, stats, test, val, train_seconds, seconds))
+        save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), dict(
+            model=model.net.state_dict(), optimizer=step.optimizer.state_dict(),
+            scheduler=step.scheduler.state_dict(), scaler=step.scaler.state_dict(), generator=generator.get_state(),
+            torch_rng=torch.get_rng_state(), epoch=epoch, history=history, elapsed=elapsed))
+        results.write_csv(os.path.join(run_dir, "epochs.csv"), history)
+        print(epoch_line(history[-1], config["epochs"]), flush=True)
+    return elapsed
+
+
+def finish(name, config, model, data, history, elapsed, device, summary_path, save_model, run_dir):
+    """The summary row (always the final epoch's: no choice is made on test data), then clean up."""
+    final = history[-1]
+    row = dict(run=name, **config, **{k: final[k] for k in final if k not in ("epoch", "lr")},
+               train_size=len(data.train_y), val_size=len(data.val_y), test_size=len(data.test_y),
+               flip_rate=data.record["flip_rate"], label_hash=data.record["label_hash"], wall_seconds=elapsed,
+               device=str(device), device_name=device_name(device), **versions(),
+               finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    results.record_summary(summary_path, row)
+    if save_model:
+        save_checkpoint(os.path.join(run_dir, "model.pt"), model.net.state_dict())
+    os.remove(os.path.join(run_dir, "checkpoint.pt"))
+    print(f"{name}: final test accuracy {final['test_acc']:.2f}% after {config['epochs']} epochs "
+          f"({elapsed:.0f} s); summary row in {summary_path}")
+
+
+def epoch_row(epoch, steps, lr, stats, test, val, train_seconds, seconds):
+    """The epoch's CSV row (results.EPOCH_COLUMNS); shares in %, clipping statistics only where
+    per-sample norms exist."""
+    corrupted, clean_seen = stats["corrupted"], stats["clean_seen"]
+    seen = corrupted + clean_seen
+    share = lambda a, b: 100 * a / b if b else None  # noqa: E731
+    mean = lambda a, b: a / b if b else None  # noqa: E731
+    clean_norms, corrupted_norms = (clean_seen, corrupted) if "norm_sum_clean" in stats else (0, 0)
+    return dict(
+        epoch=epoch, step=epoch * steps, lr=lr, train_loss=stats["loss_sum"] / seen,
+        train_acc=share(stats["correct_noisy"], seen), train_clean_acc=share(stats["correct_clean"], seen),
+        memorised=share(stats["memorised"], corrupted), corrupted_clean_acc=share(stats["corrupted_clean"], corrupted),
+        test_loss=test["loss"], test_nll=test["nll"], test_ece=test["ece"], test_acc=test["acc"],
+        val_acc=val.get("acc"), val_clean_acc=val.get("clean_acc"),
+        clipped_clean=share(stats.get("clipped_clean"), clean_norms),
+        clipped_corrupted=share(stats.get("clipped_corrupted"), corrupted_norms),
+        grad_norm_clean=mean(stats.get("norm_sum_clean"), clean_norms),
+        grad_norm_corrupted=mean(stats.get("norm_sum_corrupted"), corrupted_norms),
+        epoch_seconds=seconds, images_per_second=seen / train_seconds)
+
+
+def epoch_line(row, epochs):
+    pct = lambda v: "-" if v is None else f"{v:.1f}%"  # noqa: E731
+    val = f" val {pct(row['val_acc'])}" if row["val_acc"] is not None else ""
+    return (f"epoch {row['epoch']}/{epochs} lr {row['lr']:.2e} loss {row['train_loss']:.4f} "
+            f"train {pct(row['train_acc'])} clean {pct(row['train_clean_acc'])} "
+            f"memorised {pct(row['memorised'])}{val} test {pct(row['test_acc'])} "
+            f"({row['epoch_seconds']:.1f} s, {row['images_per_second']:,.0f} img/s)")
+
+
+def save_checkpoint(path, state):
+    results.write_atomic(path, lambda f: torch.save(state, f), binary=True)
+
+
+def versions():
+    return results.versions("torch", "torchvision", "numpy")
+
+
+def device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
+
+
+def write_run_files(run_dir, config, name, data):
+    """The run's sidecars: command line, config and versions; the noise's transition counts."""
+    os.makedirs(run_dir, exist_ok=True)
+    meta = dict(run=name, command=" ".join(shlex.quote(a) for a in sys.argv), config=config,
+                flip_rate=data.record["flip_rate"], label_hash=data.record["label_hash"],
+                versions=versions(), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    results.write_atomic(os.path.join(run_dir, "config.json"), lambda f: json.dump(meta, f, indent=1))
+    counts = data.record["transitions"]
+    results.write_csv(os.path.join(run_dir, "noise_transitions.csv"),
+                      [dict(clean=c, **{f"noisy_{j}": int(counts[c, j]) for j in range(len(counts))})
+                       for c in range(len(counts))])

@@ -1,0 +1,164 @@
+"""The report's experiment grid, defined once (standard library only).
+
+run_all.sh runs it (through runner.py), aggregate.py lays out its tables with its row labels and
+order, and the training scripts take their per-dataset defaults from it:
+
+    DATASETS        each dataset's script and the report's training settings (section 5)
+    report_rows     the loss settings of a dataset's table, in its order
+    NAMES, BASE     how tables name each loss; which base loss each partially Huberised loss is paired with
+    RHOS, TRIALS    the noise rates and trials of every table
+    TAU_CANDIDATES, VAL_SPLIT, choose_tau   the original paper's tau protocol
+    cells           the numbered cells of a selection: what --list shows and --task I runs
+"""
+from dataclasses import dataclass
+
+import registry
+
+# Report section 5, with the authors' corrections (CIFAR weight decay 5e-4, Nesterov momentum).
+MNIST = dict(script="train_mnist.py", model="lenet", epochs=20, batch_size=32, lr=1e-3, weight_decay=1e-3,
+             lr_decay=0.1, lr_decay_steps=10000)
+DATASETS = {
+    "mnist": MNIST,
+    "fashion-mnist": MNIST,  # not in the report: the same settings, on data that installs offline
+    "cifar10": dict(script="train_cifar.py", model="resnet50", epochs=400, batch_size=64, lr=0.1, weight_decay=5e-4,
+                    momentum=0.1, milestones=[160, 300, 360], lr_gamma=0.1),
+    "cifar100": dict(script="train_cifar.py", model="resnet50", epochs=200, batch_size=128, lr=0.1,
+                     weight_decay=5e-4, momentum=0.1, milestones=[60, 120, 160], lr_gamma=0.2),
+}
+SYNTHETIC = {"long_servedio": "synthetic_long_servedio.py", "ding": "synthetic_ding.py"}
+DEFAULT_DATASETS = ("synthetic", "mnist", "cifar10", "cifar100")
+RHOS = (0.0, 0.2, 0.4, 0.6)
+TRIALS = 3                       # seeds 0, 1, 2; the label noise seed is 0 for every trial
+SYNTHETIC_TRIALS = 500           # Long & Servedio trials per rho
+TAU_CANDIDATES = (2.0, 10.0)     # --tune-tau: the original paper chose tau from candidates ...
+VAL_SPLIT = 0.1                  # ... by final accuracy on held-out noisy training data
+QUICK = ["--epochs", "1", "--limit-train", "256", "--limit-test", "256"]  # --quick: checks the pipeline
+# How tables name each loss (rows are ordered as losses.LOSSES lists them), and the base loss each
+# partially Huberised loss is paired with (same seeds) in the paired-difference tables.
+NAMES = {"ce": "CE", "linear": "Linear", "gce": "GCE", "phuber_ce": "PHuber-CE", "phuber_gce": "PHuber-GCE",
+         "sce": "SCE", "nce_rce": "NCE+RCE"}
+BASE = {"phuber_ce": "ce", "phuber_gce": "gce"}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One loss setting of a table: `key` names it in cell ids, `flags` are the script's."""
+    key: str
+    flags: dict
+
+    def argv(self):
+        return [a for k, v in self.flags.items() for a in (f"--{k.replace('_', '-')}", f"{v:g}"
+                                                           if isinstance(v, float) else str(v))]
+
+
+def report_rows(dataset):
+    """The report's loss settings for `dataset`, in its tables' order."""
+    tau = 2.0 if dataset == "cifar10" else 10.0
+    rows = [Row("ce", {"loss": "ce"}), Row("ce+clip", {"loss": "ce", "clip_norm": 0.1}), Row("linear", {"loss": "linear"}),
+            Row("gce", {"loss": "gce", "q": 0.7}), Row("phuber_ce", {"loss": "phuber_ce", "tau": tau}),
+            Row("phuber_gce", {"loss": "phuber_gce", "tau": 10.0, "q": 0.7})]
+    if dataset == "cifar100":  # the report's additional experiment
+        rows.append(Row("phuber_ce", {"loss": "phuber_ce", "tau": 50.0}))
+    return rows
+
+
+def choose_tau(rows, dataset, loss, candidates=None):
+    """The tau whose runs have the best mean final noisy-validation accuracy at the highest rho.
+
+    Reads only val_acc: the test set never takes part in the choice. With `candidates`, every one
+    of them must have a run, or there is no choice yet (None). Returns (tau, {tau: score}).
+    """
+    runs = [r for r in rows if r["dataset"] == dataset and r["loss"] == loss and r.get("val_acc") not in ("", None)
+            and r.get("tau") not in ("", None)]
+    if not runs:
+        return None, {}
+    top = max(float(r["rho"]) for r in runs)
+    by_tau = {}
+    for r in runs:
+        if float(r["rho"]) == top:
+            by_tau.setdefault(float(r["tau"]), []).append(float(r["val_acc"]))
+    scores = {tau: sum(v) / len(v) for tau, v in by_tau.items()}
+    if candidates and not set(candidates) <= set(scores):
+        return None, scores
+    return max(sorted(scores), key=lambda tau: scores[tau]), scores
+
+
+# ---------------------------------------------------------------------------------------------
+# Cells.
+
+@dataclass(frozen=True)
+class Cell:
+    """One command of the grid. `folder` is below the results folder; `tuned` names the loss whose
+    tau is chosen (choose_tau on the tuning runs) just before the cell starts."""
+    id: str
+    dataset: str           # "synthetic" for the synthetic experiments
+    script: str
+    argv: tuple            # the script's flags, without --out (the runner adds it)
+    folder: str = ""
+    tuning: bool = False   # --tune-tau's first phase: every tuning cell finishes before the grid
+    tuned: str = ""
+
+
+def rows_for(dataset, losses=None, taus=None, tune=False):
+    """The rows of `dataset` selected by --losses (any other registry loss is added with its
+    defaults), with --taus (a sweep: each tau instead) or --tune-tau (one row per loss, tau later)."""
+    rows = report_rows(dataset)
+    for name in losses or ():
+        if name not in {r.key for r in rows}:
+            rows.append(Row(name, {"loss": name}))
+    rows = [r for r in rows if losses is None or r.key in losses]
+    out = []
+    for row in rows:
+        variants = [row]
+        if "tau" in row.flags and taus:
+            variants = [Row(row.key, {**row.flags, "tau": t}) for t in taus]
+        elif "tau" in row.flags and tune:
+            variants = [Row(row.key, {**row.flags, "tau": "TUNED"})]
+        out += [v for v in variants if v not in out]
+    return out
+
+
+def cell_id(dataset, row, rho, seed):
+    tau = row.flags.get("tau")
+    part = "" if tau is None else "-tuned" if tau == "TUNED" else f"-tau{tau:g}"
+    return f"{dataset}-{row.key}{part}-rho{rho:g}-seed{seed}"
+
+
+def cells(datasets=DEFAULT_DATASETS, losses=None, rhos=RHOS, trials=TRIALS, taus=None, tune=False,
+          candidates=TAU_CANDIDATES, val_split=VAL_SPLIT, quick=False):
+    """The numbered cells of a selection. The order depends only on the selection, so that a SLURM
+    array task given the same selection finds the same cell: tuning cells first (--tune-tau), then
+    per dataset, row, rho and seed."""
+    budget = QUICK if quick else []
+    found = []
+    for dataset in datasets if tune else ():
+        if dataset == "synthetic":
+            continue
+        for row in rows_for(dataset, losses, tune=True):
+            if row.flags.get("tau") != "TUNED":
+                continue
+            for tau in candidates:
+                tuned = Row(row.key, {**row.flags, "tau": tau})
+                found.append(Cell(f"tune-{cell_id(dataset, tuned, max(rhos), 0)}", dataset, DATASETS[dataset]["script"],
+                                  ("--dataset", dataset, *tuned.argv(), "--rho", f"{max(rhos):g}", "--seed", "0",
+                                   "--val-split", f"{val_split:g}", *budget), "tuning", tuning=True))
+    for dataset in datasets:
+        if dataset == "synthetic":
+            trials_ls = 20 if quick else SYNTHETIC_TRIALS
+            found.append(Cell("synthetic-long_servedio", "synthetic", SYNTHETIC["long_servedio"],
+                              ("--trials", str(trials_ls)), "synthetic"))
+            found.append(Cell("synthetic-ding", "synthetic", SYNTHETIC["ding"], (), "synthetic"))
+            continue
+        for row in rows_for(dataset, losses, taus, tune):
+            tuned = row.flags["loss"] if row.flags.get("tau") == "TUNED" else ""
+            for rho in rhos:
+                for seed in range(trials):
+                    found.append(Cell(cell_id(dataset, row, rho, seed), dataset, DATASETS[dataset]["script"],
+                                      ("--dataset", dataset, *row.argv(), "--rho", f"{rho:g}", "--seed", str(seed),
+                                       *budget), tuned=tuned))
+    return found
+
+
+def known_losses():
+    """The names --losses accepts: the report's row keys and every loss of the registry."""
+    return ["ce+clip"] + list(registry.read()[0])

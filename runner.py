@@ -1,0 +1,375 @@
+"""Run the grid of grid.py: here, one worker per GPU, or as a SLURM job array; then aggregate.py.
+
+This is the engine behind run_all.sh (see `bash run_all.sh --help`). Each cell runs as its own
+process, logging to OUT/logs/<cell>.log. Whether a cell is done comes from the result files: its run
+name is resolved as the training script would (cli.parse) and looked up in OUT/summary.csv.
+Before any cell runs, every training script checks the pass-through flags and each dataset's files.
+SIGINT and SIGTERM stop every worker and the cell it runs; everything finished stays, and a rerun
+resumes the rest. Exit status: 0 all cells ran or were done, 1 something failed, 2 bad input,
+3 (--task) the cell's data are unavailable, 130/143 interrupted.
+"""
+import argparse
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import cli
+import grid
+import results
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SKIPPED, BAD_INPUT = 3, 2  # the training scripts' exit status for unavailable data and for bad input
+
+
+def parse(argv):
+    p = cli.Parser(prog="run_all.sh", description="Run the report's grid; see the header of run_all.sh.",
+                   usage="bash run_all.sh [options] [-- flags for every training script]")
+    p.add_argument("--datasets", default=",".join(grid.DEFAULT_DATASETS))
+    p.add_argument("--losses")
+    p.add_argument("--rhos", default=",".join(f"{r:g}" for r in grid.RHOS))
+    p.add_argument("--trials", default=str(grid.TRIALS))
+    p.add_argument("--out")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--list", action="store_true")
+    p.add_argument("--task")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--gpus")
+    p.add_argument("--slurm", action="store_true")
+    p.add_argument("--sbatch", default="")
+    p.add_argument("--taus")
+    p.add_argument("--tune-tau", action="store_true")
+    p.add_argument("--tau-candidates", default=",".join(f"{t:g}" for t in grid.TAU_CANDIDATES))
+    p.add_argument("--val-split", default=f"{grid.VAL_SPLIT:g}")
+    argv = list(argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    opts = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    opts.extra = extra
+
+    def numbers(flag, text, ok, allowed):
+        try:
+            values = [float(v) for v in text.split(",")]
+        except ValueError:
+            values = None
+        if not values or not all(ok(v) for v in values):
+            p.error(f"{flag} {text!r} is not allowed: {allowed}")
+        return values
+    datasets = opts.datasets.split(",")
+    for d in datasets:
+        if d != "synthetic" and d not in grid.DATASETS:
+            p.error(f"--datasets: {d!r} is not allowed: use synthetic, {', '.join(grid.DATASETS)}")
+    losses = opts.losses.split(",") if opts.losses else None
+    for loss in losses or ():
+        if loss not in grid.known_losses():
+            p.error(f"--losses: {loss!r} is not allowed: use {', '.join(grid.known_losses())}")
+    if not opts.trials.isdigit() or int(opts.trials) < 1:
+        p.error(f"--trials {opts.trials!r} is not allowed: a positive integer")
+    rhos = numbers("--rhos", opts.rhos, lambda r: 0 <= r < 1, "noise rates in [0, 1)")
+    taus = numbers("--taus", opts.taus, lambda t: 1 < t < float("inf"), "each tau > 1") if opts.taus else None
+    candidates = numbers("--tau-candidates", opts.tau_candidates, lambda t: 1 < t < float("inf"), "each tau > 1")
+    val_split = numbers("--val-split", opts.val_split, lambda v: 0 < v < 1, "a fraction in (0, 1)")[0]
+    if taus and opts.tune_tau:
+        p.error("--taus and --tune-tau exclude each other: a sweep fixes tau, tuning chooses it")
+    for flag in ("--out", "--resume"):
+        if flag in opts.extra:
+            p.error(f"{flag} is not allowed after --: run_all.sh sets it (use run_all.sh --out)")
+    opts.selection = dict(datasets=datasets, losses=losses, rhos=rhos, trials=1 if opts.quick else int(opts.trials),
+                          taus=taus, tune=opts.tune_tau, candidates=candidates, val_split=val_split, quick=opts.quick)
+    # Paths are the caller's: relative ones resolve against the directory run_all.sh was started in.
+    opts.out = os.path.abspath(opts.out or ("results/quick" if opts.quick else "results"))
+    opts.cells = grid.cells(**opts.selection)
+    if not opts.cells:
+        p.error("the filters select no cell")
+    if opts.task is not None and not (opts.task.isdigit() and int(opts.task) < len(opts.cells)):
+        p.error(f"--task {opts.task!r} is not allowed: 0 to {len(opts.cells) - 1}")
+    opts.gpus = check_gpus(p, opts.gpus) if opts.gpus else None
+    return opts
+
+
+def check_gpus(parser, text):
+    """The CUDA_VISIBLE_DEVICES value of each worker: ids index the visible GPUs (CUDA_VISIBLE_DEVICES
+    of the caller if set, as SLURM sets it, else every GPU torch sees)."""
+    ids = text.split(",")
+    if not all(i.isdigit() for i in ids) or len(set(ids)) < len(ids):
+        parser.error(f"--gpus {text!r} is not allowed: distinct integer GPU ids, e.g. 0,1,2,3")
+    visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if "CUDA_VISIBLE_DEVICES" not in os.environ:
+        probe = subprocess.run([python(), "-c", "import torch; print(torch.cuda.device_count())"],
+                               capture_output=True, text=True)
+        visible = [str(i) for i in range(int(probe.stdout.strip() or 0))] if probe.returncode == 0 else []
+    bad = [i for i in ids if int(i) >= len(visible)]
+    if bad:
+        parser.error(f"--gpus {text!r} is not allowed: {len(visible)} GPU(s) visible here"
+                     + (f" (ids 0-{len(visible) - 1})" if visible else ""))
+    return [visible[int(i)] for i in ids]
+
+
+def python():
+    return os.environ.get("PYTHON", sys.executable)
+
+
+def command(cell, opts, argv=None):
+    """The cell's full command line: the script by absolute path, so children can run in the
+    caller's directory, where relative pass-through paths (--data-dir) mean what the caller meant."""
+    out = os.path.join(opts.out, cell.folder) if cell.folder else opts.out
+    cmd = [python(), os.path.join(HERE, cell.script), *(argv or cell.argv), "--out", out]
+    if cell.dataset != "synthetic":
+        cmd += ["--resume", *(["--device", "cuda"] if opts.gpus else []), *opts.extra]
+    return cmd
+
+
+def resolve(cell, opts):
+    """(argv, done) of a cell: a tuned cell gets the tau its tuning runs chose (None: not yet)."""
+    argv = list(cell.argv)
+    if cell.tuned:
+        summary = os.path.join(opts.out, "tuning", "summary.csv")
+        rows = results.read_csv(summary) if os.path.exists(summary) else []
+        tau, _ = grid.choose_tau(rows, cell.dataset, cell.tuned, opts.selection["candidates"])
+        if tau is None:
+            return None, False
+        argv[argv.index("TUNED")] = f"{tau:g}"
+    if cell.dataset == "synthetic":
+        return argv, os.path.exists(os.path.join(opts.out, cell.folder, cell.script[len("synthetic_"):-3] + ".csv"))
+    _, config = cli.parse(cell.script, [*argv, *opts.extra])
+    summary = os.path.join(opts.out, cell.folder, "summary.csv")
+    return argv, results.finished_row(summary, results.run_name(config)) is not None
+
+
+class Tally:
+    """What happened so far, shared by the workers: counts, and cell durations per dataset (ETA)."""
+
+    def __init__(self, cells):
+        self.cells, self.lock, self.start = cells, threading.Lock(), time.monotonic()
+        self.outcomes, self.durations, self.failures = {}, {}, []
+
+    def record(self, cell, outcome, seconds=None, why=""):
+        with self.lock:
+            self.outcomes[cell.id] = outcome
+            if outcome == "ran":
+                self.durations.setdefault(cell.dataset, []).append(seconds)
+            if outcome == "failed":
+                self.failures.append(f"{cell.id}: {why}")
+
+    def counts(self):
+        n = lambda o: sum(v == o for v in self.outcomes.values())  # noqa: E731
+        return (f"{n('ran')} ran, {n('done')} already finished, {n('skipped')} skipped (data unavailable), "
+                f"{n('failed')} failed")
+
+    def say(self, text):
+        """Print a whole line: workers print concurrently, and print() writes text and newline apart."""
+        with self.lock:
+            print(text, flush=True)
+
+    def line(self, cell):
+        with self.lock:
+            k = len(self.outcomes) + 1
+            durations = self.durations.get(cell.dataset)
+            left = sum(c.dataset == cell.dataset and c.id not in self.outcomes for c in self.cells)
+            eta = f", {cell.dataset} ETA {clock(sum(durations) / len(durations) * left)}" if durations else ""
+            return (f"[{time.strftime('%H:%M:%S')}] cell {k}/{len(self.cells)}: {cell.id} ({self.counts()}; "
+                    f"{clock(time.monotonic() - self.start)} elapsed{eta})")
+
+
+def clock(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def last_line(path):
+    try:
+        with open(path, errors="replace") as f:
+            lines = [line.strip() for line in f if line.strip()]
+        return lines[-1] if lines else "(empty log)"
+    except OSError as e:
+        return str(e)
+
+
+class Workers:
+    """Cells run by one thread per GPU (or one), each cell a process in its own session, so that a
+    stop signal reaches exactly the runner's children, and all of them."""
+
+    def __init__(self, opts, tally, unavailable):
+        self.opts, self.tally, self.unavailable = opts, tally, unavailable
+        self.stopping, self.running, self.lock = threading.Event(), {}, threading.Lock()
+
+    def run(self, cells):
+        queue = list(cells)
+        threads = [threading.Thread(target=self.work, args=(queue, gpu)) for gpu in self.opts.gpus or [None]]
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)  # short joins: the main thread must stay free to handle signals
+
+    def stop(self, signum, frame):
+        """Signal handler: no new cell starts, and each running one gets SIGTERM (it is resumable)."""
+        self.signum = signum
+        self.stopping.set()
+        with self.lock:
+            for proc in self.running.values():
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+
+    def work(self, queue, gpu):
+        while not self.stopping.is_set():
+            with self.lock:
+                if not queue:
+                    return
+                cell = queue.pop(0)
+            self.one(cell, gpu)
+
+    def one(self, cell, gpu):
+        opts, tally = self.opts, self.tally
+        if cell.dataset in self.unavailable:
+            return tally.record(cell, "skipped")
+        argv, done = resolve(cell, opts)
+        if argv is None:
+            return tally.record(cell, "failed", why="no tau chosen: its tuning cells have not all finished")
+        if done:
+            return tally.record(cell, "done")
+        tally.say(tally.line(cell))
+        log = os.path.join(opts.out, "logs", f"{cell.id}.log")
+        env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}))
+        start = time.monotonic()
+        with open(log, "a") as f:
+            f.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(command(cell, opts, argv))}\n")
+            f.flush()
+            with self.lock:
+                if self.stopping.is_set():
+                    return
+                proc = subprocess.Popen(command(cell, opts, argv), stdout=f, stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True)
+                self.running[cell.id] = proc
+            code = proc.wait()
+        with self.lock:
+            del self.running[cell.id]
+        if self.stopping.is_set():
+            return
+        if code == 0:
+            tally.record(cell, "ran", time.monotonic() - start)
+        elif code == SKIPPED:
+            tally.record(cell, "skipped")
+        else:
+            tally.record(cell, "failed", why=f"exit {code}: {last_line(log)} (see {log})")
+            tally.say(f"    FAILED (exit {code}): {last_line(log)}")
+
+
+def preflight(cells, opts):
+    """Check the pass-through flags and each dataset's files with the training scripts themselves,
+    before any cell runs. Returns {dataset: why it is unavailable}; exits on bad input."""
+    unavailable = {}
+    for dataset in dict.fromkeys(c.dataset for c in cells if c.dataset != "synthetic"):
+        cell = next(c for c in cells if c.dataset == dataset)
+        argv = [a if a != "TUNED" else f"{opts.selection['candidates'][0]:g}" for a in cell.argv]
+        cli.parse(cell.script, [*argv, *opts.extra])  # flags: exits 2 with the script's own message
+        check = subprocess.run([*command(cell, opts, argv), "--prepare-data"], capture_output=True, text=True)
+        why = last_line_of(check.stderr or check.stdout)
+        if check.returncode == SKIPPED:
+            unavailable[dataset] = why
+            print(f"skipping {dataset}: {why}", flush=True)
+        elif check.returncode == BAD_INPUT:
+            cli.fail(f"{dataset}: {why}")
+        elif check.returncode != 0:
+            cli.fail(f"{dataset}: the training script cannot start (exit {check.returncode}): {why}", code=1)
+    return unavailable
+
+
+def last_line_of(text):
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "(no output)"
+
+
+def run_here(opts):
+    """All cells (or --task's one) in this shell session; then aggregate.py. Returns the exit status."""
+    cells = [opts.cells[int(opts.task)]] if opts.task is not None else opts.cells
+    os.makedirs(os.path.join(opts.out, "logs"), exist_ok=True)
+    unavailable = preflight(cells, opts) if opts.task is None else {}
+    tally = Tally(cells)
+    workers = Workers(opts, tally, unavailable)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, workers.stop)
+    workers.run([c for c in cells if c.tuning])  # --tune-tau: every candidate finishes before a tau is chosen
+    workers.run([c for c in cells if not c.tuning])
+    if workers.stopping.is_set():
+        print(f"interrupted: {tally.counts()}; rerun the same command to resume", flush=True)
+        return 128 + workers.signum
+    print(f"summary: {tally.counts()} in {clock(time.monotonic() - tally.start)}", flush=True)
+    for line in tally.failures:
+        print(f"  failed: {line}")
+    failed = bool(tally.failures)
+    if opts.task is None and {"ran", "done"} & set(tally.outcomes.values()):
+        agg = subprocess.run([python(), os.path.join(HERE, "aggregate.py"), "--results", opts.out],
+                             capture_output=True, text=True)
+        print(last_line_of(agg.stdout + agg.stderr) if agg.returncode == 0
+              else f"aggregate.py FAILED (exit {agg.returncode}): {last_line_of(agg.stderr or agg.stdout)}")
+        failed |= agg.returncode != 0
+    if failed:
+        return 1
+    return SKIPPED if opts.task is not None and "skipped" in tally.outcomes.values() else 0
+
+
+def submit_slurm(opts):
+    """One job array per phase (task i runs `run_all.sh <same selection> --task i`) and an
+    aggregation job that runs when the grid's array ends."""
+    for cell in opts.cells:  # the pass-through flags, checked before anything is submitted
+        if cell.dataset != "synthetic":
+            cli.parse(cell.script, [a if a != "TUNED" else "2" for a in cell.argv] + opts.extra)
+    s = opts.selection
+    flags = ["--datasets", ",".join(s["datasets"]), "--rhos", ",".join(f"{r:g}" for r in s["rhos"]),
+             "--trials", str(s["trials"]), "--out", opts.out]
+    flags += ["--losses", ",".join(s["losses"])] if s["losses"] else []
+    flags += ["--quick"] if s["quick"] else []
+    flags += ["--taus", ",".join(f"{t:g}" for t in s["taus"])] if s["taus"] else []
+    flags += ["--tune-tau", "--tau-candidates", ",".join(f"{t:g}" for t in s["candidates"]),
+              "--val-split", f"{s['val_split']:g}"] if s["tune"] else []
+    worker = shlex.join(["bash", os.path.join(HERE, "run_all.sh"), *flags, "--task"]) + " $SLURM_ARRAY_TASK_ID"
+    worker += (" -- " + shlex.join(opts.extra)) if opts.extra else ""
+    os.makedirs(os.path.join(opts.out, "logs"), exist_ok=True)
+    common = [*shlex.split(opts.sbatch), f"--chdir={os.getcwd()}"]
+
+    def sbatch(*args):
+        done = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True)
+        if done.returncode != 0:
+            cli.fail(f"sbatch failed: {last_line_of(done.stderr)}", code=1)
+        return done.stdout.strip().split(";")[0]
+    n_tuning = sum(c.tuning for c in opts.cells)
+    after = []
+    if n_tuning:  # --tune-tau: the grid's array waits for every tuning cell to succeed
+        tuning = sbatch("--job-name=phuber-tune", f"--array=0-{n_tuning - 1}", *common,
+                        f"--output={opts.out}/logs/slurm-%A_%a.out", "--wrap", worker)
+        after = [f"--dependency=afterok:{tuning}"]
+        print(f"submitted tuning array {tuning} ({n_tuning} cells)")
+    job = sbatch("--job-name=phuber", f"--array={n_tuning}-{len(opts.cells) - 1}", *after, *common,
+                 f"--output={opts.out}/logs/slurm-%A_%a.out", "--wrap", worker)
+    agg = sbatch("--job-name=phuber-aggregate", f"--dependency=afterany:{job}", *common,
+                 f"--output={opts.out}/logs/slurm-aggregate-%j.out", "--wrap",
+                 shlex.join([python(), os.path.join(HERE, "aggregate.py"), "--results", opts.out]))
+    print(f"submitted job array {job} ({len(opts.cells) - n_tuning} cells) and aggregation job {agg} "
+          "(runs when the array ends)")
+    return 0
+
+
+def main(argv=None):
+    opts = parse(sys.argv[1:] if argv is None else argv)
+    if opts.list:
+        for i, cell in enumerate(opts.cells):
+            print(f"{i:4d}  {cell.id}")
+        return 0
+    if opts.dry_run:
+        for cell in [opts.cells[int(opts.task)]] if opts.task is not None else opts.cells:
+            print(shlex.join(command(cell, opts)))
+        return 0
+    if opts.slurm:
+        if subprocess.run(["sh", "-c", "command -v sbatch"], capture_output=True).returncode != 0:
+            cli.fail("--slurm: sbatch not found")
+        return submit_slurm(opts)
+    return run_here(opts)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

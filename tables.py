@@ -1,0 +1,218 @@
+"""Result rows into tables, for aggregate.py (no torch): reading, grouping, labels, one writer.
+
+    load_runs, load_epochs   result files read as untrusted input: bad files and rows are named
+                             on stderr and skipped
+    build_table, setting_of, loss_key, loss_label, loss_sort
+                             runs grouped into cells: the row is the loss setting (results.SCHEMA),
+                             the column rho, the trials the seeds
+    load_reference, reference_key   the published numbers (reference_results.csv) and their keys
+    mean_se, paired_interval statistics
+    write_table              one table as Markdown, LaTeX and CSV
+"""
+import csv
+import math
+import os
+import re
+import sys
+from collections import defaultdict
+
+import numpy as np
+from scipy import stats
+
+import grid
+import registry
+import results
+
+LOSS_KEYS = results.LOSS_SETTINGS  # a table row: the loss, its parameters and its clipping
+GRID_KEYS = ("dataset", "rho", "seed")
+REQUIRED = ["run", "dataset", "loss", "rho", "seed", "test_acc"]
+
+
+def warn(message):
+    print(f"aggregate.py: {message}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading.
+
+def number(value):
+    return float(value) if value not in (None, "") else None
+
+
+def read_rows(path, required, numeric=()):
+    """Rows of a CSV, or None if the file is malformed; bad rows are reported and dropped."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in required if c not in (reader.fieldnames or [])]
+            if missing:
+                warn(f"skipping {path}: no column {', '.join(missing)}")
+                return None
+            rows = []
+            for line, row in enumerate(reader, start=2):
+                try:
+                    if None in row or any(row[c] in (None, "") for c in required):
+                        raise ValueError("truncated or empty required field")
+                    for c in numeric:
+                        float(row[c])
+                    rows.append(row)
+                except ValueError as e:
+                    warn(f"skipping {path} line {line}: {e}")
+            return rows
+    except (OSError, csv.Error, UnicodeDecodeError) as e:
+        warn(f"skipping {path}: {e}")
+        return None
+
+
+def find_summaries(root):
+    """summary*.csv under root, not descending into other results roots (quick/, tuning/)."""
+    found = []
+    for folder, subfolders, files in os.walk(root):
+        subfolders[:] = [s for s in subfolders if s not in ("quick", "tuning", "runs", "tables", "figures", "logs")]
+        found += [os.path.join(folder, f) for f in sorted(files) if f.startswith("summary") and f.endswith(".csv")]
+    return found
+
+
+def load_runs(root):
+    """One row per run (the newest where several files hold the same run), as read."""
+    runs = {}
+    for path in find_summaries(root):
+        for row in read_rows(path, REQUIRED, ["rho", "seed", "test_acc"]) or []:
+            if row["run"] not in runs or row.get("finished", "") >= runs[row["run"]].get("finished", ""):
+                runs[row["run"]] = row
+    return list(runs.values())
+
+
+def load_epochs(root, run):
+    path = os.path.join(root, "runs", run, "epochs.csv")
+    if not os.path.exists(path):
+        return None
+    return read_rows(path, ["epoch", "test_acc"], ["epoch", "test_acc"])
+
+
+def setting_of(row):
+    """The settings (results.SCHEMA) beyond the table's row and column that a run was made with:
+    runs are pooled as trials of one cell only when these agree."""
+    return tuple(sorted((k, v) for k, v in row.items() if results.SCHEMA.get(k) == "setting"
+                        and k not in LOSS_KEYS and k not in GRID_KEYS and v not in ("", None)))
+
+
+def loss_key(row):
+    key = {k: row.get(k, "") or "" for k in LOSS_KEYS}
+    if not key["clip_norm"]:
+        key["clip_mode"] = ""  # the mode means nothing without clipping
+    return tuple(key[k] for k in LOSS_KEYS)
+
+
+def loss_label(key):
+    """'PHuber-CE τ=10 + clipping (0.1)': parameters at the loss's default are not named, but for
+    tau, which the report always names."""
+    row = dict(zip(LOSS_KEYS, key))
+    defaults, params = registry.read()
+    label = grid.NAMES.get(row["loss"], row["loss"])
+    for name in params:
+        if row[name] and (name == "tau" or float(row[name]) != defaults.get(row["loss"], {}).get(name)):
+            label += f" {params[name]['symbol']}={float(row[name]):g}"
+    if row["clip_norm"]:
+        mode = "per-example " if row["clip_mode"] == "per-example" else ""
+        label += f" + {mode}clipping ({float(row['clip_norm']):g})"
+    return label
+
+
+def loss_sort(key):
+    row = dict(zip(LOSS_KEYS, key))
+    order = list(registry.read()[0])
+    return (order.index(row["loss"]) if row["loss"] in order else len(order), row["loss"], bool(row["clip_norm"]),
+            row["clip_mode"], float(row["clip_norm"] or 0), *(float(row[k] or 0) for k in registry.param_names()))
+
+
+def mean_se(values):
+    values = np.asarray(values, dtype=float)
+    if len(values) == 0:
+        return None, None
+    se = values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else None
+    return float(values.mean()), se
+
+
+def describe_settings(settings):
+    """Name the settings that differ between groups of runs of one dataset (for row labels)."""
+    if len(settings) <= 1:
+        return {s: "" for s in settings}
+    keys = sorted({k for s in settings for k, _ in s})
+    differing = [k for k in keys if len({dict(s).get(k) for s in settings}) > 1]
+    return {s: " [" + ", ".join(f"{k}={dict(s).get(k, '-')}" for k in differing) + "]" for s in settings}
+
+
+def build_table(rows):
+    """{(setting, loss_key): {rho: {seed: value}}} and the sorted rho values, for one dataset."""
+    cells = defaultdict(lambda: defaultdict(dict))
+    for row in rows:
+        cells[(setting_of(row), loss_key(row))][float(row["rho"])][int(row["seed"])] = float(row["test_acc"])
+    rhos = sorted({rho for per_rho in cells.values() for rho in per_rho})
+    return cells, rhos
+
+
+def load_reference(path):
+    refs = defaultdict(dict)
+    for row in read_rows(path, ["source", "dataset", "loss", "rho", "mean"], ["rho", "mean"]) or []:
+        key = (row["dataset"], row["loss"], number(row["tau"]), number(row["q"]), number(row["clip_norm"]),
+               float(row["rho"]))
+        refs[key][row["source"]] = (float(row["mean"]), number(row["pm"]))
+    return refs
+
+
+def reference_key(dataset, key, rho):
+    row = dict(zip(LOSS_KEYS, key))
+    if row["clip_mode"] == "per-example":
+        return None
+    return (dataset, row["loss"], number(row["tau"]), number(row["q"]) if row["loss"] in ("gce", "phuber_gce") else None,
+            number(row["clip_norm"]), rho)
+
+
+def paired_interval(diffs, level=0.95):
+    """Mean of paired differences and its t-interval (None bounds with a single pair)."""
+    diffs = np.asarray(diffs, dtype=float)
+    mean = float(diffs.mean())
+    if len(diffs) < 2:
+        return mean, None, None
+    half = stats.t.ppf((1 + level) / 2, len(diffs) - 1) * diffs.std(ddof=1) / math.sqrt(len(diffs))
+    return mean, round(mean - half, 3), round(mean + half, 3)
+
+
+TEX = {"±": r"$\pm$", "†": r"$\dagger$", **{p["symbol"]: p["tex"] for p in registry.read()[1].values()
+                                          if p["symbol"] != p["tex"].strip("$")}}
+
+
+def tex(text):
+    text = re.sub(r"ρ = (\S+)", r"$\\rho = \1$", text)
+    for plain, latex in TEX.items():
+        text = text.replace(plain, latex)
+    return text
+
+
+def write_table(stem, title, header, rows, records=None, columns=None, bold=(), before=(), after=(), latex=False):
+    """A table as stem.md (title, `before` lines, header and rows, `after` lines) and, with
+    latex=True, as a stem.tex tabular of the same cells; `records` (dicts of raw values) as stem.csv.
+    `bold` holds the (row, column) positions of cells to set in bold."""
+    strong = lambda i, j, text, fmt: fmt.format(text) if (i, j) in bold else text  # noqa: E731
+    md = [f"# {title}", "", *before]
+    md += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+    md += ["| " + " | ".join(strong(i, j, c, "**{}**") for j, c in enumerate(r)) + " |" for i, r in enumerate(rows)]
+    md += ["", *after] if after else []
+    results.write_atomic(f"{stem}.md", lambda f: f.write("\n".join(md) + "\n"))
+    if latex:
+        lines = [r"\begin{tabular}{l" + "c" * (len(header) - 1) + "}", r"\toprule",
+                 " & ".join(tex(h) for h in header) + r" \\", r"\midrule"]
+        lines += [" & ".join(strong(i, j, tex(c), r"\textbf{{{}}}") for j, c in enumerate(r)) + r" \\"
+                  for i, r in enumerate(rows)]
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        results.write_atomic(f"{stem}.tex", lambda f: f.write("\n".join(lines) + "\n"))
+    if records is not None:
+        results.write_csv(f"{stem}.csv", records, columns)
+
+
+def fmt_cell(mean, se, n, expected):
+    if mean is None:
+        return "-"
+    text = f"{mean:.1f}" + (f" ± {se:.1f}" if se is not None else "")
+    return text + (f" (n={n})" if n < expected else "")
