@@ -46,20 +46,20 @@ from tables import (LOSS_KEYS, build_table, describe_settings, fmt_cell, load_re
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def dataset_table(dataset, rows, out, expected, chosen):
+def dataset_table(dataset, rows, out, expected, chosen, other_noise_seeds=0):
     """The report's table for one dataset, as Markdown, LaTeX and CSV. Returns the table rows.
 
     chosen: {(dataset, loss): tau} picked on noisy validation data; those rows get a dagger.
     """
     cells, rhos = build_table(rows)
     labels = describe_settings({setting for setting, _ in cells})
-    order = sorted(cells, key=lambda sk: (loss_sort(sk[1]), sk[0]))
+    order = sorted(cells, key=lambda sk: (loss_sort(sk[1], dataset), sk[0]))
     table = []
     for setting, key in order:
         row = dict(zip(LOSS_KEYS, key))
         dagger = " †" if row["tau"] and not row["clip_norm"] and chosen.get((dataset, row["loss"])) == float(
             row["tau"]) else ""
-        entry = dict(label=loss_label(key) + labels[setting] + dagger, key=key, cells={})
+        entry = dict(label=loss_label(key, dataset) + labels[setting] + dagger, key=key, cells={})
         for rho in rhos:
             values = list(cells[(setting, key)].get(rho, {}).values())
             mean, se = mean_se(values)
@@ -69,12 +69,11 @@ def dataset_table(dataset, rows, out, expected, chosen):
             for rho in rhos}
     is_best = lambda e, rho: e["cells"][rho][0] is not None and e["cells"][rho][0] == best[rho]  # noqa: E731
 
-    before = []
-    if any(r.get("limit_train") or r.get("limit_test") for r in rows):
-        before = ["**Smoke runs on a subset of the data (--limit-train / --limit-test, e.g. run_all.sh --quick): "
-                  "these numbers check the pipeline and are not results.**", ""]
+    before = smoke_banner(rows)
     after = ["† τ chosen by final noisy-validation accuracy at the highest noise rate (tables/tau_selection.md)."] \
         if any("†" in e["label"] for e in table) else []
+    if other_noise_seeds:
+        after.append(f"{other_noise_seeds} runs with other label-noise seeds are in tables/noise_seeds.md.")
     records = [dict(dataset=dataset, label=e["label"], **dict(zip(LOSS_KEYS, e["key"])), rho=rho,
                     mean=e["cells"][rho][0], se=e["cells"][rho][1], n=e["cells"][rho][2], best=is_best(e, rho))
                for e in table for rho in rhos]
@@ -88,31 +87,85 @@ def dataset_table(dataset, rows, out, expected, chosen):
     return table, rhos
 
 
+def smoke_banner(rows):
+    """The lines that say a table of smoke runs (--limit-train / --limit-test) is not a result."""
+    if any(r.get("limit_train") or r.get("limit_test") for r in rows):
+        return ["**Smoke runs on a subset of the data (--limit-train / --limit-test, e.g. run_all.sh --quick): "
+                "these numbers check the pipeline and are not results.**", ""]
+    return []
+
+
 def comparison(dataset, table, rhos, refs, out):
+    """Ours against the published numbers, each column named by where it was published."""
     rows = []
     for e in table:
         for rho in rhos:
             ref = refs.get(reference_key(dataset, e["key"], rho), {})
             mean, se, n = e["cells"][rho]
-            report, original = ref.get("reproduction"), ref.get("original")
             if mean is None and not ref:
                 continue
-            diff = lambda r: None if mean is None or r is None else round(mean - r[0], 2)  # noqa: E731
-            rows.append(dict(loss=e["label"], rho=rho, ours=None if mean is None else round(mean, 2),
-                             ours_se=None if se is None else round(se, 2), n=n,
-                             report=report and report[0], report_se=report and report[1],
-                             original=original and original[0], ours_minus_report=diff(report),
-                             ours_minus_original=diff(original)))
-    if not any(r["report"] is not None or r["original"] is not None for r in rows):
+            row = dict(loss=e["label"], rho=rho, ours=None if mean is None else round(mean, 2),
+                       ours_se=None if se is None else round(se, 2), n=n)
+            for source in ("reproduction", "original"):
+                value, pm, where = ref.get(source, (None, None, None))
+                row.update({source: value, f"{source}_se": pm, f"{source}_where": where,
+                            f"ours_minus_{source}": None if mean is None or value is None else round(mean - value, 2)})
+            rows.append(row)
+    if not any(r["reproduction"] is not None or r["original"] is not None for r in rows):
         return
+    # The report published no CIFAR-10 numbers: its authors' code README did, later. A column says
+    # "report" only when every number in it is the report's.
+    wheres = {source: sorted({r[f"{source}_where"] for r in rows if r[f"{source}_where"]})
+              for source in ("reproduction", "original")}
+    reproduction = wheres["reproduction"][0] if len(wheres["reproduction"]) == 1 else "reproduction"
     signed = lambda v: "-" if v is None else f"{v:+.1f}"  # noqa: E731
-    cells = [[r["loss"], f"{r['rho']:g}", fmt_cell(r["ours"], r["ours_se"], r["n"], 0) if r["ours"] is not None else "-",
-              "-" if r["report"] is None else f"{r['report']:.1f} ± {r['report_se']:.1f}",
-              "-" if r["original"] is None else f"{r['original']:.1f}",
-              signed(r["ours_minus_report"]), signed(r["ours_minus_original"])] for r in rows]
+    cells = [[r["loss"], f"{r['rho']:g}", fmt_cell(r["ours"], r["ours_se"], r["n"]),
+              fmt_cell(r["reproduction"], r["reproduction_se"]), fmt_cell(r["original"], r["original_se"]),
+              signed(r["ours_minus_reproduction"]), signed(r["ours_minus_original"])] for r in rows]
     write_table(os.path.join(out, "tables", f"{dataset}_comparison"),
-                f"{dataset}: ours against the published test accuracies (%)",
-                ["Loss", "ρ", "ours", "report", "original", "ours − report", "ours − original"], cells, rows)
+                f"{dataset}: ours against the published test accuracies (%), mean ± standard error where given",
+                ["Loss", "ρ", "ours", reproduction, "original paper", "ours − reproduction", "ours − original"],
+                cells, rows, after=[f"Sources (reference_results.csv): reproduction: {'; '.join(wheres['reproduction'])}"
+                                    f"; original paper: {'; '.join(wheres['original'])}."])
+
+
+def noise_seed_table(rows, refs, out, expected):
+    """The report's Table 3: per noise rate, dataset and loss, the test accuracy for each label noise
+    seed (mean ± s.e. over trials), then the original paper's, where runs used several noise seeds."""
+    by = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        key = (float(r["rho"]), r["dataset"], setting_of(r, ignore=("noise_seed",)), loss_key(r))
+        by[key][int(r.get("noise_seed") or 0)].append(float(r["test_acc"]))
+    studied = {k: v for k, v in by.items() if len(v) > 1}
+    if not studied:
+        return
+    seeds = sorted({s for per_seed in studied.values() for s in per_seed})
+    datasets = list(grid.DATASETS)
+    order = sorted(studied, key=lambda k: (k[0], datasets.index(k[1]) if k[1] in datasets else len(datasets), k[1],
+                                           loss_sort(k[3], k[1]), k[2]))
+    labels = {}  # settings that differ between rows, named per dataset (the datasets' own always differ)
+    for dataset in {k[1] for k in order}:
+        labels.update({(dataset, s): text for s, text in describe_settings({k[2] for k in order
+                                                                           if k[1] == dataset}).items()})
+    table, records = [], []
+    for rho, dataset, setting, key in order:
+        original = refs.get(reference_key(dataset, key, rho), {}).get("original", (None, None, None))
+        cells = []
+        for seed in seeds:
+            values = studied[(rho, dataset, setting, key)].get(seed, [])
+            mean, se = mean_se(values)
+            cells.append(fmt_cell(mean, se, len(values), expected))
+            records.append(dict(rho=rho, dataset=dataset, loss=loss_label(key, dataset) + labels[dataset, setting],
+                                noise_seed=seed, mean=mean, se=se, n=len(values)))
+        records.append(dict(rho=rho, dataset=dataset, loss=loss_label(key, dataset) + labels[dataset, setting],
+                            noise_seed="original paper", mean=original[0], se=original[1], n=None))
+        table.append([f"ρ = {rho:g}", dataset, loss_label(key, dataset) + labels[dataset, setting], *cells,
+                      fmt_cell(*original[:2])])
+    write_table(os.path.join(out, "tables", "noise_seeds"),
+                f"Impact of the label noise seed (the report's Table 3): test accuracy (%), mean ± standard error "
+                f"over trials (n shown when below {expected})",
+                ["Label noise", "Dataset", "Loss", *[f"Seed {s}" for s in seeds], "Original paper"], table,
+                records, before=smoke_banner(rows), latex=True)
 
 
 def paired_differences(dataset, rows, out):
@@ -121,7 +174,7 @@ def paired_differences(dataset, rows, out):
     for row in rows:
         by[(setting_of(row), loss_key(row), float(row["rho"]))][int(row["seed"])] = float(row["test_acc"])
     result = []
-    for (setting, key, rho), ours in sorted(by.items(), key=lambda kv: (loss_sort(kv[0][1]), kv[0][2])):
+    for (setting, key, rho), ours in sorted(by.items(), key=lambda kv: (loss_sort(kv[0][1], dataset), kv[0][2])):
         row = dict(zip(LOSS_KEYS, key))
         if row["loss"] not in grid.BASE or row["clip_norm"]:
             continue
@@ -134,7 +187,7 @@ def paired_differences(dataset, rows, out):
             continue
         diffs = np.array([ours[s] - by[(setting, base_key, rho)][s] for s in seeds])
         mean, low, high = paired_interval(diffs)
-        result.append(dict(loss=loss_label(key), base=loss_label(base_key), rho=rho, n=len(seeds),
+        result.append(dict(loss=loss_label(key, dataset), base=loss_label(base_key, dataset), rho=rho, n=len(seeds),
                            mean_diff=round(mean, 3), ci_low=low, ci_high=high))
     if not result:
         return
@@ -232,14 +285,17 @@ def main(argv=None):
     written = []
     for dataset in sorted({r["dataset"] for r in rows}):
         ds_rows = [r for r in rows if r["dataset"] == dataset]
-        table, rhos = dataset_table(dataset, ds_rows, out, args.trials, chosen)
+        # the report's tables use label noise seed 0; the other seeds are the noise-seed study's
+        main = [r for r in ds_rows if int(r.get("noise_seed") or 0) == 0] or ds_rows
+        table, rhos = dataset_table(dataset, main, out, args.trials, chosen, len(ds_rows) - len(main))
         comparison(dataset, table, rhos, refs, out)
-        paired_differences(dataset, ds_rows, out)
+        paired_differences(dataset, main, out)
         if plt:
             figures.accuracy_figure(dataset, table, rhos, refs, out, plt)
-            figures.curve_figures(dataset, ds_rows, args.results, out, plt)
-            figures.tau_sweep_figure(dataset, ds_rows, out, plt)
+            figures.curve_figures(dataset, main, args.results, out, plt)
+            figures.tau_sweep_figure(dataset, main, out, plt)
         written.append(f"{dataset} ({len(ds_rows)} runs)")
+    noise_seed_table(rows, refs, out, args.trials)
     tau_selection_table(validation_rows, rows, out)
     copied = synthetic(args.results, out)
     if not written and not copied:

@@ -52,8 +52,12 @@ def training_parser(script, doc=None):
                    help=f"training loss (default: %(default)s), one of: {registry.describe(losses, params)}")
     for name, meta in params.items():
         takes = ", ".join(f"{loss} {d[name]:g}" for loss, d in losses.items() if name in d)
+        report = "; ".join(f"{loss} {v:g} on {dataset}" for dataset in datasets for loss in losses
+                           if (v := grid.loss_defaults(dataset, loss).get(name, losses[loss].get(name))) is not None
+                           and v != losses[loss].get(name))
         g.add_argument(f"--{name.replace('_', '-')}", type=float,
-                       help=f"{meta['help']}, in {meta['range']} (default: the loss's: {takes})")
+                       help=f"{meta['help']}, in {meta['range']} (default: the loss's: {takes}"
+                       + (f"; the report's {report})" if report else ")"))
     g.add_argument("--clip-norm", type=float, help="clip gradients to this L2 norm; 0.1 is the paper's "
                    "'CE + clipping' (default: no clipping)")
     g.add_argument("--clip-mode", choices=["global", "per-example"], default="global",
@@ -76,6 +80,11 @@ def training_parser(script, doc=None):
     g.add_argument("--weight-decay", type=float,
                    help=f"L2 weight decay (default: {per_dataset(script, 'weight_decay')})")
     if script == "train_mnist.py":
+        g.add_argument("--init", choices=["report", "authors-code"], default="report",
+                       help="LeNet initialisation. report: weights from a normal with std 0.1 truncated at 2 std, "
+                       "zero biases (the report's words); authors-code: weights from a standard normal truncated "
+                       "to +-0.2 (about uniform, std 0.115) and PyTorch's default biases (the report authors' "
+                       "code) (default: %(default)s)")
         g.add_argument("--lr-decay", type=float, help="learning-rate factor per --lr-decay-steps iterations, "
                        f"applied smoothly every iteration; 1 keeps it constant (default: {per_dataset(script, 'lr_decay')})")
         g.add_argument("--lr-decay-steps", type=float, help="iterations over which the learning rate decays "
@@ -98,8 +107,9 @@ def training_parser(script, doc=None):
                    help="only load (downloading if needed) and describe the dataset, then exit")
     g.add_argument("--out", default="results", help="results folder (default: %(default)s)")
     g.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    g.add_argument("--amp", choices=["bf16", "fp16"], help="mixed precision autocast; fp16 uses a gradient "
-                   "scaler (default: off, float32)")
+    g.add_argument("--amp", choices=["fp16", "bf16"], help="mixed precision. fp16: float16 autocast with a "
+                   "gradient scaler, as the report trained its ResNets (Micikevicius et al.); bf16: bfloat16 "
+                   "autocast, no scaler (a deviation, usually as accurate) (default: off, float32)")
     g.add_argument("--channels-last", action="store_true", help="channels-last memory format (faster convs on GPUs)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
@@ -138,12 +148,14 @@ def check(parser, args):
         takes = ", ".join(losses[args.loss]) or "no parameters"
         parser.error(f"loss {args.loss!r} does not take {', '.join(sorted(given - set(losses[args.loss])))}: "
                      f"it takes {takes}")
-    for name in params:  # the effective parameters (defaults resolved) are part of the run's identity
+    # the effective parameters are part of the run's identity: the report's for the dataset where it
+    # set them (tau = 2 for PHuber-CE on CIFAR-10), else the loss's defaults
+    defaults = {**losses[args.loss], **grid.loss_defaults(args.dataset, args.loss)}
+    for name in params:
         value = getattr(args, name)
         if name in losses[args.loss]:
             try:
-                value = registry.check(name, losses[args.loss][name] if value is None else value,
-                                       params[name]["range"])
+                value = registry.check(name, defaults[name] if value is None else value, params[name]["range"])
             except ValueError as e:
                 parser.error(str(e))
         setattr(args, name, value)

@@ -102,7 +102,7 @@ def setup(config, criterion, device, args, make_optimizer, lr_factor):
         warnings.warn(f"--rho {config['rho']} exceeds (K-1)/K = {(data.classes - 1) / data.classes:.3f}: "
                       "noisy labels are then anti-correlated with the true ones")
     torch.manual_seed(config["seed"])
-    net = models.make_model(config["model"], data.classes, data.channels).to(device)
+    net = models.make_model(config["model"], data.classes, data.channels, config.get("init")).to(device)
     if config["channels_last"]:
         net = net.to(memory_format=torch.channels_last)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[config["amp"]]

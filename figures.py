@@ -10,8 +10,9 @@ from tables import load_epochs, loss_key, loss_label, loss_sort, mean_se, number
 
 
 def accuracy_figure(dataset, table, rhos, refs, out, plt):
+    """Ours against rho, one line per loss; published numbers as markers named by their source."""
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    published = False
+    wheres = {"reproduction": set(), "original": set()}
     for i, e in enumerate(table):
         color = f"C{i % 10}"
         xs = [rho for rho in rhos if e["cells"][rho][0] is not None]
@@ -19,15 +20,18 @@ def accuracy_figure(dataset, table, rhos, refs, out, plt):
         errs = [e["cells"][rho][1] or 0 for rho in xs]
         ax.errorbar(xs, ys, yerr=errs, color=color, marker="o", ms=4, capsize=3, label=e["label"])
         for source, marker in (("reproduction", "s"), ("original", "x")):
-            pts = [(rho, refs[k][source][0]) for rho in rhos
+            pts = [(rho, *refs[k][source]) for rho in rhos
                    if (k := reference_key(dataset, e["key"], rho)) in refs and source in refs[k]]
             if pts:
-                published = True
-                ax.scatter(*zip(*pts), color=color, marker=marker, s=30, facecolors="none" if marker == "s" else color)
+                wheres[source] |= {where for *_, where in pts}
+                ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] or 0 for p in pts], color=color,
+                            marker=marker, ms=5, ls="none", capsize=2, mfc="none" if marker == "s" else color)
     title = f"{dataset}: test accuracy, mean ± s.e. over trials"
-    if published:
-        ax.scatter([], [], color="gray", marker="s", facecolors="none", label="report (published)")
-        ax.scatter([], [], color="gray", marker="x", label="original paper (published)")
+    if wheres["reproduction"] or wheres["original"]:
+        for source, marker, name in (("reproduction", "s", "reproduction"), ("original", "x", "original paper")):
+            if wheres[source]:
+                ax.scatter([], [], color="gray", marker=marker, facecolors="none" if marker == "s" else "gray",
+                           label=f"{name}: {'; '.join(sorted(wheres[source]))}")
         title = f"{dataset}: ours (lines) and published (markers)"
     ax.set(xlabel="label noise ρ", ylabel="test accuracy (%)", title=title)
     ax.grid(alpha=0.3)
@@ -46,7 +50,7 @@ def curve_figures(dataset, rows, root, out, plt):
     if not curves:
         return
     rhos = sorted({rho for _, rho in curves})
-    keys = sorted({key for key, _ in curves}, key=loss_sort)
+    keys = sorted({key for key, _ in curves}, key=lambda k: loss_sort(k, dataset))
     for column, name, ylabel in (("test_acc", "curves", "test accuracy (%)"),
                                  ("memorised", "memorisation", "corrupted samples fitted (%)")):
         panels = [rho for rho in rhos if column != "memorised" or rho > 0]  # rho = 0: nothing corrupted
@@ -62,7 +66,7 @@ def curve_figures(dataset, rows, root, out, plt):
                     continue
                 length = min(len(s) for s in series)
                 ax.plot(range(1, length + 1), np.mean([s[:length] for s in series], axis=0), color=f"C{i % 10}",
-                        label=loss_label(key))
+                        label=loss_label(key, dataset))
                 drawn = True
             ax.set(title=f"ρ = {rho:g}", xlabel="epoch")
             ax.grid(alpha=0.3)

@@ -6,11 +6,12 @@ order, and the training scripts take their per-dataset defaults from it:
     DATASETS        each dataset's script and the report's training settings (section 5)
     report_rows     the loss settings of a dataset's table, in its order
     NAMES, BASE     how tables name each loss; which base loss each partially Huberised loss is paired with
-    RHOS, TRIALS    the noise rates and trials of every table
+    loss_defaults   a loss's parameters on a dataset, as the report set them (a single run's defaults)
+    RHOS, TRIALS    the noise rates and trials of every table; TABLE3, the noise-seed study
     TAU_CANDIDATES, VAL_SPLIT, choose_tau   the original paper's tau protocol
     cells           the numbered cells of a selection: what --list shows and --task I runs
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import registry
 
@@ -42,9 +43,11 @@ BASE = {"phuber_ce": "ce", "phuber_gce": "gce"}
 
 @dataclass(frozen=True)
 class Row:
-    """One loss setting of a table: `key` names it in cell ids, `flags` are the script's."""
+    """One loss setting of a table: `key` names it in cell ids, `flags` are the script's, `label`
+    is the report's name for the row."""
     key: str
     flags: dict
+    label: str = field(default="", compare=False)
 
     def argv(self):
         return [a for k, v in self.flags.items() for a in (f"--{k.replace('_', '-')}", f"{v:g}"
@@ -52,14 +55,26 @@ class Row:
 
 
 def report_rows(dataset):
-    """The report's loss settings for `dataset`, in its tables' order."""
-    tau = 2.0 if dataset == "cifar10" else 10.0
-    rows = [Row("ce", {"loss": "ce"}), Row("ce+clip", {"loss": "ce", "clip_norm": 0.1}), Row("linear", {"loss": "linear"}),
-            Row("gce", {"loss": "gce", "q": 0.7}), Row("phuber_ce", {"loss": "phuber_ce", "tau": tau}),
-            Row("phuber_gce", {"loss": "phuber_gce", "tau": 10.0, "q": 0.7})]
-    if dataset == "cifar100":  # the report's additional experiment
-        rows.append(Row("phuber_ce", {"loss": "phuber_ce", "tau": 50.0}))
+    """The report's loss settings for `dataset`, in the order and with the labels of its tables."""
+    tau = 2.0 if dataset == "cifar10" else 10.0  # report section 5.2.1: tau = 2 for PHuber-CE on CIFAR-10
+    rows = [Row("ce", {"loss": "ce"}, "CE"), Row("ce+clip", {"loss": "ce", "clip_norm": 0.1}, "CE + clipping"),
+            Row("linear", {"loss": "linear"}, "Linear"), Row("gce", {"loss": "gce", "q": 0.7}, "GCE"),
+            Row("phuber_ce", {"loss": "phuber_ce", "tau": tau}, f"PHuber-CE τ = {tau:g}"),
+            Row("phuber_gce", {"loss": "phuber_gce", "tau": 10.0, "q": 0.7}, "PHuber-GCE τ = 10")]
+    if dataset == "cifar100":  # the report's additional experiment, last in its Table 2
+        rows.append(Row("phuber_ce", {"loss": "phuber_ce", "tau": 50.0}, "PHuber-CE τ = 50"))
     return rows
+
+
+def loss_defaults(dataset, loss):
+    """The report's parameters of `loss` on `dataset` ({'tau': 2.0} for PHuber-CE on CIFAR-10): the
+    defaults of a single run, so that it is the same run as the grid's cell."""
+    row = next((r for r in report_rows(dataset) if r.flags["loss"] == loss and "clip_norm" not in r.flags), None)
+    return {k: v for k, v in row.flags.items() if k != "loss"} if row else {}
+
+
+# The report's Table 3: CE and PHuber-GCE at rho = 0.6 on MNIST and CIFAR-100, label noise seeds 0-3.
+TABLE3 = dict(datasets=("mnist", "cifar100"), losses=("ce", "phuber_gce"), rhos=(0.6,), noise_seeds=(0, 1, 2, 3))
 
 
 def choose_tau(rows, dataset, loss, candidates=None):
@@ -113,22 +128,23 @@ def rows_for(dataset, losses=None, taus=None, tune=False):
         if "tau" in row.flags and taus:
             variants = [Row(row.key, {**row.flags, "tau": t}) for t in taus]
         elif "tau" in row.flags and tune:
-            variants = [Row(row.key, {**row.flags, "tau": "TUNED"})]
+            variants = [Row(row.key, {**row.flags, "tau": "TUNED"}, row.label)]
         out += [v for v in variants if v not in out]
     return out
 
 
-def cell_id(dataset, row, rho, seed):
+def cell_id(dataset, row, rho, seed, noise_seed=0):
     tau = row.flags.get("tau")
     part = "" if tau is None else "-tuned" if tau == "TUNED" else f"-tau{tau:g}"
-    return f"{dataset}-{row.key}{part}-rho{rho:g}-seed{seed}"
+    # noise seed 0 is every table's: its cells are the same runs, with the same ids, in every selection
+    return f"{dataset}-{row.key}{part}-rho{rho:g}-seed{seed}" + (f"-ns{noise_seed}" if noise_seed else "")
 
 
 def cells(datasets=DEFAULT_DATASETS, losses=None, rhos=RHOS, trials=TRIALS, taus=None, tune=False,
-          candidates=TAU_CANDIDATES, val_split=VAL_SPLIT, quick=False):
+          candidates=TAU_CANDIDATES, val_split=VAL_SPLIT, quick=False, noise_seeds=(0,)):
     """The numbered cells of a selection. The order depends only on the selection, so that a SLURM
     array task given the same selection finds the same cell: tuning cells first (--tune-tau), then
-    per dataset, row, rho and seed."""
+    per dataset, row, rho, label noise seed and seed."""
     budget = QUICK if quick else []
     found = []
     for dataset in datasets if tune else ():
@@ -152,10 +168,13 @@ def cells(datasets=DEFAULT_DATASETS, losses=None, rhos=RHOS, trials=TRIALS, taus
         for row in rows_for(dataset, losses, taus, tune):
             tuned = row.flags["loss"] if row.flags.get("tau") == "TUNED" else ""
             for rho in rhos:
-                for seed in range(trials):
-                    found.append(Cell(cell_id(dataset, row, rho, seed), dataset, DATASETS[dataset]["script"],
-                                      ("--dataset", dataset, *row.argv(), "--rho", f"{rho:g}", "--seed", str(seed),
-                                       *budget), tuned=tuned))
+                for noise_seed in noise_seeds:
+                    noise = ("--noise-seed", str(noise_seed)) if noise_seed else ()
+                    for seed in range(trials):
+                        found.append(Cell(cell_id(dataset, row, rho, seed, noise_seed), dataset,
+                                          DATASETS[dataset]["script"], ("--dataset", dataset, *row.argv(), "--rho",
+                                                                        f"{rho:g}", *noise, "--seed", str(seed),
+                                                                        *budget), tuned=tuned))
     return found
 
 

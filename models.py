@@ -1,8 +1,12 @@
 """Networks of the report's section 5: LeNet-5 (MNIST) and ResNet-18/50 for 32x32 images (CIFAR).
 
-LeNet-5 follows the report's modified version: ReLU instead of tanh, average pooling, weights drawn
-from a normal with std 0.1 truncated at 2 std (TensorFlow's truncated_normal, which the original
-authors used), biases zero (TensorFlow's default).
+LeNet-5 follows the report's modified version: ReLU instead of tanh, average pooling. Its
+initialisation (--init) has two variants, because the report's words and its authors' code differ:
+  report        weights from a normal with std 0.1 truncated at 2 std (TensorFlow's
+                truncated_normal, as the report describes), biases zero (TensorFlow's default);
+  authors-code  weights from a standard normal truncated to +-0.2 (torch's trunc_normal_ with its
+                default std 1), which is close to uniform on +-0.2 (std ~0.115), and PyTorch's
+                default biases, uniform on +-1/sqrt(fan_in) (what the report's numbers came from).
 
 The ResNets are the CIFAR variant of Liu (kuangliu/pytorch-cifar) that the report uses: the usual
 widths and blocks, but the stem is one 3x3 convolution with stride 1 and no max-pool, so 32x32
@@ -13,11 +17,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+INITS = ("report", "authors-code")
+
+
 class LeNet5(nn.Module):
     """conv5x5(6, pad 2)-ReLU-avgpool2-conv5x5(16)-ReLU-avgpool2-fc120-ReLU-fc84-ReLU-fc(classes)."""
 
-    def __init__(self, num_classes=10, in_channels=1):
+    def __init__(self, num_classes=10, in_channels=1, init="report"):
         super().__init__()
+        if init not in INITS:
+            raise ValueError(f"init={init!r} is not allowed: use one of {', '.join(INITS)}")
         self.conv1 = nn.Conv2d(in_channels, 6, 5, padding=2)
         self.conv2 = nn.Conv2d(6, 16, 5)
         self.fc1 = nn.Linear(16 * 5 * 5, 120)
@@ -25,8 +34,11 @@ class LeNet5(nn.Module):
         self.fc3 = nn.Linear(84, num_classes)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.trunc_normal_(m.weight, std=0.1, a=-0.2, b=0.2)
-                nn.init.zeros_(m.bias)
+                if init == "report":
+                    nn.init.trunc_normal_(m.weight, std=0.1, a=-0.2, b=0.2)
+                    nn.init.zeros_(m.bias)
+                else:  # the bias keeps the default initialisation nn.Conv2d / nn.Linear gave it
+                    nn.init.trunc_normal_(m.weight, std=1.0, a=-0.2, b=0.2)
 
     def forward(self, x):
         x = F.avg_pool2d(F.relu(self.conv1(x)), 2)
@@ -112,10 +124,11 @@ def resnet50(num_classes=10, in_channels=3):
 MODELS = {"lenet": LeNet5, "resnet18": resnet18, "resnet50": resnet50}
 
 
-def make_model(name, num_classes, in_channels):
+def make_model(name, num_classes, in_channels, init=None):
+    """Network `name`; `init` chooses LeNet's initialisation (the ResNets have PyTorch's)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}: valid models are {', '.join(MODELS)}")
-    return MODELS[name](num_classes=num_classes, in_channels=in_channels)
+    return MODELS[name](num_classes=num_classes, in_channels=in_channels, **({"init": init} if init else {}))
 
 
 def has_batch_norm(model):

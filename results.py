@@ -31,7 +31,7 @@ LOSS_SETTINGS = ("loss", *registry.param_names(), "clip_norm", "clip_mode")
 SETTINGS = LOSS_SETTINGS + (
     "dataset", "model", "rho", "noise", "noise_seed", "seed", "val_split", "epochs", "batch_size", "lr",
     "weight_decay", "limit_train", "limit_test", "amp", "channels_last",
-    "lr_decay", "lr_decay_steps",                 # train_mnist.py
+    "init", "lr_decay", "lr_decay_steps",         # train_mnist.py
     "momentum", "milestones", "lr_gamma")         # train_cifar.py
 METRICS = ("train_loss", "train_acc", "train_clean_acc", "memorised", "corrupted_clean_acc", "test_loss",
            "test_nll", "test_ece", "test_acc", "val_acc", "val_clean_acc", "clipped_clean", "clipped_corrupted",

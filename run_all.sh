@@ -24,6 +24,8 @@
 #   --dry-run         print the commands instead of running them
 #   --gpus LIST       one worker per listed GPU id (ids index CUDA_VISIBLE_DEVICES when it is set)
 #   --slurm           submit as a job array; --sbatch "OPTIONS" passes options to sbatch
+#   --table3          the report's Table 3: CE and PHuber-GCE at rho 0.6 on MNIST and CIFAR-100 with label
+#                     noise seeds 0-3, 3 trials each (48 cells; seed 0's are the main grid's runs)
 #   --taus LIST       run the losses that have a tau at each of these values instead (a tau sweep)
 #   --tune-tau        the original paper's protocol: first, for each dataset and loss with a tau,
 #                     train with every --tau-candidates value (default 2,10) at the highest rho with

@@ -28,9 +28,10 @@ SKIPPED, BAD_INPUT = 3, 2  # the training scripts' exit status for unavailable d
 def parse(argv):
     p = cli.Parser(prog="run_all.sh", description="Run the report's grid; see the header of run_all.sh.",
                    usage="bash run_all.sh [options] [-- flags for every training script]")
-    p.add_argument("--datasets", default=",".join(grid.DEFAULT_DATASETS))
+    p.add_argument("--datasets")
     p.add_argument("--losses")
-    p.add_argument("--rhos", default=",".join(f"{r:g}" for r in grid.RHOS))
+    p.add_argument("--rhos")
+    p.add_argument("--table3", action="store_true")
     p.add_argument("--trials", default=str(grid.TRIALS))
     p.add_argument("--out")
     p.add_argument("--quick", action="store_true")
@@ -46,8 +47,17 @@ def parse(argv):
     p.add_argument("--val-split", default=f"{grid.VAL_SPLIT:g}")
     argv = list(argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    opts = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    if "--sbatch" in argv[:-1]:  # its value is sbatch's options, "--partition=gpu ...": argparse takes it attached
+        i = argv.index("--sbatch")
+        argv[i:i + 2] = [f"--sbatch={argv[i + 1]}"]
+    opts = p.parse_args(argv)
     opts.extra = extra
+    # --table3 selects the report's noise-seed study; the filters can narrow it
+    named = grid.TABLE3 if opts.table3 else dict(datasets=grid.DEFAULT_DATASETS, losses=None, rhos=grid.RHOS)
+    opts.datasets = opts.datasets or ",".join(named["datasets"])
+    opts.losses = opts.losses or (",".join(named["losses"]) if named["losses"] else None)
+    opts.rhos = opts.rhos or ",".join(f"{r:g}" for r in named["rhos"])
 
     def numbers(flag, text, ok, allowed):
         try:
@@ -77,7 +87,8 @@ def parse(argv):
         if flag in opts.extra:
             p.error(f"{flag} is not allowed after --: run_all.sh sets it (use run_all.sh --out)")
     opts.selection = dict(datasets=datasets, losses=losses, rhos=rhos, trials=1 if opts.quick else int(opts.trials),
-                          taus=taus, tune=opts.tune_tau, candidates=candidates, val_split=val_split, quick=opts.quick)
+                          taus=taus, tune=opts.tune_tau, candidates=candidates, val_split=val_split, quick=opts.quick,
+                          noise_seeds=grid.TABLE3["noise_seeds"] if opts.table3 else (0,))
     # Paths are the caller's: relative ones resolve against the directory run_all.sh was started in.
     opts.out = os.path.abspath(opts.out or ("results/quick" if opts.quick else "results"))
     opts.cells = grid.cells(**opts.selection)
@@ -188,8 +199,9 @@ def last_line(path):
 
 
 class Workers:
-    """Cells run by one thread per GPU (or one), each cell a process in its own session, so that a
-    stop signal reaches exactly the runner's children, and all of them."""
+    """Cells run by one thread per GPU (or one), each cell a process in the runner's process group,
+    so that what stops the group (Ctrl-C at a terminal, `timeout`, a kill of the group) stops them
+    too; a signal to the runner alone is passed on to every running cell."""
 
     def __init__(self, opts, tally, unavailable):
         self.opts, self.tally, self.unavailable = opts, tally, unavailable
@@ -210,10 +222,7 @@ class Workers:
         self.stopping.set()
         with self.lock:
             for proc in self.running.values():
-                try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+                proc.send_signal(signal.SIGTERM)
 
     def work(self, queue, gpu):
         while not self.stopping.is_set():
@@ -242,8 +251,7 @@ class Workers:
             with self.lock:
                 if self.stopping.is_set():
                     return
-                proc = subprocess.Popen(command(cell, opts, argv), stdout=f, stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)
+                proc = subprocess.Popen(command(cell, opts, argv), stdout=f, stderr=subprocess.STDOUT, env=env)
                 self.running[cell.id] = proc
             code = proc.wait()
         with self.lock:
@@ -324,6 +332,7 @@ def submit_slurm(opts):
              "--trials", str(s["trials"]), "--out", opts.out]
     flags += ["--losses", ",".join(s["losses"])] if s["losses"] else []
     flags += ["--quick"] if s["quick"] else []
+    flags += ["--table3"] if opts.table3 else []
     flags += ["--taus", ",".join(f"{t:g}" for t in s["taus"])] if s["taus"] else []
     flags += ["--tune-tau", "--tau-candidates", ",".join(f"{t:g}" for t in s["candidates"]),
               "--val-split", f"{s['val_split']:g}"] if s["tune"] else []
@@ -356,9 +365,12 @@ def submit_slurm(opts):
 
 def main(argv=None):
     opts = parse(sys.argv[1:] if argv is None else argv)
+    if opts.list or opts.dry_run:  # `| head` closes the pipe: stop quietly, as a Unix tool does
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     if opts.list:
+        main_grid = {c.id for c in grid.cells(datasets=opts.selection["datasets"])} if opts.table3 else set()
         for i, cell in enumerate(opts.cells):
-            print(f"{i:4d}  {cell.id}")
+            print(f"{i:4d}  {cell.id}" + ("   (a cell of the main grid too: one run)" if cell.id in main_grid else ""))
         return 0
     if opts.dry_run:
         for cell in [opts.cells[int(opts.task)]] if opts.task is not None else opts.cells:

@@ -90,11 +90,11 @@ def load_epochs(root, run):
     return read_rows(path, ["epoch", "test_acc"], ["epoch", "test_acc"])
 
 
-def setting_of(row):
-    """The settings (results.SCHEMA) beyond the table's row and column that a run was made with:
-    runs are pooled as trials of one cell only when these agree."""
+def setting_of(row, ignore=()):
+    """The settings (results.SCHEMA) beyond the table's row and column (and `ignore`) that a run was
+    made with: runs are pooled as trials of one cell only when these agree."""
     return tuple(sorted((k, v) for k, v in row.items() if results.SCHEMA.get(k) == "setting"
-                        and k not in LOSS_KEYS and k not in GRID_KEYS and v not in ("", None)))
+                        and k not in LOSS_KEYS and k not in GRID_KEYS and k not in ignore and v not in ("", None)))
 
 
 def loss_key(row):
@@ -104,25 +104,52 @@ def loss_key(row):
     return tuple(key[k] for k in LOSS_KEYS)
 
 
-def loss_label(key):
-    """'PHuber-CE τ=10 + clipping (0.1)': parameters at the loss's default are not named, but for
-    tau, which the report always names."""
+def report_row(dataset, key):
+    """(position, label) of the report's table row that loss key `key` is on `dataset`, or None."""
+    row = dict(zip(LOSS_KEYS, key))
+    for i, r in enumerate(grid.report_rows(dataset)):
+        flags = {**r.flags, "clip_mode": "global" if "clip_norm" in r.flags else ""}
+        if all(same(row[k], flags.get(k, "")) for k in LOSS_KEYS):
+            return i, r.label
+    return None
+
+
+def same(text, value):
+    """A CSV cell equals a setting: '10.0' is 10, '' is unset."""
+    if isinstance(value, float):
+        try:
+            return float(text) == value
+        except ValueError:
+            return False
+    return text == str(value)
+
+
+def loss_label(key, dataset=None):
+    """The report's label of the row on `dataset` ('PHuber-CE τ = 10', 'CE + clipping'), else e.g.
+    'PHuber-CE τ = 3 + clipping (0.5)': parameters at the loss's default are not named, but tau."""
+    report = dataset and report_row(dataset, key)
+    if report:
+        return report[1]
     row = dict(zip(LOSS_KEYS, key))
     defaults, params = registry.read()
     label = grid.NAMES.get(row["loss"], row["loss"])
     for name in params:
         if row[name] and (name == "tau" or float(row[name]) != defaults.get(row["loss"], {}).get(name)):
-            label += f" {params[name]['symbol']}={float(row[name]):g}"
+            label += f" {params[name]['symbol']} = {float(row[name]):g}"
     if row["clip_norm"]:
         mode = "per-example " if row["clip_mode"] == "per-example" else ""
         label += f" + {mode}clipping ({float(row['clip_norm']):g})"
     return label
 
 
-def loss_sort(key):
+def loss_sort(key, dataset=None):
+    """The report's rows first, in its order; then the others by loss (registry order) and settings."""
+    report = dataset and report_row(dataset, key)
+    if report:
+        return (0, report[0])
     row = dict(zip(LOSS_KEYS, key))
     order = list(registry.read()[0])
-    return (order.index(row["loss"]) if row["loss"] in order else len(order), row["loss"], bool(row["clip_norm"]),
+    return (1, order.index(row["loss"]) if row["loss"] in order else len(order), row["loss"], bool(row["clip_norm"]),
             row["clip_mode"], float(row["clip_norm"] or 0), *(float(row[k] or 0) for k in registry.param_names()))
 
 
@@ -153,11 +180,13 @@ def build_table(rows):
 
 
 def load_reference(path):
+    """{key: {source: (mean, s.e. or None, where)}}: the published numbers, each with where it was
+    published (reference_results.csv); key as reference_key makes it."""
     refs = defaultdict(dict)
-    for row in read_rows(path, ["source", "dataset", "loss", "rho", "mean"], ["rho", "mean"]) or []:
+    for row in read_rows(path, ["source", "dataset", "loss", "rho", "mean", "where"], ["rho", "mean"]) or []:
         key = (row["dataset"], row["loss"], number(row["tau"]), number(row["q"]), number(row["clip_norm"]),
                float(row["rho"]))
-        refs[key][row["source"]] = (float(row["mean"]), number(row["pm"]))
+        refs[key][row["source"]] = (float(row["mean"]), number(row["pm"]), row["where"])
     return refs
 
 
@@ -211,8 +240,9 @@ def write_table(stem, title, header, rows, records=None, columns=None, bold=(), 
         results.write_csv(f"{stem}.csv", records, columns)
 
 
-def fmt_cell(mean, se, n, expected):
+def fmt_cell(mean, se, n=None, expected=0):
+    """'98.0 ± 0.1', with '(n=2)' when fewer than `expected` trials; '-' for a missing cell."""
     if mean is None:
         return "-"
     text = f"{mean:.1f}" + (f" ± {se:.1f}" if se is not None else "")
-    return text + (f" (n={n})" if n < expected else "")
+    return text + (f" (n={n})" if n is not None and n < expected else "")

@@ -1,6 +1,7 @@
 """Tests for run_all.sh (grid, --task, skip/resume, --quick) and aggregate.py (hand-made results)."""
 import math
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -9,8 +10,10 @@ import time
 import pytest
 
 import aggregate
+import cli
 import conftest
 import grid
+import results
 from conftest import run_all
 from results import read_csv
 
@@ -141,7 +144,7 @@ def test_quick_pipeline_ends_with_tables_and_figures(data_root, tmp_path):
 # aggregate.py on hand-made results.
 
 def summary_row(dataset, loss, rho, seed, acc, **extra):
-    row = dict(run=f"{dataset}-{loss}-{extra.get('tau', '')}-{extra.get('clip_norm', '')}-{rho}-{seed}",
+    row = dict(run=f"{dataset}-{loss}-{'-'.join(f'{k}{v}' for k, v in sorted(extra.items()))}-{rho}-{seed}",
                dataset=dataset, model="lenet", loss=loss, tau="", q="", alpha="", beta="", clip_norm="",
                clip_mode="global", rho=rho, seed=seed, noise="symmetric", noise_seed=0, epochs=20,
                test_acc=acc, finished="2026-01-01T00:00:00")
@@ -171,15 +174,15 @@ def test_aggregate_means_standard_errors_best_and_missing(hand_made):
     cells = table_cells(hand_made / "tables" / "mnist.csv")
     ce0 = cells[("CE", 0.0)]
     assert float(ce0["mean"]) == pytest.approx(98.0) and float(ce0["se"]) == pytest.approx(1 / math.sqrt(3))
-    ph4 = cells[("PHuber-CE τ=10", 0.4)]
+    ph4 = cells[("PHuber-CE τ = 10", 0.4)]
     assert float(ph4["mean"]) == pytest.approx(96.6667, abs=1e-3)
     assert float(ph4["se"]) == pytest.approx(math.sqrt(((95 - 96.6667) ** 2 + (97 - 96.6667) ** 2 + (98 - 96.6667) ** 2) / 2 / 3), abs=1e-3)
     assert ph4["best"] == "True" and cells[("CE", 0.4)]["best"] == "False"
-    assert cells[("PHuber-CE τ=10", 0.0)]["best"] == "True"  # 98.5 beats CE's 98.0
-    clip = cells[("CE + clipping (0.1)", 0.0)]
-    assert clip["n"] == "2" and cells[("CE + clipping (0.1)", 0.4)]["mean"] == ""
+    assert cells[("PHuber-CE τ = 10", 0.0)]["best"] == "True"  # 98.5 beats CE's 98.0
+    clip = cells[("CE + clipping", 0.0)]
+    assert clip["n"] == "2" and cells[("CE + clipping", 0.4)]["mean"] == ""
     md = (hand_made / "tables" / "mnist.md").read_text()
-    assert "| CE + clipping (0.1) | 97.0 ± 0.0 (n=2) | - |" in md
+    assert "| CE + clipping | 97.0 ± 0.0 (n=2) | - |" in md
     assert "**96.7 ± 0.9**" in md and "**98.5 ± 0.3**" in md
     tex = (hand_made / "tables" / "mnist.tex").read_text()
     assert r"\textbf{96.7 $\pm$ 0.9}" in tex
@@ -300,3 +303,122 @@ def test_tau_sweep_figure(tmp_path):
     assert len(listing.splitlines()) == 3 * 4 * 3 and "tau50" in listing and "tau2-" in listing
     assert aggregate.main(["--results", str(tmp_path)]) == 0
     assert (tmp_path / "figures" / "cifar100_tau_sweep.png").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The report's Table 3 (label noise seeds), sources of published numbers, rows as in the report.
+
+def test_table3_cells_and_their_runs():
+    listing = [line.split()[1] for line in run_all("--table3", "--list").stdout.splitlines()]
+    assert len(listing) == 2 * 2 * 4 * 3  # datasets x losses x noise seeds x trials, all at rho 0.6
+    assert listing[:4] == ["mnist-ce-rho0.6-seed0", "mnist-ce-rho0.6-seed1", "mnist-ce-rho0.6-seed2",
+                           "mnist-ce-rho0.6-seed0-ns1"]
+    assert "cifar100-phuber_gce-tau10-rho0.6-seed2-ns3" in listing
+    main_grid = {c.id: c for c in grid.cells()}
+    table3 = {c.id: c for c in grid.cells(**grid.TABLE3)}
+    shared = [i for i in table3 if i in main_grid]
+    assert len(shared) == 12 and all(i.endswith(("seed0", "seed1", "seed2")) for i in shared)
+    for i in shared:  # noise seed 0: the same command, so the same run (reused, never run twice)
+        assert table3[i].argv == main_grid[i].argv
+    names = {results.run_name(cli.parse(c.script, list(c.argv))[1]) for c in table3.values()}
+    assert len(names) == 48  # every other cell is a run of its own
+    dry = run_all("--table3", "--task", "3", "--dry-run").stdout
+    assert "--noise-seed 1 --seed 0" in dry and "--rho 0.6" in dry
+
+
+@pytest.fixture
+def noise_seed_results(tmp_path):
+    rows = []
+    for dataset, loss, tau, base in (("mnist", "ce", "", 98.0), ("mnist", "phuber_gce", 10.0, 97.0),
+                                     ("cifar100", "ce", "", 27.0)):
+        for noise_seed in (0, 1, 2, 3):
+            for seed in (0, 1, 2):
+                if dataset == "cifar100" and (noise_seed == 3 or (noise_seed == 2 and seed == 2)):
+                    continue  # a missing cell and one with two trials
+                own = dict(model="resnet50", epochs=200) if dataset == "cifar100" else {}  # never named in a label
+                rows.append(summary_row(dataset, loss, 0.6, seed, base + noise_seed + seed / 10, tau=tau,
+                                        q=0.7 if loss == "phuber_gce" else "", noise_seed=noise_seed,
+                                        run=f"{dataset}-{loss}-{noise_seed}-{seed}", **own))
+    conftest.write_csv_rows(tmp_path / "summary.csv", rows)
+    return tmp_path
+
+
+def test_noise_seed_table_layout_and_numbers(noise_seed_results):
+    assert aggregate.main(["--results", str(noise_seed_results), "--no-plot"]) == 0
+    md = (noise_seed_results / "tables" / "noise_seeds.md").read_text().splitlines()
+    assert md[2] == "| Label noise | Dataset | Loss | Seed 0 | Seed 1 | Seed 2 | Seed 3 | Original paper |"
+    # trials at base + noise seed + seed/10: mean base + noise seed + 0.1, s.e. 0.1 / sqrt(3) = 0.06
+    assert md[4] == "| ρ = 0.6 | mnist | CE | 98.1 ± 0.1 | 99.1 ± 0.1 | 100.1 ± 0.1 | 101.1 ± 0.1 | 91.1 ± 0.6 |"
+    assert md[5] == ("| ρ = 0.6 | mnist | PHuber-GCE τ = 10 | 97.1 ± 0.1 | 98.1 ± 0.1 | 99.1 ± 0.1 | 100.1 ± 0.1 "
+                     "| 97.8 ± 0.0 |")
+    assert md[6] == "| ρ = 0.6 | cifar100 | CE | 27.1 ± 0.1 | 28.1 ± 0.1 | 29.1 ± 0.1 (n=2) | - | 11.4 ± 0.2 |"
+    assert (noise_seed_results / "tables" / "noise_seeds.tex").exists()
+    cells = {(r["dataset"], r["loss"], r["noise_seed"]): r for r in read_csv(noise_seed_results / "tables" /
+                                                                              "noise_seeds.csv")}
+    assert float(cells[("mnist", "CE", "2")]["mean"]) == pytest.approx(100.1)
+    assert cells[("cifar100", "CE", "3")]["n"] == "0" and cells[("mnist", "CE", "original paper")]["se"] == "0.6"
+    # the report's Table 1 is noise seed 0's: three trials per cell, the other seeds pointed to
+    mnist = (noise_seed_results / "tables" / "mnist.md").read_text()
+    assert "| CE | **98.1 ± 0.1** |" in mnist and "18 runs with other label-noise seeds" in mnist
+
+
+def test_published_numbers_are_labelled_with_their_source(tmp_path):
+    rows = [summary_row(d, "phuber_ce", 0.6, s, 70.0, tau=t) for d, t in (("cifar10", 2.0), ("mnist", 10.0))
+            for s in (0, 1, 2)]
+    rows += [summary_row("mnist", "ce", 0.6, s, 98.0) for s in (0, 1, 2)]
+    conftest.write_csv_rows(tmp_path / "summary.csv", rows)
+    assert aggregate.main(["--results", str(tmp_path), "--no-plot"]) == 0
+    cifar10 = (tmp_path / "tables" / "cifar10_comparison.md").read_text()
+    header = cifar10.splitlines()[2]
+    assert "report authors' code README (not in the report)" in header and "| report Table" not in cifar10
+    assert "| PHuber-CE τ = 2 | 0.6 | 70.0 ± 0.0 | 73.2 ± 0.2 | 72.2 |" in cifar10  # original: no s.e. published
+    mnist = (tmp_path / "tables" / "mnist_comparison.md").read_text()
+    assert "| report Table 1 |" in mnist.splitlines()[2]
+    assert "| CE | 0.6 | 98.0 ± 0.0 | 98.0 ± 0.1 | 91.1 ± 0.6 |" in mnist  # the original's s.e. (report Table 3)
+    assert "original paper: report Figure 2; report Table 3 (mean and s.e.)" in mnist
+    table = read_csv(tmp_path / "tables" / "cifar10_comparison.csv")[0]
+    assert table["reproduction_where"] == "report authors' code README (not in the report)"
+
+
+def test_tables_have_the_reports_rows_labels_and_order(tmp_path):
+    settings = [("phuber_ce", dict(tau=50.0)), ("phuber_gce", dict(tau=10.0, q=0.7)), ("phuber_ce", dict(tau=10.0)),
+                ("gce", dict(q=0.7)), ("linear", {}), ("ce", dict(clip_norm=0.1)), ("ce", {}), ("gce", dict(q=0.4))]
+    rows = [summary_row("cifar100", loss, 0.2, s, 50.0, **extra) for loss, extra in settings for s in (0, 1, 2)]
+    conftest.write_csv_rows(tmp_path / "summary.csv", rows)
+    assert aggregate.main(["--results", str(tmp_path), "--no-plot"]) == 0
+    labels = [line.split(" | ")[0][2:] for line in (tmp_path / "tables" / "cifar100.md").read_text().splitlines()[4:]]
+    assert labels == ["CE", "CE + clipping", "Linear", "GCE", "PHuber-CE τ = 10", "PHuber-GCE τ = 10",
+                      "PHuber-CE τ = 50", "GCE q = 0.4"]  # the report's Table 2, then what it does not have
+
+
+FAKE_SBATCH = """#!/usr/bin/env bash
+# records each call's arguments, one per line, then a blank line; answers with a job id
+printf '%s\\n' "$@" >> "$SBATCH_LOG"; echo >> "$SBATCH_LOG"
+echo $(( $(grep -c '^$' "$SBATCH_LOG") + 100 ))
+"""
+
+
+def test_slurm_submission_of_table3_with_awkward_paths(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(FAKE_SBATCH)
+    (bin_dir / "sbatch").chmod(0o755)
+    caller = tmp_path / "my project"  # the caller's directory, with a space
+    caller.mkdir()
+    log = tmp_path / "sbatch.log"
+    env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SBATCH_LOG": str(log)}
+    out = run_all("--slurm", "--table3", "--datasets", "mnist", "--out", "res ults", "--sbatch", "--partition=gpu",
+                  "--", "--data-dir", "my data", env=env, cwd=caller).stdout
+    assert "submitted job array 101 (24 cells) and aggregation job 102" in out
+    grid_call, aggregation = [call.splitlines() for call in log.read_text().strip("\n").split("\n\n")]
+    assert "--array=0-23" in grid_call and "--partition=gpu" in grid_call and f"--chdir={caller}" in grid_call
+    assert "--dependency=afterany:101" in aggregation
+    worker = grid_call[grid_call.index("--wrap") + 1]
+    argv = shlex.split(worker.replace("$SLURM_ARRAY_TASK_ID", "5"))
+    assert argv[argv.index("--out") + 1] == str(caller / "res ults") and "--table3" in argv
+    argv.insert(argv.index("--"), "--dry-run")  # what task 5 runs, without running it
+    task = subprocess.run(argv, cwd=caller, capture_output=True, text=True, env=dict(os.environ, PYTHON=sys.executable))
+    command = shlex.split(task.stdout)
+    assert command[command.index("--noise-seed") + 1] == "1" and command[command.index("--seed") + 1] == "2"
+    assert command[command.index("--out") + 1] == str(caller / "res ults")
+    assert command[command.index("--data-dir") + 1] == "my data"  # relative to --chdir, the caller's directory

@@ -60,9 +60,9 @@ def test_provenance_and_unknown_columns_never_split_a_table_row(tmp_path):
 
 
 def test_run_name_of_a_configuration_is_stable():
-    # The name (and its hash of every setting) of a run recorded in golden/ before the restructure.
+    # The name (and its hash of every setting) of a run recorded in golden/ (since --init joined them).
     _, config = cli.parse("train_mnist.py", ["--loss", "phuber_ce", "--rho", "0.4", "--epochs", "2"])
-    assert results.run_name(config) == "mnist-lenet-phuber_ce-tau10-sym0.4-ns0-s0-fdee31c8"
+    assert results.run_name(config) == "mnist-lenet-phuber_ce-tau10-sym0.4-ns0-s0-3336ac66"
     assert os.path.isdir(os.path.join(conftest.ROOT, "golden", "runs", results.run_name(config)))
 
 
@@ -152,7 +152,7 @@ def test_a_new_loss_needs_only_losses_py(mnist_dir, tmp_path):
     bad = run("train_mnist.py", "--loss", "focal", "--gamma", "-1", "--out", str(out))
     assert bad.returncode == 2 and "gamma=-1.0 is not allowed" in bad.stderr
     assert run("aggregate.py", "--results", str(out), "--no-plot").returncode == 0
-    assert "| focal γ=1 |" in (out / "tables" / "mnist.md").read_text()
+    assert "| focal γ = 1 |" in (out / "tables" / "mnist.md").read_text()
     listing = subprocess.run(["bash", str(project / "run_all.sh"), "--list", "--datasets", "mnist", "--losses",
                               "focal"], capture_output=True, text=True, env=dict(os.environ, PYTHON=sys.executable))
     assert "mnist-focal-rho0-seed0" in listing.stdout

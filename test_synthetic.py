@@ -27,7 +27,7 @@ REPORT_WEIGHTS = [1 / 8, 1 / 8, 1 / 8, 1 / 8, 1 / 4, 1 / 4]
 LS_COLUMNS = ["rho", "trial", "loss", "tau", "train_acc", "clean_train_acc", "test_acc", "w1", "w2",
               "objective", "iterations", "converged", "flipped", "optimizer", "max_iter", "trials", "seed",
               "n_train", "n_test", "python", "numpy", "scipy"]
-DING_COLUMNS = ["theta", "loss", "tau", "outliers", "risk", "seed", "theta_min", "theta_max", "theta_step",
+DING_COLUMNS = ["theta", "loss", "tau", "outliers", "risk", "seed", "seeds", "theta_min", "theta_max", "theta_step",
                 "n_inliers", "n_outliers", "python", "numpy", "scipy"]
 
 
@@ -206,6 +206,7 @@ def test_command_line_smoke(tmp_path):
     (ding, ["--theta-step", "0.03"], ["--theta-step 0.03", "multiple"]),
     (ding, ["--theta-min", "2", "--theta-max", "-2"], ["--theta-min 2 --theta-max -2"]),
     (ding, ["--seed", "-3"], ["--seed -3", ">= 0"]),
+    (ding, ["--seeds", "0"], ["--seeds 0", ">= 1"]),
 ])
 def test_bad_flag_exits_2_naming_the_value(script, flags, names, tmp_path, capsys):
     out = tmp_path / "out"
@@ -253,3 +254,29 @@ def test_ding_claim_and_csv(tmp_path):
     for name in ("logistic", "huberised"):
         assert abs(float(best[name, "True"]["theta_star"])) <= 0.1  # pulled to about 0
     assert float(best["partially_huberised", "True"]["theta_star"]) == 2  # unmoved
+
+
+# ---------------------------------------------------------------------------------------------
+# Ding over several draws (issue 11): how much the Huberised minimiser depends on the sample.
+
+def test_ding_draws(tmp_path):
+    ding.main(["--out", str(tmp_path / "one"), "--no-plot"])
+    ding.main(["--out", str(tmp_path / "three"), "--seeds", "4", "--theta-step", "0.01"])
+    one = read_csv(tmp_path / "one" / "ding_minimisers.csv")
+    three = read_csv(tmp_path / "three" / "ding_minimisers.csv")
+    assert len(one) == 6 and len(three) == 4 * 6 and {r["draw"] for r in three} == {"0", "1", "2", "3"}
+    strip = lambda rows: [{k: v for k, v in r.items() if k != "seeds"} for r in rows]  # noqa: E731
+    assert strip(three[:6]) == strip(one)  # draw 0 is the report's one draw
+    # draws 0-2 put the Huberised minimiser at -0.01, draw 3 at 0.65: it depends on the sample
+    assert [r["theta_star"] for r in three if r["loss"] == "huberised" and r["outliers"] == "True"] == [
+        "-0.01", "-0.01", "-0.01", "0.65"]
+    summary = {(r["loss"], r["outliers"]): r for r in read_csv(tmp_path / "three" / "ding_minimiser_summary.csv")}
+    huber = [float(r["theta_star"]) for r in three if r["loss"] == "huberised" and r["outliers"] == "True"]
+    assert float(summary[("huberised", "True")]["share_near_zero"]) == pytest.approx(
+        np.mean([abs(t) <= 0.1 for t in huber]))
+    assert summary[("logistic", "True")]["share_near_zero"] == "1.0"
+    assert summary[("partially_huberised", "True")]["share_at_largest_theta"] == "1.0"
+    band = read_csv(tmp_path / "three" / "ding_band.csv")
+    assert len(band) == 401 * 6 and all(float(r["risk_q05"]) <= float(r["risk_median"]) <= float(r["risk_q95"])
+                                        for r in band)
+    assert (tmp_path / "three" / "ding.png").exists() and not (tmp_path / "one" / "ding_band.csv").exists()

@@ -3,6 +3,7 @@ generated datasets."""
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import time
@@ -19,6 +20,7 @@ import experiment
 import grid
 import losses
 import models
+import results
 import train_cifar
 import train_mnist
 import training
@@ -475,3 +477,58 @@ def test_per_example_run_logs_clipping(mnist_dir, tmp_path):
     (row,) = read_csv(tmp_path / "summary.csv")
     assert row["clip_mode"] == "per-example" and "clip0.5pe" in row["run"]
     assert 0 <= float(row["clipped_clean"]) <= 100 and float(row["grad_norm_corrupted"]) > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# The report's settings for single runs (issue 11): per-dataset loss defaults, --init, fp16.
+
+@pytest.mark.parametrize("dataset,loss,expected", [("cifar10", "phuber_ce", 2.0), ("cifar100", "phuber_ce", 10.0),
+                                                   ("cifar10", "phuber_gce", 10.0), ("mnist", "phuber_ce", 10.0)])
+def test_single_run_takes_the_reports_tau_for_its_dataset(dataset, loss, expected):
+    script = grid.DATASETS[dataset]["script"]
+    _, config = cli.parse(script, ["--dataset", dataset, "--loss", loss])
+    assert config["tau"] == expected
+    cell = next(c for c in grid.cells(datasets=[dataset]) if c.argv[3] == loss and "-rho0-seed0" in c.id)
+    assert results.run_name(config) == results.run_name(cli.parse(script, list(cell.argv))[1])  # one run, one folder
+    assert cli.parse(script, ["--dataset", dataset, "--loss", loss, "--tau", "3"])[1]["tau"] == 3.0  # a flag wins
+
+
+def test_help_shows_the_per_dataset_value(capsys):
+    with pytest.raises(SystemExit):
+        cli.parse("train_cifar.py", ["--help"])
+    assert "the report's phuber_ce 2 on cifar10" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("init,std,bias", [("report", 0.088, "zero"), ("authors-code", 0.1153, "default")])
+def test_lenet_initialisations(init, std, bias):
+    torch.manual_seed(0)
+    net = models.LeNet5(init=init)
+    layers = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    weights = torch.cat([m.weight.detach().flatten() for m in layers])
+    assert weights.abs().max() <= 0.2 and weights.std().item() == pytest.approx(std, abs=0.003)
+    for m in layers:
+        bound = 1 / math.sqrt(m.weight[0].numel())  # PyTorch's default bias: uniform on +-1/sqrt(fan_in)
+        if bias == "zero":
+            assert (m.bias == 0).all()
+        else:
+            assert m.bias.abs().max() <= bound and m.bias.abs().max() > bound / 2
+
+
+def test_init_is_a_setting_of_the_run(mnist_dir, tmp_path):
+    names = set()
+    for init in ("report", "authors-code"):
+        train_mnist.main(mnist_args(mnist_dir, tmp_path, "--epochs", "1", "--init", init))
+    for row in read_csv(tmp_path / "summary.csv"):
+        names.add(row["run"])
+        assert row["init"] in ("report", "authors-code")
+    assert len(names) == 2
+    with pytest.raises(SystemExit) as e:
+        train_mnist.main(mnist_args(mnist_dir, tmp_path, "--init", "xavier"))
+    assert e.value.code == 2
+
+
+def test_documented_cifar_commands_use_the_reports_fp16():
+    readme = " ".join(open(os.path.join(conftest.ROOT, "README.md")).read().split())
+    commands = [c for c in re.findall(r"`((?:bash run_all\.sh|python train_cifar\.py)[^`]*)`", readme) if "cifar" in c]
+    assert len(commands) >= 4 and all("--amp fp16" in c for c in commands), commands
+    assert "--amp fp16" in train_cifar.__doc__.splitlines()[2]
