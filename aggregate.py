@@ -40,8 +40,8 @@ import registry
 import results
 from cli import Parser
 from tables import (LOSS_KEYS, build_table, describe_settings, fmt_cell, load_reference, load_runs, loss_key,
-                    loss_label, loss_sort, mean_se, number, paired_interval, reference_key, setting_of, warn,
-                    write_table)
+                    loss_label, loss_sort, mean_se, neutralise, number, paired_interval, read_rows, reference_key,
+                    setting_of, warn, write_table)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -231,16 +231,22 @@ def tau_selection_table(validation_rows, rows, out):
 
 
 def synthetic(root, out):
-    """Copy the synthetic experiments' summaries and figures next to the others."""
+    """Copy the synthetic experiments' summaries (neutralised, like every table) and figures next to
+    the others."""
     folder = os.path.join(root, "synthetic")
     copied = []
-    for pattern, target in (("*_summary.csv", "tables"), ("*minimisers.csv", "tables"), ("*.png", "figures"),
-                            ("*.pdf", "figures")):
+    for pattern in ("*_summary.csv", "*minimisers.csv"):
         for path in sorted(glob.glob(os.path.join(folder, pattern))):
-            with open(path, "rb") as src:
-                results.write_atomic(os.path.join(out, target, "synthetic_" + os.path.basename(path)),
-                                     lambda f: shutil.copyfileobj(src, f), binary=True)
-            copied.append(os.path.basename(path))
+            rows = read_rows(path, [])
+            if rows:
+                results.write_csv(os.path.join(out, "tables", "synthetic_" + os.path.basename(path)),
+                                  [{k: neutralise(v) for k, v in r.items()} for r in rows])
+                copied.append(os.path.basename(path))
+    for path in sorted(glob.glob(os.path.join(folder, "*.png")) + glob.glob(os.path.join(folder, "*.pdf"))):
+        with open(path, "rb") as src:
+            results.write_atomic(os.path.join(out, "figures", "synthetic_" + os.path.basename(path)),
+                                 lambda f: shutil.copyfileobj(src, f), binary=True)
+        copied.append(os.path.basename(path))
     return copied
 
 
@@ -263,11 +269,28 @@ def main(argv=None):
     args = p.parse_args(argv)
     if not os.path.isdir(args.results):
         p.error(f"--results {args.results!r} is not a folder")
-    out = args.out or args.results
-    rows = load_runs(args.results)
-
-    if args.choose_tau:
+    if args.trials < 1:
+        p.error(f"--trials {args.trials} is not allowed: at least 1")
+    try:
         candidates = [float(t) for t in args.candidates.split(",")] if args.candidates else None
+    except ValueError:
+        p.error(f"--candidates {args.candidates!r} is not allowed: comma-separated numbers, e.g. 2,10")
+    out = args.out or args.results
+    if not args.choose_tau:
+        try:
+            results.check_writable(out)
+        except ValueError as e:
+            p.error(f"--out {e}")
+    try:
+        return aggregate(args, out, candidates)
+    except OSError as e:  # a full disk, a folder that became read-only: one line, not a traceback
+        warn(f"cannot write {e.filename}: {e.strerror}")
+        return 1
+
+
+def aggregate(args, out, candidates):
+    rows = load_runs(args.results)
+    if args.choose_tau:
         tau, scores = grid.choose_tau(rows, args.dataset, args.loss, candidates)
         if tau is None:
             warn(f"no tau chosen for {args.dataset} {args.loss}: validation runs in {args.results} cover "

@@ -10,6 +10,7 @@ Standard library only: run_all.sh resolves every cell's configuration, and so it
 whether it has finished, without starting torch.
 """
 import argparse
+import math
 import sys
 
 import grid
@@ -159,6 +160,9 @@ def check(parser, args):
             except ValueError as e:
                 parser.error(str(e))
         setattr(args, name, value)
+    for flag in ("seed", "noise_seed"):  # torch's generators take seeds below 2^63
+        if not 0 <= getattr(args, flag) < 2 ** 63:
+            bad("--" + flag.replace("_", "-"), getattr(args, flag), "seeds are integers in [0, 2^63)")
     if not 0 <= args.rho < 1:
         bad("--rho", args.rho, "the flip probability must be in [0, 1)")
     if not 0 <= args.val_split < 1:
@@ -167,19 +171,21 @@ def check(parser, args):
         value = getattr(args, flag)
         if value is not None and value < 1:
             bad("--" + flag.replace("_", "-"), value, "must be at least 1")
-    if not args.lr > 0 or not args.weight_decay >= 0:
-        bad("--lr/--weight-decay", (args.lr, args.weight_decay), "lr must be > 0 and weight decay >= 0")
-    if args.clip_norm is not None and not args.clip_norm > 0:
-        bad("--clip-norm", args.clip_norm, "the clipping threshold must be > 0")
+    if not 0 < args.lr < math.inf:
+        bad("--lr", args.lr, "the learning rate must be a finite number > 0")
+    if not 0 <= args.weight_decay < math.inf:
+        bad("--weight-decay", args.weight_decay, "the weight decay must be a finite number >= 0")
+    if args.clip_norm is not None and not 0 < args.clip_norm < math.inf:
+        bad("--clip-norm", args.clip_norm, "the clipping threshold must be a finite number > 0")
     if args.clip_mode == "per-example":
         if args.clip_norm is None:
             bad("--clip-mode", args.clip_mode, "per-example clipping needs --clip-norm")
         if args.amp == "fp16":
             bad("--amp", args.amp, "per-example clipping supports --amp bf16 or float32 (no gradient scaler)")
     if args.dataset in ("mnist", "fashion-mnist"):
-        if not (0 < args.lr_decay <= 1 and args.lr_decay_steps > 0):
+        if not (0 < args.lr_decay <= 1 and 0 < args.lr_decay_steps < math.inf):
             parser.error(f"--lr-decay {args.lr_decay} / --lr-decay-steps {args.lr_decay_steps} are not allowed: "
                          "the decay must be in (0, 1] and the steps > 0")
-    elif not (args.momentum > 0 and 0 < args.lr_gamma <= 1 and args.milestones == sorted(args.milestones)):
+    elif not (0 < args.momentum < math.inf and 0 < args.lr_gamma <= 1 and args.milestones == sorted(args.milestones)):
         parser.error(f"--momentum {args.momentum} / --lr-gamma {args.lr_gamma} / --milestones "
                      f"{args.milestones} are not allowed: momentum > 0, gamma in (0, 1], milestones ascending")

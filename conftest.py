@@ -44,7 +44,7 @@ def only_run_dir(out):
 
 def run_all(*args, env=None, check=True, cwd=ROOT, **kwargs):
     """bash run_all.sh ARGS with this interpreter as PYTHON; raises with its output if it fails."""
-    env = dict(os.environ, PYTHON=sys.executable, **(env or {}))
+    env = {**os.environ, "PYTHON": sys.executable, **(env or {})}
     result = subprocess.run(["bash", os.path.join(ROOT, "run_all.sh"), *args], cwd=cwd, env=env,
                             capture_output=True, text=True, **kwargs)
     if check and result.returncode != 0:

@@ -10,6 +10,7 @@ Data stay on the device as uint8 tensors for the whole run; nothing here runs pe
 """
 import gzip
 import hashlib
+import math
 import os
 import pickle
 import struct
@@ -38,15 +39,15 @@ def next_within_superclass(coarse):
     return flips
 
 
-DATASETS = {
-    "mnist": dict(classes=10, format="idx", folder="MNIST",
+DATASETS = {  # shape: of one image; the models are built for it (LeNet's 28 x 28)
+    "mnist": dict(classes=10, shape=(1, 28, 28), format="idx", folder="MNIST",
                   flips={2: 7, 3: 8, 5: 6, 6: 5, 7: 1}),
-    "fashion-mnist": dict(classes=10, format="idx", folder="FashionMNIST",  # shirt<->t-shirt,
+    "fashion-mnist": dict(classes=10, shape=(1, 28, 28), format="idx", folder="FashionMNIST",  # shirt<->t-shirt,
                           flips={6: 0, 0: 6, 2: 4, 4: 2, 5: 7, 7: 5}),     # pullover<->coat, sandal<->sneaker
-    "cifar10": dict(classes=10, format="cifar", folder="cifar-10-batches-py", label_key="labels",
+    "cifar10": dict(classes=10, shape=(3, 32, 32), format="cifar", folder="cifar-10-batches-py", label_key="labels",
                     train_files=[f"data_batch_{i}" for i in range(1, 6)], test_files=["test_batch"],
                     flips={9: 1, 2: 0, 4: 7, 3: 5, 5: 3}),  # truck->automobile, bird->airplane, deer->horse, cat<->dog
-    "cifar100": dict(classes=100, format="cifar", folder="cifar-100-python", label_key="fine_labels",
+    "cifar100": dict(classes=100, shape=(3, 32, 32), format="cifar", folder="cifar-100-python", label_key="fine_labels",
                      train_files=["train"], test_files=["test"], flips=next_within_superclass(CIFAR100_COARSE)),
 }
 IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
@@ -62,15 +63,25 @@ class DataMissing(DataError):
     exit 3 with it, which run_all.sh reports as 'skipped (data unavailable)'."""
 
 
-def read_idx(path):
-    """An IDX file (optionally gzipped) as a uint8 tensor."""
-    with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
-        raw = f.read()
+def read_idx(path, ndim):
+    """An IDX file (optionally gzipped) of `ndim` dimensions as a uint8 tensor. Files come from
+    outside: anything wrong raises DataError naming this file."""
+    try:
+        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:  # unreadable, or a broken gzip stream
+        raise DataError(f"{path}: cannot read it ({e})")
     if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
         raise DataError(f"{path} is not an uint8 IDX file (bad magic number {raw[:4]!r})")
-    ndim = raw[3]
-    shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-    return torch.frombuffer(bytearray(raw[4 + 4 * ndim:]), dtype=torch.uint8).reshape(shape)
+    if raw[3] != ndim:
+        raise DataError(f"{path} has {raw[3]} dimensions: an IDX {'image' if ndim == 3 else 'label'} file has {ndim}")
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path} is truncated inside its header ({len(raw)} bytes)")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    if len(raw) - header != math.prod(shape):
+        raise DataError(f"{path} holds {len(raw) - header} bytes of data, but its header says {shape}")
+    return torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).reshape(shape)
 
 
 def find_idx_files(data_dir, folder):
@@ -92,14 +103,33 @@ def find_cifar_files(data_dir, spec):
     return paths if all(os.path.isfile(p) for p in paths) else None
 
 
-def read_cifar(paths, label_key):
-    images, labels = [], []
-    for path in paths:
+def read_cifar(path, label_key):
+    """A CIFAR python batch: (images uint8 (N, 3, 32, 32), labels int64 (N,)); DataError names the file.
+
+    The batches are Python pickles, which can run code when loaded: use files from a source you trust.
+    """
+    try:
         with open(path, "rb") as f:
             batch = pickle.load(f, encoding="latin1")
-        images.append(torch.from_numpy(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)))
-        labels.append(torch.as_tensor(batch[label_key], dtype=torch.long))
-    return torch.cat(images), torch.cat(labels)
+    except Exception as e:  # a pickle can fail in any way; all of them mean this file is not a batch
+        raise DataError(f"{path} is not a CIFAR python batch ({type(e).__name__}: {e})")
+    if not isinstance(batch, dict) or "data" not in batch or label_key not in batch:
+        raise DataError(f"{path} is not a CIFAR python batch: expected a dict with 'data' and {label_key!r}, "
+                        f"got {type(batch).__name__}")
+    data, labels = np.asarray(batch["data"]), np.asarray(batch[label_key])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DataError(f"{path}: 'data' is {data.dtype} of shape {data.shape}, expected uint8 of shape (N, 3072)")
+    if labels.shape != (len(data),) or labels.dtype.kind not in "iu":
+        raise DataError(f"{path}: {label_key!r} is {labels.dtype} of shape {labels.shape}, expected {len(data)} "
+                        "integer labels")
+    return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels.astype(np.int64))
+
+
+def check_labels(path, labels, classes):
+    """DataError naming `path` unless every label is a class index in [0, classes)."""
+    if len(labels) and (labels.min() < 0 or labels.max() >= classes):
+        raise DataError(f"{path}: labels from {int(labels.min())} to {int(labels.max())}, but the dataset has "
+                        f"{classes} classes (0 to {classes - 1})")
 
 
 def download(name, data_dir):
@@ -139,20 +169,25 @@ def load_dataset(name, data_dir, force_download=False):
         paths = find()
         if paths is None:
             raise DataMissing(f"{name} not found after download: expected {expected_files(name, data_dir)}")
-    try:
-        if spec["format"] == "idx":
-            train_x, train_y, test_x, test_y = (read_idx(p) for p in paths)
-            train_x, test_x = train_x.unsqueeze(1), test_x.unsqueeze(1)
-            train_y, test_y = train_y.long(), test_y.long()
-        else:
-            n_train = len(spec["train_files"])
-            train_x, train_y = read_cifar(paths[:n_train], spec["label_key"])
-            test_x, test_y = read_cifar(paths[n_train:], spec["label_key"])
-    except (OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError, RuntimeError) as e:
-        raise DataError(f"{name}: cannot read {expected_files(name, data_dir)}: {e}")
-    if len(train_x) != len(train_y) or len(test_x) != len(test_y):
-        raise DataError(f"{name}: image and label counts differ in {data_dir}")
-    return train_x, train_y, test_x, test_y
+    if spec["format"] == "idx":
+        parts = []
+        for images_path, labels_path in (paths[:2], paths[2:]):
+            images, labels = read_idx(images_path, 3).unsqueeze(1), read_idx(labels_path, 1).long()
+            if len(images) != len(labels):
+                raise DataError(f"{images_path} holds {len(images)} images but {labels_path} {len(labels)} labels")
+            if tuple(images.shape[1:]) != spec["shape"]:
+                raise DataError(f"{images_path}: images of {images.shape[2]} x {images.shape[3]} pixels; {name} "
+                                f"has {spec['shape'][1]} x {spec['shape'][2]}")
+            check_labels(labels_path, labels, spec["classes"])
+            parts += [images, labels]
+        return tuple(parts)
+    batches = [read_cifar(path, spec["label_key"]) for path in paths]
+    for path, (_, labels) in zip(paths, batches):
+        check_labels(path, labels, spec["classes"])
+    n_train = len(spec["train_files"])
+    train, test = batches[:n_train], batches[n_train:]
+    return (torch.cat([x for x, _ in train]), torch.cat([y for _, y in train]),
+            torch.cat([x for x, _ in test]), torch.cat([y for _, y in test]))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,6 +228,16 @@ def noise_record(clean, noisy, num_classes):
                 label_hash=label_hash(noisy))
 
 
+def fingerprint(train_x, train_y, test_x, test_y, noisy_hash, train_size, val_size, test_size):
+    """What a run trains and tests on, so that a resumed run is the same run: hashes of the images
+    and of the clean, noisy and test labels, and the sizes after the split and limits."""
+    images = hashlib.sha256()
+    for x in (train_x, test_x):
+        images.update(x.numpy().data)  # a view of the uint8 tensor's memory: no copy
+    return dict(images=images.hexdigest()[:16], clean_labels=label_hash(train_y), noisy_labels=noisy_hash,
+                test_labels=label_hash(test_y), train_size=train_size, val_size=val_size, test_size=test_size)
+
+
 def label_hash(labels):
     return hashlib.sha256(labels.to(torch.int64).numpy().astype("<i8").tobytes()).hexdigest()[:16]
 
@@ -216,6 +261,7 @@ class Data:
     test_x: torch.Tensor        # clean
     test_y: torch.Tensor
     record: dict = field(default_factory=dict)  # the noise record over the whole training set
+    fingerprint: dict = field(default_factory=dict)  # what the run trains and tests on (fingerprint())
 
 
 def prepare(dataset, data_dir, download, rho, noise, noise_seed, val_split, limit_train, limit_test, device):
@@ -228,13 +274,18 @@ def prepare(dataset, data_dir, download, rho, noise, noise_seed, val_split, limi
     # The noisy validation split depends on the noise seed only: identical across trials.
     order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(derived_seed(noise_seed, 1)))
     n_val = int(round(val_split * len(train_y)))
+    if n_val >= len(train_y):
+        raise DataError(f"--val-split {val_split} holds out all {len(train_y)} training samples of {dataset}: "
+                        "no sample would be left to train on")
     val_idx, train_idx = order[:n_val].sort().values, order[n_val:].sort().values
     if limit_train is not None:
         train_idx = train_idx[:limit_train]
     test_n = len(test_y) if limit_test is None else min(limit_test, len(test_y))
+    record = noise_record(train_y, noisy_y, k)
     on = lambda t: t.to(device, non_blocking=True)  # noqa: E731
     return Data(
-        classes=k, channels=train_x.shape[1], record=noise_record(train_y, noisy_y, k),
+        classes=k, channels=train_x.shape[1], record=record,
+        fingerprint=fingerprint(train_x, train_y, test_x, test_y, record["label_hash"], len(train_idx), n_val, test_n),
         mean=on(mean.float().view(1, -1, 1, 1)), std=on(std.float().view(1, -1, 1, 1)),
         train_x=on(train_x[train_idx]), train_y=on(noisy_y[train_idx]), train_clean=on(train_y[train_idx]),
         val_x=on(train_x[val_idx]), val_y=on(noisy_y[val_idx]), val_clean=on(train_y[val_idx]),

@@ -6,11 +6,13 @@
 A run is identified by its settings (results.run_name); a finished run is not run again, an
 interrupted one continues from the checkpoint of its last epoch with every random state restored.
 """
+import contextlib
 import json
 import math
 import os
 import platform
 import shlex
+import signal
 import sys
 import time
 import warnings
@@ -26,17 +28,66 @@ from training import Model, Step, evaluate, train_epoch
 
 
 def criterion_for(config):
-    """The run's loss, built from its settings: the one place a training loss is made."""
-    return losses.make_loss(config["loss"], **{k: config.get(k) for k in losses.PARAMS})
+    """The run's loss, built from its settings: the one place a training loss is made. Its per-call
+    target check (a host sync) is off: data.load_dataset checks every label once."""
+    return losses.make_loss(config["loss"], check_targets=False, **{k: config.get(k) for k in losses.PARAMS})
 
 
 def run(args, config, make_optimizer, lr_factor, augment):
     """Train `config` (from cli.parse; args adds the runtime flags) and write its results.
 
     make_optimizer(params) and lr_factor(steps_per_epoch) -> (step -> factor) hold the script's
-    report settings; augment switches on random crop + flip. Returns the exit status.
+    report settings; augment switches on random crop + flip. Returns the exit status. Every failure
+    is one line on stderr: 2 for bad input, 3 for unavailable data, 1 for the rest, 130 interrupted.
     """
     criterion = criterion_for(config)
+    check_per_example(config)
+    device = check_device(args.device)
+    if args.prepare_data:
+        return describe_data(config["dataset"], args.data_dir, args.download)
+    try:
+        results.check_writable(args.out)
+    except ValueError as e:
+        fail(f"--out {e}")
+    name = results.run_name(config)
+    run_dir = os.path.join(args.out, "runs", name)
+    summary_path = os.path.join(args.out, "summary.csv")
+    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
+    if results.lock_holder(run_dir):  # checked before the data are loaded, and again under the lock
+        fail(f"run {name} is in progress (pid {results.lock_holder(run_dir)})")
+    if already_finished(name, summary_path, args.force):
+        return 0
+    check_resume(run_dir, config, args.resume, args.force)
+
+    data, model, step, generator = setup(config, criterion, device, args, make_optimizer, lr_factor)
+    history = []
+    try:
+        with results.run_lock(run_dir), sigterm_as_interrupt():
+            if already_finished(name, summary_path, args.force):  # by another process, meanwhile
+                return 0
+            resuming = check_resume(run_dir, config, args.resume, args.force)
+            results.remove_temporaries(run_dir)  # what a kill during an atomic write left
+            if resuming:
+                history, elapsed = resume(checkpoint_path, model, step, generator, data.fingerprint)
+                print(f"{name}: resuming after epoch {len(history)}")
+            else:
+                elapsed = 0.0
+                write_run_files(run_dir, config, name, data)
+            print(f"{name}: {len(data.train_y)} training samples (realised flip rate "
+                  f"{100 * data.record['flip_rate']:.2f}% of the full training set), {len(data.val_y)} validation, "
+                  f"{len(data.test_y)} test; {config['epochs']} epochs on {device}")
+            elapsed = fit(model, step, data, generator, history, elapsed, config, augment, run_dir)
+            finish(name, config, model, data, history, elapsed, device, summary_path, args.save_model, run_dir)
+    except results.Busy as e:
+        fail(f"run {name} is in progress (pid {e})")
+    except KeyboardInterrupt:
+        fail(f"{name}: interrupted; its last checkpoint is epoch {len(history)}: rerun with --resume", code=130)
+    except OSError as e:
+        fail(f"{name}: cannot write its results: {e.strerror} ({e.filename})", code=1)
+    return 0
+
+
+def check_per_example(config):
     if config["clip_mode"] == "per-example":
         with torch.device("meta"):  # the architecture only: no memory, no initialisation cost
             batch_norm = models.has_batch_norm(models.make_model(config["model"], 10, 3))
@@ -44,39 +95,76 @@ def run(args, config, make_optimizer, lr_factor, augment):
             fail(f"--clip-mode per-example is not allowed with {config['model']}: it has batch norm, which "
                  "couples the samples of a batch, so per-sample gradients are not defined; use --clip-mode "
                  "global or a model without batch norm (lenet)")
+
+
+def check_device(name):
+    """The device of --device (default: cuda if available, else cpu); one line if it is not usable."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = torch.device(name)
     except RuntimeError:
-        fail(f"--device {args.device!r} is not allowed: use a torch device such as cpu, cuda or cuda:1")
-    if args.prepare_data:
-        return describe_data(config["dataset"], args.data_dir, args.download)
+        device = None
+    usable = {"cpu": lambda: True, "mps": torch.backends.mps.is_available,
+              "cuda": lambda: torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()}
+    if device is None or device.type not in usable:
+        fail(f"--device {name!r} is not allowed: use cpu, cuda, cuda:N or mps")
+    if not usable[device.type]():
+        fail(f"--device {name!r} is not allowed: this machine has {torch.cuda.device_count()} visible CUDA "
+             f"device(s){'' if device.type == 'cuda' else ' and no MPS'}; use cpu")
+    return device
 
-    name = results.run_name(config)
-    run_dir = os.path.join(args.out, "runs", name)
-    summary_path = os.path.join(args.out, "summary.csv")
-    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
+
+def already_finished(name, summary_path, force):
     done = results.finished_row(summary_path, name)
-    if done and not args.force:
+    if done and not force:
         print(f"{name}: already finished (test accuracy {done.get('test_acc')}%); --force re-runs it")
-        return 0
-    resuming = os.path.exists(checkpoint_path) and not args.force
-    if resuming and not args.resume:
-        fail(f"{checkpoint_path} holds an interrupted run of this configuration: "
-             "pass --resume to continue it or --force to start over")
+    return bool(done) and not force
 
-    data, model, step, generator = setup(config, criterion, device, args, make_optimizer, lr_factor)
-    if resuming:
-        history, elapsed = resume(checkpoint_path, model, step, generator)
-        print(f"{name}: resuming after epoch {len(history)}")
-    else:
-        history, elapsed = [], 0.0
-        write_run_files(run_dir, config, name, data)
-    print(f"{name}: {len(data.train_y)} training samples (realised flip rate "
-          f"{100 * data.record['flip_rate']:.2f}% of the full training set), {len(data.val_y)} validation, "
-          f"{len(data.test_y)} test; {config['epochs']} epochs on {device}")
-    elapsed = fit(model, step, data, generator, history, elapsed, config, augment, run_dir)
-    finish(name, config, model, data, history, elapsed, device, summary_path, args.save_model, run_dir)
-    return 0
+
+def check_resume(run_dir, config, resume_asked, force):
+    """Whether to resume the interrupted run in run_dir; one line and exit 2 if the flags say
+    otherwise, or if --resume would silently start over beside an interrupted run of the same cell
+    with other settings (say another --lr), leaving it orphaned."""
+    checkpoint = os.path.join(run_dir, "checkpoint.pt")
+    if os.path.exists(checkpoint) and not force:
+        if not resume_asked:
+            fail(f"{checkpoint} holds an interrupted run of this configuration: pass --resume to continue it or "
+                 "--force to start over")
+        return True
+    if resume_asked and not force:
+        other = interrupted_sibling(os.path.dirname(run_dir), config)
+        if other:
+            fail(f"--resume: no interrupted run has these settings; the interrupted run {other[0]} differs in "
+                 f"{other[1]}: give its settings to resume it, or --force to start this one")
+    return False
+
+
+def interrupted_sibling(runs_dir, config):
+    """(name, differences) of an interrupted run of the same grid cell with other settings, or None."""
+    cell = [k for k in results.CELL if k in config]
+    for name in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else ():
+        folder = os.path.join(runs_dir, name)
+        try:
+            with open(os.path.join(folder, "config.json")) as f:
+                theirs = json.load(f)["config"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if os.path.exists(os.path.join(folder, "checkpoint.pt")) and all(theirs.get(k) == config[k] for k in cell):
+            keys = sorted(set(theirs) | set(config), key=str)
+            return name, ", ".join(f"{k} ({theirs.get(k)} there, {config.get(k)} here)" for k in keys
+                                   if theirs.get(k) != config.get(k))
+    return None
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (what run_all.sh, timeout and SLURM send) stops the run as Ctrl-C does: cleanly."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def describe_data(dataset, data_dir, download):
@@ -115,10 +203,20 @@ def setup(config, criterion, device, args, make_optimizer, lr_factor):
     return data, model, step, torch.Generator(device).manual_seed(config["seed"])
 
 
-def resume(checkpoint_path, model, step, generator):
-    """Restore every state of an interrupted run; returns its history and elapsed seconds."""
-    # on the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest to the device
-    state = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+def resume(checkpoint_path, model, step, generator, fingerprint):
+    """Restore every state of an interrupted run; returns its history and elapsed seconds. Refuses,
+    in one line, a checkpoint it cannot read or one made on other data."""
+    try:  # a checkpoint is untrusted input: tensors and plain values only (weights_only)
+        # on the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest to the device
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        made_on = state["data"]
+    except Exception as e:  # a truncated or foreign file fails in many ways; each means unreadable
+        fail(f"{checkpoint_path} is not a readable checkpoint of this code ({type(e).__name__}): delete it, "
+             "or pass --force to start over")
+    if made_on != fingerprint:
+        differ = ", ".join(k for k in sorted(set(made_on) | set(fingerprint)) if made_on.get(k) != fingerprint.get(k))
+        fail(f"{checkpoint_path} was made on other data ({differ} differ): resume with the --data-dir it was "
+             "made with, or pass --force to start over")
     model.net.load_state_dict(state["model"])
     step.optimizer.load_state_dict(state["optimizer"])
     step.scheduler.load_state_dict(state["scheduler"])
@@ -149,7 +247,7 @@ def fit(model, step, data, generator, history, elapsed, config, augment, run_dir
         save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), dict(
             model=model.net.state_dict(), optimizer=step.optimizer.state_dict(),
             scheduler=step.scheduler.state_dict(), scaler=step.scaler.state_dict(), generator=generator.get_state(),
-            torch_rng=torch.get_rng_state(), epoch=epoch, history=history, elapsed=elapsed))
+            torch_rng=torch.get_rng_state(), epoch=epoch, history=history, elapsed=elapsed, data=data.fingerprint))
         results.write_csv(os.path.join(run_dir, "epochs.csv"), history)
         print(epoch_line(history[-1], config["epochs"]), flush=True)
     return elapsed
@@ -161,7 +259,7 @@ def finish(name, config, model, data, history, elapsed, device, summary_path, sa
     row = dict(run=name, **config, **{k: final[k] for k in final if k not in ("epoch", "lr")},
                train_size=len(data.train_y), val_size=len(data.val_y), test_size=len(data.test_y),
                flip_rate=data.record["flip_rate"], label_hash=data.record["label_hash"], wall_seconds=elapsed,
-               device=str(device), device_name=device_name(device), **versions(),
+               device=str(device), device_name=device_name(device), **versions(), code=results.code_version(),
                finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     results.record_summary(summary_path, row)
     if save_model:
@@ -220,7 +318,7 @@ def write_run_files(run_dir, config, name, data):
     os.makedirs(run_dir, exist_ok=True)
     meta = dict(run=name, command=" ".join(shlex.quote(a) for a in sys.argv), config=config,
                 flip_rate=data.record["flip_rate"], label_hash=data.record["label_hash"],
-                versions=versions(), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                versions=versions(), code=results.code_version(), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     results.write_atomic(os.path.join(run_dir, "config.json"), lambda f: json.dump(meta, f, indent=1))
     counts = data.record["transitions"]
     results.write_csv(os.path.join(run_dir, "noise_transitions.csv"),

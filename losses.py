@@ -74,11 +74,14 @@ def _check_reduction(reduction):
 # ---------------------------------------------------------------------------------------------
 # Multiclass losses (functional form).
 
-def _checked(logits, targets):
-    """Validate shapes/dtypes (metadata only, no host sync); return float32+ logits, int64 targets.
+def _checked(logits, targets, check_targets=True):
+    """Validate shapes and dtypes; return float32+ logits, int64 targets.
 
     float16/bfloat16 logits (e.g. under autocast) are upcast: the loss is always computed in at
     least float32, where exp/log of large logits neither overflow nor underflow to a NaN.
+    With check_targets, targets outside [0, C) raise (torch's cross_entropy would silently skip
+    -100, its ignore_index): that reads two numbers from the device, a host sync, so the training
+    loop turns it off and checks the dataset's labels once instead (data.load_dataset).
     """
     if not torch.is_tensor(logits) or logits.dim() != 2 or not logits.is_floating_point():
         raise ValueError(f"logits must be a floating-point tensor of shape (N, C), got "
@@ -88,20 +91,44 @@ def _checked(logits, targets):
         raise ValueError(f"targets must be an integer tensor of shape (N,), got {_describe(targets)}")
     if targets.shape[0] != logits.shape[0]:
         raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} disagree on N")
+    if check_targets:
+        check_targets_in_range(targets, logits.shape[1])
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
     return logits, targets.long()
 
 
-def _log_probs(logits, targets):
+def check_targets_in_range(targets, num_classes):
+    """ValueError unless every target is a class index in [0, num_classes) (reads two values)."""
+    if targets.numel():
+        low, high = int(targets.min()), int(targets.max())
+        if low < 0 or high >= num_classes:
+            raise ValueError(f"targets must be class indices in [0, {num_classes}), got values from {low} to {high}")
+
+
+def _log_probs(logits, targets, check_targets=True):
     """log p (N, C) and log p_y (N,), validated and in float32 or wider."""
-    logits, targets = _checked(logits, targets)
+    logits, targets = _checked(logits, targets, check_targets)
     log_p = F.log_softmax(logits, dim=1)
     return log_p, log_p.gather(1, targets.unsqueeze(1)).squeeze(1)
 
 
 def _describe(x):
     return f"{x.dtype} of shape {tuple(x.shape)}" if torch.is_tensor(x) else type(x).__name__
+
+
+def _one_minus_power_over_q(log_p, q):
+    """(1 - p^q) / q from log p, stable for any q in (0, 1]: it is -log p * exprel(q log p) with
+    exprel(x) = expm1(x) / x. Neither 1 - p^q (which cancels for small q) nor a tiny q log p (which
+    underflows in float32) loses it: the q -> 0 limit is -log p, CE. Below |x| = 1e-5 exprel is its
+    series 1 + x/2 + x^2/6 (the next term, x^3/24, is under float64's rounding), whose gradient
+    stays finite where that of expm1(x) / x would divide by an underflowing x^2."""
+    x = q * log_p
+    if not torch.is_tensor(x):
+        return -log_p * (1 + x / 2 + x * x / 6 if abs(x) < 1e-5 else math.expm1(x) / x)
+    small = x.abs() < 1e-5
+    safe = torch.where(small, torch.ones_like(x), x)  # no 0/0 in the branch torch.where discards
+    return -log_p * torch.where(small, 1 + x / 2 + x * x / 6, torch.expm1(safe) / safe)
 
 
 def _reduce(loss, reduction):
@@ -112,30 +139,29 @@ def _reduce(loss, reduction):
     return loss
 
 
-def ce(logits, targets, reduction="mean"):
+def ce(logits, targets, reduction="mean", check_targets=True):
     """Cross-entropy -log p_y (torch's fused kernel: the baseline should not pay for our checks)."""
-    return F.cross_entropy(*_checked(logits, targets), reduction=_check_reduction(reduction))
+    return F.cross_entropy(*_checked(logits, targets, check_targets), reduction=_check_reduction(reduction))
 
 
-def linear(logits, targets, reduction="mean"):
+def linear(logits, targets, reduction="mean", check_targets=True):
     """Linear (unhinged) loss 1 - p_y."""
     _check_reduction(reduction)
-    return _reduce(1 - _log_probs(logits, targets)[1].exp(), reduction)
+    return _reduce(1 - _log_probs(logits, targets, check_targets)[1].exp(), reduction)
 
 
-def gce(logits, targets, q=0.7, reduction="mean"):
+def gce(logits, targets, q=0.7, reduction="mean", check_targets=True):
     """Generalized cross-entropy (1 - p_y^q) / q; q = 1 is the linear loss, q -> 0 tends to CE."""
     q = check_param("q", q)
     _check_reduction(reduction)
-    # -expm1(q log p) = 1 - p^q without cancellation when q log p is small (q -> 0 limit).
-    return _reduce(-torch.expm1(q * _log_probs(logits, targets)[1]) / q, reduction)
+    return _reduce(_one_minus_power_over_q(_log_probs(logits, targets, check_targets)[1], q), reduction)
 
 
-def phuber_ce(logits, targets, tau=10.0, reduction="mean"):
+def phuber_ce(logits, targets, tau=10.0, reduction="mean", check_targets=True):
     """Partially Huberised CE, eq. (1): -tau p + log tau + 1 where p <= 1/tau, else -log p."""
     tau = check_param("tau", tau)
     _check_reduction(reduction)
-    log_p = _log_probs(logits, targets)[1]
+    log_p = _log_probs(logits, targets, check_targets)[1]
     linearised = -tau * log_p.exp() + math.log(tau) + 1
     return _reduce(torch.where(log_p <= -math.log(tau), linearised, -log_p), reduction)
 
@@ -146,33 +172,33 @@ def phuber_gce_threshold(tau, q):
     return 0.0 if q == 1 else tau ** (1 / (q - 1))
 
 
-def phuber_gce(logits, targets, tau=10.0, q=0.7, reduction="mean"):
+def phuber_gce(logits, targets, tau=10.0, q=0.7, reduction="mean", check_targets=True):
     """Partially Huberised GCE: the tangent of (1 - p^q)/q at p* below p*, GCE above."""
     tau, q = check_param("tau", tau), check_param("q", q)
     _check_reduction(reduction)
-    log_p = _log_probs(logits, targets)[1]
-    # In log space the comparison is exact for q = 1 too (log p* = -inf: never linearised).
-    log_p_star = math.log(tau) / (q - 1) if q < 1 else -math.inf
-    p_star_q = math.exp(q * log_p_star)
-    # Tangent at p*: (1 - p*^q)/q - tau (p - p*), and tau p* = p*^q because tau = p*^(q-1).
-    linearised = -tau * log_p.exp() + p_star_q + (1 - p_star_q) / q
-    base = -torch.expm1(q * log_p) / q
-    return _reduce(torch.where(log_p <= log_p_star, linearised, base), reduction)
+    log_p = _log_probs(logits, targets, check_targets)[1]
+    if q == 1:  # GCE is then linear, its slope -1 > -tau everywhere: never linearised
+        return _reduce(_one_minus_power_over_q(log_p, q), reduction)
+    # In log space: log p* = log(tau) / (q - 1). Tangent at p*: (1 - p*^q)/q - tau (p - p*), where
+    # tau p* = p*^q because tau = p*^(q-1).
+    log_p_star = math.log(tau) / (q - 1)
+    linearised = -tau * log_p.exp() + math.exp(q * log_p_star) + _one_minus_power_over_q(log_p_star, q)
+    return _reduce(torch.where(log_p <= log_p_star, linearised, _one_minus_power_over_q(log_p, q)), reduction)
 
 
-def sce(logits, targets, alpha=0.1, beta=1.0, A=-4.0, reduction="mean"):
+def sce(logits, targets, alpha=0.1, beta=1.0, A=-4.0, reduction="mean", check_targets=True):
     """Symmetric CE: alpha CE + beta RCE, with RCE = -A (1 - p_y) (log 0 clamped to A)."""
     alpha, beta, A = check_param("alpha", alpha), check_param("beta", beta), check_log_zero(A)
     _check_reduction(reduction)
-    log_p = _log_probs(logits, targets)[1]
+    log_p = _log_probs(logits, targets, check_targets)[1]
     return _reduce(-alpha * log_p - beta * A * (1 - log_p.exp()), reduction)
 
 
-def nce_rce(logits, targets, alpha=1.0, beta=1.0, A=-4.0, reduction="mean"):
+def nce_rce(logits, targets, alpha=1.0, beta=1.0, A=-4.0, reduction="mean", check_targets=True):
     """Active-passive loss alpha NCE + beta RCE, NCE = log p_y / sum_k log p_k (Ma et al., 2020)."""
     alpha, beta, A = check_param("alpha", alpha), check_param("beta", beta), check_log_zero(A)
     _check_reduction(reduction)
-    log_p_all, log_p_y = _log_probs(logits, targets)
+    log_p_all, log_p_y = _log_probs(logits, targets, check_targets)
     nce = log_p_y / log_p_all.sum(dim=1)  # in (0, 1]; the sum is <= -C log C < 0 (never 0)
     return _reduce(alpha * nce - beta * A * (1 - log_p_y.exp()), reduction)
 
@@ -181,13 +207,15 @@ def nce_rce(logits, targets, alpha=1.0, beta=1.0, A=-4.0, reduction="mean"):
 # Module forms and the registry scripts build losses from (`--loss phuber_ce --tau 10`).
 
 class _Loss(nn.Module):
-    """nn.Module form of the functional loss `fn`; parameters not given take fn's defaults."""
+    """nn.Module form of the functional loss `fn`; parameters not given take fn's defaults.
+    check_targets=False skips the per-call target range check (and its host sync)."""
     fn = None
 
-    def __init__(self, reduction="mean", **params):
+    def __init__(self, reduction="mean", check_targets=True, **params):
         super().__init__()
         name = self.fn.__name__
         self.reduction = _check_reduction(reduction)
+        self.check_targets = check_targets
         unknown = sorted(set(params) - set(loss_defaults(name)))
         if unknown:
             takes = ", ".join(loss_defaults(name)) or "no parameters"
@@ -197,7 +225,8 @@ class _Loss(nn.Module):
         self.params = {k: check_param(k, params.get(k, v)) for k, v in loss_defaults(name).items()}
 
     def forward(self, logits, targets):
-        return type(self).fn(logits, targets, **self.params, reduction=self.reduction)
+        return type(self).fn(logits, targets, **self.params, reduction=self.reduction,
+                             check_targets=self.check_targets)
 
     def extra_repr(self):
         return ", ".join([f"{k}={v:g}" for k, v in self.params.items()] + [f"reduction={self.reduction!r}"])
@@ -258,11 +287,12 @@ def _check_name(name):
         raise ValueError(f"unknown loss {name!r}: valid losses are {describe_losses()}")
 
 
-def make_loss(name, reduction="mean", **params):
+def make_loss(name, reduction="mean", check_targets=True, **params):
     """Build loss `name` from the registry; parameters given as None take the loss's default.
 
     Raises ValueError naming the bad value for an unknown name, a parameter the loss does not take
     (e.g. tau for ce), or a value outside its range.
     """
     _check_name(name)
-    return LOSSES[name](reduction=reduction, **{k: v for k, v in params.items() if v is not None})
+    return LOSSES[name](reduction=reduction, check_targets=check_targets,
+                        **{k: v for k, v in params.items() if v is not None})

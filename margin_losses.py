@@ -88,10 +88,16 @@ def with_taus(tau_huber, tau_phuber):
             "partially_huberised": (tau_phuber, functools.partial(partially_huberised, tau=tau_phuber))}
 
 
-def check_flags(parser, seed, tau_huber, tau_phuber):
-    """The synthetic scripts' shared checks: parser.error (one line, exit 2) naming the bad flag."""
+def check_flags(parser, seed, tau_huber, tau_phuber, out):
+    """The synthetic scripts' shared checks, before any work: parser.error (one line, exit 2)
+    naming the bad flag."""
+    from results import check_writable  # here: losses.py re-exports this module, and a loss needs no files
     if seed < 0:
         parser.error(f"--seed {seed} is not allowed: seeds are integers >= 0")
+    try:
+        check_writable(out)
+    except ValueError as e:
+        parser.error(f"--out {e}")
     try:
         huberised_threshold(tau_huber)
     except ValueError as e:

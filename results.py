@@ -4,6 +4,8 @@
                     used by the writer and by aggregate.py)
     run_name        a run's folder name: readable settings plus a hash of all of them
     write_atomic    write a file so that a reader, or a kill, never sees half of it
+    run_lock        one process per run folder
+    check_writable  whether results can go to a folder, checked before any work
     write_csv, read_csv, record_summary, finished_row, locked
     versions, pyplot, save_figure
 """
@@ -15,6 +17,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 
@@ -38,7 +41,10 @@ METRICS = ("train_loss", "train_acc", "train_clean_acc", "memorised", "corrupted
            "grad_norm_clean", "grad_norm_corrupted")
 PROVENANCE = ("run", "step", "epoch_seconds", "images_per_second", "train_size", "val_size", "test_size",
               "flip_rate", "label_hash", "wall_seconds", "device", "device_name", "python", "torch", "torchvision",
-              "numpy", "finished")
+              "numpy", "code", "finished")
+# The settings that make a cell of the grid: two runs that agree on these and differ in others are
+# the same cell run with changed settings (say --lr), which --resume must not mix up.
+CELL = LOSS_SETTINGS + ("dataset", "model", "rho", "noise", "noise_seed", "seed")
 SCHEMA = {**{c: "setting" for c in SETTINGS}, **{c: "metric" for c in METRICS},
           **{c: "provenance" for c in PROVENANCE}}
 # An epochs.csv row: the epoch, its steps so far and learning rate, its metrics and its speed.
@@ -120,6 +126,68 @@ def locked(path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+class Busy(Exception):
+    """The run's folder is locked by a live process (its pid is the message)."""
+
+
+def lock_holder(folder):
+    """The pid holding `folder`'s run lock, or None: nothing is created."""
+    path = os.path.join(folder, ".lock")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return None
+        except BlockingIOError:
+            return f.read().strip() or "unknown"
+
+
+@contextlib.contextmanager
+def run_lock(folder):
+    """Hold `folder`'s run lock while the run lives, or raise Busy(pid). The kernel releases it when
+    its process ends, however it ends, so the lock of a killed run is simply taken over."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, ".lock"), "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise Busy(f.read().strip() or "unknown") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        yield
+
+
+def remove_temporaries(folder, prefix=""):
+    """Delete what a kill during write_atomic left in `folder` (.<prefix>*.tmp); the caller must hold
+    the lock that keeps other writers out, or a live temporary could go."""
+    for name in os.listdir(folder) if os.path.isdir(folder) else ():
+        if name.startswith("." + prefix) and name.endswith(".tmp"):
+            os.remove(os.path.join(folder, name))
+
+
+def check_writable(folder, summary="summary.csv"):
+    """ValueError naming the problem if results cannot be written into `folder`: it is a file, its
+    nearest existing folder is read-only, or `summary` there is a folder. Creates nothing."""
+    path = os.path.abspath(folder)
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"{folder!r} cannot hold results: {existing} is a file")
+    try:  # a real write: access() says yes to root on read-only folders and mounts
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".writable-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(f"{folder!r} cannot hold results: {existing} is not writable ({e.strerror})") from None
+    if os.path.isdir(os.path.join(path, summary)):
+        raise ValueError(f"{folder!r} cannot hold results: {os.path.join(path, summary)} is a folder")
+
+
 def finished_row(summary_path, name):
     """The summary row of run `name`, or None if it has not finished."""
     if not os.path.exists(summary_path):
@@ -134,9 +202,23 @@ def record_summary(summary_path, row):
     if unknown:  # a programming error: classify the column in SCHEMA first
         raise ValueError(f"summary columns {unknown} are not in results.SCHEMA")
     with locked(summary_path):
+        remove_temporaries(os.path.dirname(summary_path) or ".", os.path.basename(summary_path))
         rows = read_csv(summary_path) if os.path.exists(summary_path) else []
         rows = [r for r in rows if r.get("run") != row["run"]] + [row]
         write_csv(summary_path, rows)
+
+
+def code_version():
+    """The git commit of this code, '+dirty' when files it tracks have changed, or '' outside git."""
+    def git(*args):
+        return subprocess.run(["git", "-C", os.path.dirname(os.path.abspath(__file__)), *args], capture_output=True,
+                              text=True, timeout=30)
+    try:
+        commit = git("rev-parse", "--short=12", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return commit.stdout.strip() + ("+dirty" if dirty else "") if commit.returncode == 0 else ""
 
 
 def versions(*packages):

@@ -32,6 +32,7 @@ def parse(argv):
     p.add_argument("--losses")
     p.add_argument("--rhos")
     p.add_argument("--table3", action="store_true")
+    p.add_argument("--memorisation", action="store_true")
     p.add_argument("--trials", default=str(grid.TRIALS))
     p.add_argument("--out")
     p.add_argument("--quick", action="store_true")
@@ -53,8 +54,11 @@ def parse(argv):
         argv[i:i + 2] = [f"--sbatch={argv[i + 1]}"]
     opts = p.parse_args(argv)
     opts.extra = extra
-    # --table3 selects the report's noise-seed study; the filters can narrow it
-    named = grid.TABLE3 if opts.table3 else dict(datasets=grid.DEFAULT_DATASETS, losses=None, rhos=grid.RHOS)
+    # --table3 and --memorisation select a named setting of grid.py; the filters can narrow it
+    named = grid.TABLE3 if opts.table3 else dict(grid.MEMORISATION, losses=None) if opts.memorisation else \
+        dict(datasets=grid.DEFAULT_DATASETS, losses=None, rhos=grid.RHOS)
+    if opts.table3 and opts.memorisation:
+        p.error("--table3 and --memorisation are two settings: choose one")
     opts.datasets = opts.datasets or ",".join(named["datasets"])
     opts.losses = opts.losses or (",".join(named["losses"]) if named["losses"] else None)
     opts.rhos = opts.rhos or ",".join(f"{r:g}" for r in named["rhos"])
@@ -88,7 +92,7 @@ def parse(argv):
             p.error(f"{flag} is not allowed after --: run_all.sh sets it (use run_all.sh --out)")
     opts.selection = dict(datasets=datasets, losses=losses, rhos=rhos, trials=1 if opts.quick else int(opts.trials),
                           taus=taus, tune=opts.tune_tau, candidates=candidates, val_split=val_split, quick=opts.quick,
-                          noise_seeds=grid.TABLE3["noise_seeds"] if opts.table3 else (0,))
+                          noise_seeds=grid.TABLE3["noise_seeds"] if opts.table3 else (0,), memorisation=opts.memorisation)
     # Paths are the caller's: relative ones resolve against the directory run_all.sh was started in.
     opts.out = os.path.abspath(opts.out or ("results/quick" if opts.quick else "results"))
     opts.cells = grid.cells(**opts.selection)
@@ -333,6 +337,7 @@ def submit_slurm(opts):
     flags += ["--losses", ",".join(s["losses"])] if s["losses"] else []
     flags += ["--quick"] if s["quick"] else []
     flags += ["--table3"] if opts.table3 else []
+    flags += ["--memorisation"] if opts.memorisation else []
     flags += ["--taus", ",".join(f"{t:g}" for t in s["taus"])] if s["taus"] else []
     flags += ["--tune-tau", "--tau-candidates", ",".join(f"{t:g}" for t in s["candidates"]),
               "--val-split", f"{s['val_split']:g}"] if s["tune"] else []

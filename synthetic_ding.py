@@ -28,6 +28,7 @@ import os
 
 import numpy as np
 
+from cli import Parser
 from margin_losses import COLOURS, LABELS, MARGIN_LOSSES, check_flags, with_taus
 from results import pyplot, save_figure, versions, write_csv
 
@@ -136,7 +137,7 @@ def plot(theta, draws, best, out):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = Parser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--seed", type=int, default=0, help="seed (integer >= 0) of the data; draw d uses seed + d")
     parser.add_argument("--seeds", type=int, default=1,
@@ -153,7 +154,7 @@ def main(argv=None):
     parser.add_argument("--no-plot", action="store_true", help="skip the figure")
     args = parser.parse_args(argv)
 
-    check_flags(parser, args.seed, args.tau_huber, args.tau_phuber)
+    check_flags(parser, args.seed, args.tau_huber, args.tau_phuber, args.out)
     if args.seeds < 1:
         parser.error(f"--seeds {args.seeds} is not allowed: it must be an integer >= 1")
     if not (math.isfinite(args.theta_min) and math.isfinite(args.theta_max)

@@ -20,9 +20,11 @@ logistic and Huberised early there (never the 100-iteration cap); with --optimiz
 62.2 / 53.7 / 92.6 %.
 """
 import argparse
+import ctypes
 import math
 import multiprocessing
 import os
+import signal
 
 # One BLAS thread, set before numpy loads OpenBLAS: the optimisers' 2x2 linear algebra gains nothing
 # from threads, and on a busy 2-core machine L-BFGS-B ran ~40x slower with them. Parallelism comes
@@ -31,6 +33,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402 (after the line above on purpose)
 from scipy.optimize import minimize  # noqa: E402
 
+from cli import Parser  # noqa: E402
 from margin_losses import COLOURS, LABELS, MARGIN_LOSSES, check_flags, with_taus  # noqa: E402
 from results import pyplot, save_figure, versions, write_csv  # noqa: E402
 
@@ -106,10 +109,21 @@ def run_trials(jobs, workers, meanwhile=None):
         meanwhile and meanwhile()
         return rows
     chunk = math.ceil(len(jobs) / (32 * workers))  # small chunks: no worker idles while another finishes
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
+    with multiprocessing.get_context("fork").Pool(workers, die_with_parent, (os.getpid(),)) as pool:
         pending = pool.starmap_async(run_trial, jobs, chunksize=chunk)
         meanwhile and meanwhile()
         return [row for rows in pending.get() for row in rows]
+
+
+def die_with_parent(parent):
+    """Pool worker initialiser: the worker ends when the main process does, however that ends (a
+    killed main process would otherwise leave its workers computing at full CPU)."""
+    try:  # Linux: the kernel sends SIGKILL to this worker when its parent dies
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # elsewhere: only the check below
+        pass
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def summarise(rows, rhos):
@@ -167,7 +181,7 @@ def plot(rows, rhos, optimizer, max_iter, out):
 
 def main(argv=None):
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = Parser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--rho", type=float, nargs="+", default=[0.45, 0.2],
                         help="label flip probabilities, each in [0, 0.5); one set of trials and panel each")
@@ -198,7 +212,7 @@ def main(argv=None):
                         ("--workers", args.workers)):
         if value < 1:
             parser.error(f"{flag} {value} is not allowed: it must be an integer >= 1")
-    check_flags(parser, args.seed, args.tau_huber, args.tau_phuber)
+    check_flags(parser, args.seed, args.tau_huber, args.tau_phuber, args.out)
 
     jobs = [(args.seed, rho, trial, args.tau_huber, args.tau_phuber, args.optimizer, args.max_iter)
             for rho in args.rho for trial in range(args.trials)]

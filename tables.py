@@ -39,8 +39,9 @@ def number(value):
     return float(value) if value not in (None, "") else None
 
 
-def read_rows(path, required, numeric=()):
-    """Rows of a CSV, or None if the file is malformed; bad rows are reported and dropped."""
+def read_rows(path, required, check=None):
+    """Rows of a CSV from outside, or None if the file is malformed: rows with an empty required
+    field, or that check(row) rejects (ValueError), are reported with file and line and dropped."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
@@ -53,8 +54,8 @@ def read_rows(path, required, numeric=()):
                 try:
                     if None in row or any(row[c] in (None, "") for c in required):
                         raise ValueError("truncated or empty required field")
-                    for c in numeric:
-                        float(row[c])
+                    if check:
+                        check(row)
                     rows.append(row)
                 except ValueError as e:
                     warn(f"skipping {path} line {line}: {e}")
@@ -62,6 +63,53 @@ def read_rows(path, required, numeric=()):
     except (OSError, csv.Error, UnicodeDecodeError) as e:
         warn(f"skipping {path}: {e}")
         return None
+
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # a dataset name: it names output files, so no path
+
+
+def real(row, column, low=-math.inf, high=math.inf, optional=False):
+    """The finite number in row[column], within [low, high]; ValueError naming it otherwise."""
+    text = row.get(column)
+    if optional and text in ("", None):
+        return None
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"{column} {text!r} is not a number") from None
+    if not (math.isfinite(value) and low <= value <= high):
+        raise ValueError(f"{column} {text!r} is not a finite number in [{low:g}, {high:g}]")
+    return value
+
+
+def integer(row, column, optional=False):
+    text = row.get(column)
+    if optional and text in ("", None):
+        return None
+    if not isinstance(text, str) or not text.isdigit():
+        raise ValueError(f"{column} {text!r} is not an integer >= 0")
+    return int(text)
+
+
+def check_run(row):
+    """A summary row's values: accuracies, rho, seeds, loss parameters, dataset name."""
+    real(row, "test_acc", 0, 100)
+    real(row, "val_acc", 0, 100, optional=True)
+    real(row, "rho", 0, 1)
+    integer(row, "seed")
+    integer(row, "noise_seed", optional=True)
+    real(row, "clip_norm", 0, optional=True)
+    for name, meta in registry.read()[1].items():
+        if row.get(name) not in ("", None):
+            registry.check(name, real(row, name), meta["range"])
+    if not NAME.fullmatch(row["dataset"]):
+        raise ValueError(f"dataset {row['dataset']!r} is not a dataset name (letters, digits, _ . + -)")
+
+
+def check_epoch(row):
+    integer(row, "epoch")
+    real(row, "test_acc", 0, 100)
+    real(row, "memorised", 0, 100, optional=True)
 
 
 def find_summaries(root):
@@ -77,7 +125,7 @@ def load_runs(root):
     """One row per run (the newest where several files hold the same run), as read."""
     runs = {}
     for path in find_summaries(root):
-        for row in read_rows(path, REQUIRED, ["rho", "seed", "test_acc"]) or []:
+        for row in read_rows(path, REQUIRED, check_run) or []:
             if row["run"] not in runs or row.get("finished", "") >= runs[row["run"]].get("finished", ""):
                 runs[row["run"]] = row
     return list(runs.values())
@@ -87,7 +135,7 @@ def load_epochs(root, run):
     path = os.path.join(root, "runs", run, "epochs.csv")
     if not os.path.exists(path):
         return None
-    return read_rows(path, ["epoch", "test_acc"], ["epoch", "test_acc"])
+    return read_rows(path, ["epoch", "test_acc"], check_epoch)
 
 
 def setting_of(row, ignore=()):
@@ -183,7 +231,8 @@ def load_reference(path):
     """{key: {source: (mean, s.e. or None, where)}}: the published numbers, each with where it was
     published (reference_results.csv); key as reference_key makes it."""
     refs = defaultdict(dict)
-    for row in read_rows(path, ["source", "dataset", "loss", "rho", "mean", "where"], ["rho", "mean"]) or []:
+    check = lambda row: (real(row, "rho", 0, 1), real(row, "mean", 0, 100), real(row, "pm", 0, optional=True))  # noqa
+    for row in read_rows(path, ["source", "dataset", "loss", "rho", "mean", "where"], check) or []:
         key = (row["dataset"], row["loss"], number(row["tau"]), number(row["q"]), number(row["clip_norm"]),
                float(row["rho"]))
         refs[key][row["source"]] = (float(row["mean"]), number(row["pm"]), row["where"])
@@ -219,10 +268,23 @@ def tex(text):
     return text
 
 
+def neutralise(value):
+    """A text cell that a spreadsheet would run as a formula (it begins with =, +, - or @; its text
+    may come from a results file), quoted with a leading '. Numbers and the missing-cell '-' stay."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r") and value != "-":
+        try:
+            float(value)
+        except ValueError:
+            return "'" + value
+    return value
+
+
 def write_table(stem, title, header, rows, records=None, columns=None, bold=(), before=(), after=(), latex=False):
     """A table as stem.md (title, `before` lines, header and rows, `after` lines) and, with
     latex=True, as a stem.tex tabular of the same cells; `records` (dicts of raw values) as stem.csv.
-    `bold` holds the (row, column) positions of cells to set in bold."""
+    `bold` holds the (row, column) positions of cells to set in bold. Cells are neutralised."""
+    rows = [[neutralise(c) for c in r] for r in rows]
+    records = None if records is None else [{k: neutralise(v) for k, v in r.items()} for r in records]
     strong = lambda i, j, text, fmt: fmt.format(text) if (i, j) in bold else text  # noqa: E731
     md = [f"# {title}", "", *before]
     md += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]

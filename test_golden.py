@@ -7,7 +7,8 @@ restructure changed no number, no run name and no column. After an intended chan
 
     python test_golden.py --write        # rewrite golden/ (then review `git diff golden/`)
 
-What is not compared: wall-clock and version columns (they change from run to run), and the
+What is not compared: wall-clock and version columns (they change from run to run; code is the
+git commit), and the
 shortest decimal form of accuracies (issue 10 point 9 computes them from integer counts, so
 88.99000000000001 became 88.99; their values must agree to 1e-12). Training numbers are compared
 exactly only on the platform that recorded them (same torch, numpy, scipy and CPU model): another
@@ -31,7 +32,7 @@ import conftest
 
 GOLDEN = os.path.join(conftest.ROOT, "golden")
 IGNORED = {"wall_seconds", "epoch_seconds", "images_per_second", "finished", "started", "python", "torch",
-           "torchvision", "numpy", "scipy", "device_name"}
+           "torchvision", "numpy", "scipy", "device_name", "code"}
 ACCURACY = {"test_acc", "val_acc", "val_clean_acc", "mean", "se", "ours", "ours_se", "ours_minus_report",
             "ours_minus_original", "mean_diff", "ci_low", "ci_high"}
 MNIST_RUNS = [

@@ -3,6 +3,7 @@ at the linearisation points, limits, extreme logits, low precision, reductions a
 import math
 import subprocess
 import sys
+from decimal import Decimal, getcontext
 
 import numpy as np
 import pytest
@@ -440,3 +441,65 @@ def test_interval_check(value, interval, ok):
     else:
         with pytest.raises(ValueError, match=f"x={value!r} is not allowed: x must be a number in"):
             registry.check("x", value, interval)
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 12: targets out of range never pass silently; tiny q keeps its accuracy.
+
+@pytest.mark.parametrize("name", MULTICLASS)
+@pytest.mark.parametrize("bad", [-100, -1, 10, 255])
+def test_out_of_range_targets_raise(name, bad):
+    logits, targets = random_batch(n=8)
+    targets[3] = bad  # -100 is torch's ignore_index: cross_entropy alone would skip it silently
+    with pytest.raises(ValueError, match=f"class indices in \\[0, 10\\), got values from"):
+        losses.make_loss(name)(logits, targets)
+    with pytest.raises(ValueError, match="class indices"):
+        getattr(losses, name)(logits, targets)
+    # the training loop checks its labels once per dataset and turns the per-call check off
+    unchecked = losses.make_loss(name, check_targets=False)
+    assert not unchecked.check_targets
+    targets[3] = 0
+    assert torch.equal(unchecked(logits, targets), losses.make_loss(name)(logits, targets))
+
+
+def one_minus_power_over_q(p, q):
+    """(1 - p^q)/q in 50-digit decimal arithmetic, as -ln p * sum_k (q ln p)^k / (k+1)!: a series
+    with no cancellation, independent of losses.py's expm1 form."""
+    getcontext().prec = 50
+    x, term, total, k = Decimal(q) * Decimal(p).ln(), Decimal(1), Decimal(0), 0
+    while abs(term) > Decimal(10) ** -45:
+        total += term
+        k += 1
+        term = term * x / (k + 1)
+    return -Decimal(p).ln() * total
+
+
+def phuber_gce_reference(p, tau, q):
+    p_star = Decimal(tau) ** (Decimal(1) / (Decimal(q) - 1))
+    if Decimal(p) <= p_star:  # the tangent at p*, slope -tau
+        return float(one_minus_power_over_q(p_star, q) - Decimal(tau) * (Decimal(p) - p_star))
+    return float(one_minus_power_over_q(p, q))
+
+
+@pytest.mark.parametrize("q", [0.7, 1e-6, 1e-14, 1e-40, 1e-100, 1e-300])
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_gce_and_phuber_gce_keep_their_accuracy_for_tiny_q(q, dtype, rtol):
+    # targets with p on both sides of p* = tau^(1/(q-1)) (about 1/tau = 0.1 for small q)
+    logits = torch.tensor([[0.0, 9.0, -1.0], [0.0, 1.5, -1.0], [3.0, 0.0, 0.0], [0.0, 4.0, 4.0]], dtype=torch.float64)
+    targets = torch.tensor([0, 0, 0, 0])
+    p = torch.softmax(logits, 1)[:, 0].tolist()
+    p_star = float(Decimal(10) ** (Decimal(1) / (Decimal(q) - 1)))
+    assert min(p) < p_star < max(p)  # both branches
+    gce = losses.gce(logits.to(dtype), targets, q=q, reduction="none")
+    ph = losses.phuber_gce(logits.to(dtype), targets, tau=10, q=q, reduction="none")
+    np.testing.assert_allclose(gce.numpy(), [float(one_minus_power_over_q(v, q)) for v in p], rtol=rtol)
+    np.testing.assert_allclose(ph.numpy(), [phuber_gce_reference(v, 10, q) for v in p], rtol=rtol)
+    x = logits.to(dtype).requires_grad_(True)
+    (grad,) = torch.autograd.grad(losses.phuber_gce(x, targets, tau=10, q=q), x)
+    assert torch.isfinite(grad).all()
+
+
+def test_numpy_scalars_are_parameters():
+    assert losses.make_loss("phuber_gce", tau=np.float32(10), q=np.float64(0.5)).params == {"tau": 10.0, "q": 0.5}
+    logits, targets = random_batch(n=5)
+    assert torch.equal(losses.phuber_ce(logits, targets, tau=np.int64(3)), losses.phuber_ce(logits, targets, tau=3.0))

@@ -113,11 +113,11 @@ def test_torch_free_modules_load_no_torch(module):
 # A new loss with a new parameter needs only losses.py (docs/adding-a-loss.md, same edit).
 
 FOCAL = '''
-def focal(logits, targets, gamma=2.0, reduction="mean"):
+def focal(logits, targets, gamma=2.0, reduction="mean", check_targets=True):
     """Focal loss -(1 - p_y)^gamma log p_y (Lin et al., 2017)."""
     gamma = check_param("gamma", gamma)
     _check_reduction(reduction)
-    log_p = _log_probs(logits, targets)[1]
+    log_p = _log_probs(logits, targets, check_targets)[1]
     return _reduce(-(-torch.expm1(log_p)) ** gamma * log_p, reduction)
 
 

@@ -213,7 +213,7 @@ def test_bad_flag_exits_2_naming_the_value(script, flags, names, tmp_path, capsy
     with pytest.raises(SystemExit) as e:
         script.main(["--out", str(out), *flags])
     assert e.value.code == 2
-    message = capsys.readouterr().err.strip().splitlines()[-1]
+    (message,) = capsys.readouterr().err.strip().splitlines()  # one line, no usage dump
     assert all(name in message for name in names), message
     assert not out.exists()
 

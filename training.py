@@ -8,6 +8,7 @@ Each batch is gathered from a per-epoch permutation of the uint8 data on the dev
 normalised there. Nothing in the loop waits for the device: per step, only the loss and the
 predictions are written into device buffers, and they are read once per epoch.
 """
+import copy
 import math
 import sys
 import time
@@ -60,14 +61,21 @@ def per_example_clipped_backward(model, x, y, clip_norm):
     net = model.net
     params = {k: p.detach() for k, p in net.named_parameters()}
     buffers = {k: b.detach() for k, b in net.named_buffers()}
+    criterion = model.criterion
+    check = getattr(criterion, "check_targets", False)
+    if check:  # a loss's check of its targets reads values, which vmap cannot: the batch is checked below
+        criterion = copy.copy(criterion)
+        criterion.check_targets = False
 
     def sample_loss(params, xi, yi):
         with model.autocast():
             logits = torch.func.functional_call(net, (params, buffers), (xi.unsqueeze(0),))
-        return model.criterion(logits, yi.unsqueeze(0)), logits.squeeze(0)
+        return criterion(logits, yi.unsqueeze(0)), logits.squeeze(0)
 
     grads, (sample_losses, logits) = torch.func.vmap(
         torch.func.grad_and_value(sample_loss, has_aux=True), in_dims=(None, 0, 0))(params, x, y)
+    if check:
+        losses.check_targets_in_range(y, logits.shape[1])
     norms = torch.sqrt(sum(g.flatten(1).float().pow(2).sum(1) for g in grads.values()))
     scale = (clip_norm / (norms + 1e-6)).clamp(max=1.0)
     for name, p in net.named_parameters():
