@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 
 import torch
 
@@ -49,42 +50,61 @@ def run(args, config, make_optimizer, lr_factor, augment):
         results.check_writable(args.out)
     except ValueError as e:
         fail(f"--out {e}")
-    name = results.run_name(config)
-    run_dir = os.path.join(args.out, "runs", name)
-    summary_path = os.path.join(args.out, "summary.csv")
-    checkpoint_path = os.path.join(run_dir, "checkpoint.pt")
-    if results.lock_holder(run_dir):  # checked before the data are loaded, and again under the lock
-        fail(f"run {name} is in progress (pid {results.lock_holder(run_dir)})")
-    if already_finished(name, summary_path, args.force):
+    run = Run(results.run_name(config), config, args.out, device)
+    if results.lock_holder(run.folder):  # checked before the data are loaded, and again under the lock
+        fail(f"run {run.name} is in progress (pid {results.lock_holder(run.folder)})")
+    if already_finished(run, args.force):
         return 0
-    check_resume(run_dir, config, args.resume, args.force)
+    check_resume(run, args.resume, args.force)
 
-    data, model, step, generator = setup(config, criterion, device, args, make_optimizer, lr_factor)
+    data, model, step, generator = setup(run, criterion, args.data_dir, args.download, args.compile, make_optimizer,
+                                         lr_factor)
     history = []
     try:
-        with results.run_lock(run_dir), sigterm_as_interrupt():
-            if already_finished(name, summary_path, args.force):  # by another process, meanwhile
+        with results.run_lock(run.folder), sigterm_as_interrupt():
+            if already_finished(run, args.force):  # by another process, meanwhile
                 return 0
-            resuming = check_resume(run_dir, config, args.resume, args.force)
-            results.remove_temporaries(run_dir)  # what a kill during an atomic write left
+            resuming = check_resume(run, args.resume, args.force)
+            results.remove_temporaries(run.folder)  # what a kill during an atomic write left
             if resuming:
-                history, elapsed = resume(checkpoint_path, model, step, generator, data.fingerprint)
-                print(f"{name}: resuming after epoch {len(history)}")
+                history, elapsed = resume(run.checkpoint, model, step, generator, data.fingerprint)
+                print(f"{run.name}: resuming after epoch {len(history)}")
             else:
                 elapsed = 0.0
-                write_run_files(run_dir, config, name, data)
-            print(f"{name}: {len(data.train_y)} training samples (realised flip rate "
+                write_run_files(run, data)
+            print(f"{run.name}: {len(data.train_y)} training samples (realised flip rate "
                   f"{100 * data.record['flip_rate']:.2f}% of the full training set), {len(data.val_y)} validation, "
                   f"{len(data.test_y)} test; {config['epochs']} epochs on {device}")
-            elapsed = fit(model, step, data, generator, history, elapsed, config, augment, run_dir)
-            finish(name, config, model, data, history, elapsed, device, summary_path, args.save_model, run_dir)
+            elapsed = fit(run, model, step, data, generator, history, elapsed, augment)
+            finish(run, model, data, history, elapsed, args.save_model)
     except results.Busy as e:
-        fail(f"run {name} is in progress (pid {e})")
+        fail(f"run {run.name} is in progress (pid {e})")
     except KeyboardInterrupt:
-        fail(f"{name}: interrupted; its last checkpoint is epoch {len(history)}: rerun with --resume", code=130)
+        fail(f"{run.name}: interrupted; its last checkpoint is epoch {len(history)}: rerun with --resume", code=130)
     except OSError as e:
-        fail(f"{name}: cannot write its results: {e.strerror} ({e.filename})", code=1)
+        fail(f"{run.name}: cannot write its results: {e.strerror} ({e.filename})", code=1)
     return 0
+
+
+@dataclass
+class Run:
+    """One run: its name (results.run_name of its settings), its settings, where its files go."""
+    name: str
+    config: dict
+    out: str
+    device: torch.device
+
+    @property
+    def folder(self):
+        return os.path.join(self.out, "runs", self.name)
+
+    @property
+    def checkpoint(self):
+        return os.path.join(self.folder, "checkpoint.pt")
+
+    @property
+    def summary(self):
+        return os.path.join(self.out, "summary.csv")
 
 
 def check_per_example(config):
@@ -115,25 +135,24 @@ def check_device(name):
     return device
 
 
-def already_finished(name, summary_path, force):
-    done = results.finished_row(summary_path, name)
+def already_finished(run, force):
+    done = results.finished_row(run.summary, run.name)
     if done and not force:
-        print(f"{name}: already finished (test accuracy {done.get('test_acc')}%); --force re-runs it")
+        print(f"{run.name}: already finished (test accuracy {done.get('test_acc')}%); --force re-runs it")
     return bool(done) and not force
 
 
-def check_resume(run_dir, config, resume_asked, force):
-    """Whether to resume the interrupted run in run_dir; one line and exit 2 if the flags say
+def check_resume(run, resume_asked, force):
+    """Whether to resume the interrupted run in run.folder; one line and exit 2 if the flags say
     otherwise, or if --resume would silently start over beside an interrupted run of the same cell
     with other settings (say another --lr), leaving it orphaned."""
-    checkpoint = os.path.join(run_dir, "checkpoint.pt")
-    if os.path.exists(checkpoint) and not force:
+    if os.path.exists(run.checkpoint) and not force:
         if not resume_asked:
-            fail(f"{checkpoint} holds an interrupted run of this configuration: pass --resume to continue it or "
-                 "--force to start over")
+            fail(f"{run.checkpoint} holds an interrupted run of this configuration: pass --resume to continue it "
+                 "or --force to start over")
         return True
     if resume_asked and not force:
-        other = interrupted_sibling(os.path.dirname(run_dir), config)
+        other = interrupted_sibling(os.path.dirname(run.folder), run.config)
         if other:
             fail(f"--resume: no interrupted run has these settings; the interrupted run {other[0]} differs in "
                  f"{other[1]}: give its settings to resume it, or --force to start this one")
@@ -178,12 +197,13 @@ def describe_data(dataset, data_dir, download):
     return 0
 
 
-def setup(config, criterion, device, args, make_optimizer, lr_factor):
+def setup(run, criterion, data_dir, download, compile_model, make_optimizer, lr_factor):
     """The run's data on the device, its model (seeded by the trial seed), optimiser and generator."""
+    config, device = run.config, run.device
     torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
     try:
-        data = prepare(config["dataset"], args.data_dir, args.download, config["rho"], config["noise"],
-                       config["noise_seed"], config["val_split"], config["limit_train"], config["limit_test"], device)
+        data = prepare(config["dataset"], data_dir, download, config["rho"], config["noise"], config["noise_seed"],
+                       config["val_split"], config["limit_train"], config["limit_test"], device)
     except DataError as e:
         fail(str(e), code=3 if isinstance(e, DataMissing) else 2)
     if config["noise"] == "symmetric" and config["rho"] > (data.classes - 1) / data.classes:
@@ -194,7 +214,7 @@ def setup(config, criterion, device, args, make_optimizer, lr_factor):
     if config["channels_last"]:
         net = net.to(memory_format=torch.channels_last)
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[config["amp"]]
-    model = Model(net, criterion, torch.compile(net) if args.compile else net, amp, config["channels_last"])
+    model = Model(net, criterion, torch.compile(net) if compile_model else net, amp, config["channels_last"])
     optimizer = make_optimizer(net.parameters())
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_factor(math.ceil(len(data.train_y) / config["batch_size"])))
@@ -226,8 +246,9 @@ def resume(checkpoint_path, model, step, generator, fingerprint):
     return state["history"], state["elapsed"]
 
 
-def fit(model, step, data, generator, history, elapsed, config, augment, run_dir):
+def fit(run, model, step, data, generator, history, elapsed, augment):
     """Train the remaining epochs; after each, evaluate, checkpoint and rewrite epochs.csv."""
+    config = run.config
     steps = math.ceil(len(data.train_y) / config["batch_size"])
     for epoch in range(len(history) + 1, config["epochs"] + 1):
         t0 = time.perf_counter()
@@ -244,29 +265,29 @@ def fit(model, step, data, generator, history, elapsed, config, augment, run_dir
         seconds = time.perf_counter() - t0
         elapsed += seconds
         history.append(epoch_row(epoch, steps, lr, stats, test, val, train_seconds, seconds))
-        save_checkpoint(os.path.join(run_dir, "checkpoint.pt"), dict(
+        save_checkpoint(run.checkpoint, dict(
             model=model.net.state_dict(), optimizer=step.optimizer.state_dict(),
             scheduler=step.scheduler.state_dict(), scaler=step.scaler.state_dict(), generator=generator.get_state(),
             torch_rng=torch.get_rng_state(), epoch=epoch, history=history, elapsed=elapsed, data=data.fingerprint))
-        results.write_csv(os.path.join(run_dir, "epochs.csv"), history)
+        results.write_csv(os.path.join(run.folder, "epochs.csv"), history)
         print(epoch_line(history[-1], config["epochs"]), flush=True)
     return elapsed
 
 
-def finish(name, config, model, data, history, elapsed, device, summary_path, save_model, run_dir):
+def finish(run, model, data, history, elapsed, save_model):
     """The summary row (always the final epoch's: no choice is made on test data), then clean up."""
-    final = history[-1]
-    row = dict(run=name, **config, **{k: final[k] for k in final if k not in ("epoch", "lr")},
+    final, device = history[-1], run.device
+    row = dict(run=run.name, **run.config, **{k: final[k] for k in final if k not in ("epoch", "lr")},
                train_size=len(data.train_y), val_size=len(data.val_y), test_size=len(data.test_y),
                flip_rate=data.record["flip_rate"], label_hash=data.record["label_hash"], wall_seconds=elapsed,
                device=str(device), device_name=device_name(device), **versions(), code=results.code_version(),
                finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    results.record_summary(summary_path, row)
+    results.record_summary(run.summary, row)
     if save_model:
-        save_checkpoint(os.path.join(run_dir, "model.pt"), model.net.state_dict())
-    os.remove(os.path.join(run_dir, "checkpoint.pt"))
-    print(f"{name}: final test accuracy {final['test_acc']:.2f}% after {config['epochs']} epochs "
-          f"({elapsed:.0f} s); summary row in {summary_path}")
+        save_checkpoint(os.path.join(run.folder, "model.pt"), model.net.state_dict())
+    os.remove(run.checkpoint)
+    print(f"{run.name}: final test accuracy {final['test_acc']:.2f}% after {run.config['epochs']} epochs "
+          f"({elapsed:.0f} s); summary row in {run.summary}")
 
 
 def epoch_row(epoch, steps, lr, stats, test, val, train_seconds, seconds):
@@ -313,14 +334,14 @@ def device_name(device):
     return platform.processor() or platform.machine()
 
 
-def write_run_files(run_dir, config, name, data):
+def write_run_files(run, data):
     """The run's sidecars: command line, config and versions; the noise's transition counts."""
-    os.makedirs(run_dir, exist_ok=True)
-    meta = dict(run=name, command=" ".join(shlex.quote(a) for a in sys.argv), config=config,
+    os.makedirs(run.folder, exist_ok=True)
+    meta = dict(run=run.name, command=" ".join(shlex.quote(a) for a in sys.argv), config=run.config,
                 flip_rate=data.record["flip_rate"], label_hash=data.record["label_hash"],
                 versions=versions(), code=results.code_version(), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    results.write_atomic(os.path.join(run_dir, "config.json"), lambda f: json.dump(meta, f, indent=1))
+    results.write_atomic(os.path.join(run.folder, "config.json"), lambda f: json.dump(meta, f, indent=1))
     counts = data.record["transitions"]
-    results.write_csv(os.path.join(run_dir, "noise_transitions.csv"),
+    results.write_csv(os.path.join(run.folder, "noise_transitions.csv"),
                       [dict(clean=c, **{f"noisy_{j}": int(counts[c, j]) for j in range(len(counts))})
                        for c in range(len(counts))])

@@ -50,8 +50,15 @@ class Row:
     label: str = field(default="", compare=False)
 
     def argv(self):
-        return [a for k, v in self.flags.items() for a in (f"--{k.replace('_', '-')}", f"{v:g}"
-                                                           if isinstance(v, float) else str(v))]
+        return [a for k, v in self.flags.items() for a in (f"--{k.replace('_', '-')}", num(v))]
+
+
+def num(value):
+    """A value as a flag or in a cell id: short ('10' for 10.0) where that is exact, never rounded."""
+    if not isinstance(value, float):
+        return str(value)
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
 
 
 def report_rows(dataset):
@@ -95,11 +102,12 @@ def memorisation_rows():
 def choose_tau(rows, dataset, loss, candidates=None):
     """The tau whose runs have the best mean final noisy-validation accuracy at the highest rho.
 
-    Reads only val_acc: the test set never takes part in the choice. With `candidates`, every one
-    of them must have a run, or there is no choice yet (None). Returns (tau, {tau: score}).
+    Reads only val_acc: the test set never takes part in the choice. With `candidates`, only they
+    count, and every one of them must have a run, or there is no choice yet (None). Returns
+    (tau, {tau: score}).
     """
     runs = [r for r in rows if r["dataset"] == dataset and r["loss"] == loss and r.get("val_acc") not in ("", None)
-            and r.get("tau") not in ("", None)]
+            and r.get("tau") not in ("", None) and (not candidates or float(r["tau"]) in candidates)]
     if not runs:
         return None, {}
     top = max(float(r["rho"]) for r in runs)
@@ -150,9 +158,9 @@ def rows_for(dataset, losses=None, taus=None, tune=False, memorisation=False):
 
 def cell_id(dataset, row, rho, seed, noise_seed=0):
     tau = row.flags.get("tau")
-    part = "" if tau is None else "-tuned" if tau == "TUNED" else f"-tau{tau:g}"
+    part = "" if tau is None else "-tuned" if tau == "TUNED" else f"-tau{num(tau)}"
     # noise seed 0 is every table's: its cells are the same runs, with the same ids, in every selection
-    return f"{dataset}-{row.key}{part}-rho{rho:g}-seed{seed}" + (f"-ns{noise_seed}" if noise_seed else "")
+    return f"{dataset}-{row.key}{part}-rho{num(rho)}-seed{seed}" + (f"-ns{noise_seed}" if noise_seed else "")
 
 
 def cells(datasets=DEFAULT_DATASETS, losses=None, rhos=RHOS, trials=TRIALS, taus=None, tune=False,
@@ -173,8 +181,8 @@ def cells(datasets=DEFAULT_DATASETS, losses=None, rhos=RHOS, trials=TRIALS, taus
             for tau in candidates:
                 tuned = Row(row.key, {**row.flags, "tau": tau})
                 found.append(Cell(f"tune-{cell_id(dataset, tuned, max(rhos), 0)}", dataset, DATASETS[dataset]["script"],
-                                  ("--dataset", dataset, *tuned.argv(), "--rho", f"{max(rhos):g}", "--seed", "0",
-                                   "--val-split", f"{val_split:g}", *budget), "tuning", tuning=True))
+                                  ("--dataset", dataset, *tuned.argv(), "--rho", num(max(rhos)), "--seed", "0",
+                                   "--val-split", num(val_split), *budget), "tuning", tuning=True))
     for dataset in datasets:
         if dataset == "synthetic":
             trials_ls = 20 if quick else SYNTHETIC_TRIALS
@@ -190,7 +198,7 @@ def cells(datasets=DEFAULT_DATASETS, losses=None, rhos=RHOS, trials=TRIALS, taus
                     for seed in range(trials):
                         found.append(Cell(prefix + cell_id(dataset, row, rho, seed, noise_seed), dataset,
                                           DATASETS[dataset]["script"], ("--dataset", dataset, *row.argv(), "--rho",
-                                                                        f"{rho:g}", *noise, "--seed", str(seed),
+                                                                        num(rho), *noise, "--seed", str(seed),
                                                                         *budget), setting["folder"], tuned=tuned))
     return found
 

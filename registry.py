@@ -3,7 +3,7 @@
 losses.py defines each multiclass loss as a function `name(logits, targets, <parameters with
 defaults>, reduction)`, lists the names in LOSSES and describes every parameter in PARAMS. The
 training flags (--tau, --q, ...), run names and the keys and labels of aggregated tables all come from
-there. Tools that never train (config.py's command line, grid.py, results.py, aggregate.py) need
+there. Tools that never train (cli.py's command line, grid.py, results.py, aggregate.py) need
 those facts but not torch's 1.5 s import, so they read them here from the source text: PARAMS is a
 literal and the defaults are the functions' own, so losses.py stays the one place to edit.
 """

@@ -57,8 +57,11 @@ def unclassified(columns, epochs=False):
 
 
 def run_name(config):
-    """Readable prefix plus a hash of every setting, so a grid never overwrites itself."""
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
+    """Readable prefix plus a hash of every setting that has a value, so a grid never overwrites
+    itself. Unset (None) settings are left out: a setting added later whose default is None (a new
+    loss parameter, say) leaves the name of every run made before it unchanged."""
+    digest = hashlib.sha256(json.dumps({k: v for k, v in config.items() if v is not None},
+                                       sort_keys=True).encode()).hexdigest()[:8]
     parts = [config["dataset"], config["model"], config["loss"]]
     parts += [f"{k}{config[k]:g}" for k in registry.param_names() if config.get(k) is not None]
     if config["clip_norm"] is not None:

@@ -8,7 +8,6 @@ SIGINT and SIGTERM stop every worker and the cell it runs; everything finished s
 resumes the rest. Exit status: 0 all cells ran or were done, 1 something failed, 2 bad input,
 3 (--task) the cell's data are unavailable, 130/143 interrupted.
 """
-import argparse
 import os
 import shlex
 import signal
@@ -63,6 +62,11 @@ def parse(argv):
     opts.losses = opts.losses or (",".join(named["losses"]) if named["losses"] else None)
     opts.rhos = opts.rhos or ",".join(f"{r:g}" for r in named["rhos"])
 
+    def distinct(flag, values):
+        if len(set(values)) < len(values):
+            p.error(f"{flag} {','.join(map(str, values))!r} repeats a value: give each once")
+        return values
+
     def numbers(flag, text, ok, allowed):
         try:
             values = [float(v) for v in text.split(",")]
@@ -70,12 +74,12 @@ def parse(argv):
             values = None
         if not values or not all(ok(v) for v in values):
             p.error(f"{flag} {text!r} is not allowed: {allowed}")
-        return values
-    datasets = opts.datasets.split(",")
+        return distinct(flag, values)
+    datasets = distinct("--datasets", opts.datasets.split(","))
     for d in datasets:
         if d != "synthetic" and d not in grid.DATASETS:
             p.error(f"--datasets: {d!r} is not allowed: use synthetic, {', '.join(grid.DATASETS)}")
-    losses = opts.losses.split(",") if opts.losses else None
+    losses = distinct("--losses", opts.losses.split(",")) if opts.losses else None
     for loss in losses or ():
         if loss not in grid.known_losses():
             p.error(f"--losses: {loss!r} is not allowed: use {', '.join(grid.known_losses())}")
@@ -90,6 +94,10 @@ def parse(argv):
     for flag in ("--out", "--resume"):
         if flag in opts.extra:
             p.error(f"{flag} is not allowed after --: run_all.sh sets it (use run_all.sh --out)")
+    try:
+        opts.sbatch = shlex.split(opts.sbatch)
+    except ValueError as e:
+        p.error(f"--sbatch {opts.sbatch!r} is not allowed: {e}")
     opts.selection = dict(datasets=datasets, losses=losses, rhos=rhos, trials=1 if opts.quick else int(opts.trials),
                           taus=taus, tune=opts.tune_tau, candidates=candidates, val_split=val_split, quick=opts.quick,
                           noise_seeds=grid.TABLE3["noise_seeds"] if opts.table3 else (0,), memorisation=opts.memorisation)
@@ -139,26 +147,31 @@ def command(cell, opts, argv=None):
 def resolve(cell, opts):
     """(argv, done) of a cell: a tuned cell gets the tau its tuning runs chose (None: not yet)."""
     argv = list(cell.argv)
-    if cell.tuned:
+    if cell.tuned:  # chosen among exactly this selection's tuning runs (a tuning folder may hold others)
         summary = os.path.join(opts.out, "tuning", "summary.csv")
-        rows = results.read_csv(summary) if os.path.exists(summary) else []
+        runs = {run_name(c, opts) for c in opts.cells if c.tuning and c.dataset == cell.dataset}
+        rows = [r for r in (results.read_csv(summary) if os.path.exists(summary) else []) if r.get("run") in runs]
         tau, _ = grid.choose_tau(rows, cell.dataset, cell.tuned, opts.selection["candidates"])
         if tau is None:
             return None, False
         argv[argv.index("TUNED")] = f"{tau:g}"
     if cell.dataset == "synthetic":
         return argv, os.path.exists(os.path.join(opts.out, cell.folder, cell.script[len("synthetic_"):-3] + ".csv"))
-    _, config = cli.parse(cell.script, [*argv, *opts.extra])
     summary = os.path.join(opts.out, cell.folder, "summary.csv")
-    return argv, results.finished_row(summary, results.run_name(config)) is not None
+    return argv, results.finished_row(summary, run_name(cell, opts, argv)) is not None
+
+
+def run_name(cell, opts, argv=None):
+    """The run a training cell makes, resolved as its script would (no torch): its result-file key."""
+    return results.run_name(cli.parse(cell.script, [*(argv or cell.argv), *opts.extra])[1])
 
 
 class Tally:
     """What happened so far, shared by the workers: counts, and cell durations per dataset (ETA)."""
 
-    def __init__(self, cells):
-        self.cells, self.lock, self.start = cells, threading.Lock(), time.monotonic()
-        self.outcomes, self.durations, self.failures = {}, {}, []
+    def __init__(self, cells, workers=1):
+        self.cells, self.workers, self.lock, self.start = cells, workers, threading.Lock(), time.monotonic()
+        self.outcomes, self.durations, self.failures, self.begun = {}, {}, [], 0
 
     def record(self, cell, outcome, seconds=None, why=""):
         with self.lock:
@@ -179,11 +192,15 @@ class Tally:
             print(text, flush=True)
 
     def line(self, cell):
+        """'cell k/N: id (counts; elapsed, ETA)', k counting every cell begun or settled so far."""
         with self.lock:
-            k = len(self.outcomes) + 1
+            self.begun += 1
+            k = self.begun + sum(v in ("done", "skipped") for v in self.outcomes.values())
             durations = self.durations.get(cell.dataset)
             left = sum(c.dataset == cell.dataset and c.id not in self.outcomes for c in self.cells)
-            eta = f", {cell.dataset} ETA {clock(sum(durations) / len(durations) * left)}" if durations else ""
+            # the dataset's cells left (this one too), at the mean duration so far, shared by the workers
+            eta = f", {cell.dataset} ETA {clock(sum(durations) / len(durations) * left / min(self.workers, left))}" \
+                if durations else ""
             return (f"[{time.strftime('%H:%M:%S')}] cell {k}/{len(self.cells)}: {cell.id} ({self.counts()}; "
                     f"{clock(time.monotonic() - self.start)} elapsed{eta})")
 
@@ -202,14 +219,54 @@ def last_line(path):
         return str(e)
 
 
-class Workers:
-    """Cells run by one thread per GPU (or one), each cell a process in the runner's process group,
-    so that what stops the group (Ctrl-C at a terminal, `timeout`, a kill of the group) stops them
-    too; a signal to the runner alone is passed on to every running cell."""
+class Stopper:
+    """SIGINT and SIGTERM, from the runner's first line on: no new process starts, and every running
+    child (cell, pre-flight check, aggregate.py) gets SIGTERM. A child shares the runner's process
+    group, so what stops the group (Ctrl-C at a terminal, `timeout`, a kill of the group) stops it too."""
 
-    def __init__(self, opts, tally, unavailable):
-        self.opts, self.tally, self.unavailable = opts, tally, unavailable
-        self.stopping, self.running, self.lock = threading.Event(), {}, threading.Lock()
+    def __init__(self):
+        self.stopping, self.lock, self.running, self.signum = threading.Event(), threading.Lock(), set(), None
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self.stop)
+
+    def stop(self, signum, frame):
+        self.signum = signum
+        self.stopping.set()
+        with self.lock:
+            for proc in self.running:
+                proc.send_signal(signal.SIGTERM)  # a cell stops resumably: its checkpoints are whole
+
+    def popen(self, cmd, **kwargs):
+        """The started process, or None once stopping; call done(proc) when it has ended."""
+        with self.lock:
+            if self.stopping.is_set():
+                return None
+            proc = subprocess.Popen(cmd, **kwargs)
+            self.running.add(proc)
+            return proc
+
+    def done(self, proc):
+        with self.lock:
+            self.running.discard(proc)
+
+    def run(self, cmd):
+        """Run cmd to its end, capturing its output, unless stopping; (exit status, stdout, stderr)."""
+        proc = self.popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        if proc is None:
+            return None, "", ""
+        out, err = proc.communicate()
+        self.done(proc)
+        return proc.returncode, out, err
+
+    def status(self):
+        return 128 + self.signum
+
+
+class Workers:
+    """Cells run by one thread per GPU (or one), taking them from one queue."""
+
+    def __init__(self, opts, tally, unavailable, stopper):
+        self.opts, self.tally, self.unavailable, self.stopper = opts, tally, unavailable, stopper
 
     def run(self, cells):
         queue = list(cells)
@@ -220,21 +277,16 @@ class Workers:
             while t.is_alive():
                 t.join(0.2)  # short joins: the main thread must stay free to handle signals
 
-    def stop(self, signum, frame):
-        """Signal handler: no new cell starts, and each running one gets SIGTERM (it is resumable)."""
-        self.signum = signum
-        self.stopping.set()
-        with self.lock:
-            for proc in self.running.values():
-                proc.send_signal(signal.SIGTERM)
-
     def work(self, queue, gpu):
-        while not self.stopping.is_set():
-            with self.lock:
+        while not self.stopper.stopping.is_set():
+            with self.stopper.lock:
                 if not queue:
                     return
                 cell = queue.pop(0)
-            self.one(cell, gpu)
+            try:
+                self.one(cell, gpu)
+            except BaseException as e:  # no cell may vanish without an outcome (a worker thread dies silently)
+                self.tally.record(cell, "failed", why=f"the runner could not run it: {type(e).__name__}: {e}")
 
     def one(self, cell, gpu):
         opts, tally = self.opts, self.tally
@@ -252,15 +304,12 @@ class Workers:
         with open(log, "a") as f:
             f.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(command(cell, opts, argv))}\n")
             f.flush()
-            with self.lock:
-                if self.stopping.is_set():
-                    return
-                proc = subprocess.Popen(command(cell, opts, argv), stdout=f, stderr=subprocess.STDOUT, env=env)
-                self.running[cell.id] = proc
+            proc = self.stopper.popen(command(cell, opts, argv), stdout=f, stderr=subprocess.STDOUT, env=env)
+            if proc is None:
+                return
             code = proc.wait()
-        with self.lock:
-            del self.running[cell.id]
-        if self.stopping.is_set():
+            self.stopper.done(proc)
+        if self.stopper.stopping.is_set():
             return
         if code == 0:
             tally.record(cell, "ran", time.monotonic() - start)
@@ -271,23 +320,33 @@ class Workers:
             tally.say(f"    FAILED (exit {code}): {last_line(log)}")
 
 
-def preflight(cells, opts):
-    """Check the pass-through flags and each dataset's files with the training scripts themselves,
-    before any cell runs. Returns {dataset: why it is unavailable}; exits on bad input."""
+def check_flags(cells, opts):
+    """Every training cell's flags, with the pass-through ones, as its script parses them: a flag one
+    cell rejects (say --q for PHuber-CE) stops everything before any cell runs, with its message."""
+    for cell in cells:
+        if cell.dataset != "synthetic":
+            cli.parse(cell.script, [a if a != "TUNED" else repr(opts.selection["candidates"][0]) for a in cell.argv]
+                      + opts.extra)  # exits 2 with the script's own one-line message
+
+
+def preflight(cells, opts, stopper):
+    """Check each dataset's files (and the device) with the training scripts themselves, before any
+    cell runs. Returns {dataset: why it is unavailable}; exits on bad input."""
     unavailable = {}
     for dataset in dict.fromkeys(c.dataset for c in cells if c.dataset != "synthetic"):
         cell = next(c for c in cells if c.dataset == dataset)
-        argv = [a if a != "TUNED" else f"{opts.selection['candidates'][0]:g}" for a in cell.argv]
-        cli.parse(cell.script, [*argv, *opts.extra])  # flags: exits 2 with the script's own message
-        check = subprocess.run([*command(cell, opts, argv), "--prepare-data"], capture_output=True, text=True)
-        why = last_line_of(check.stderr or check.stdout)
-        if check.returncode == SKIPPED:
+        argv = [a if a != "TUNED" else repr(opts.selection["candidates"][0]) for a in cell.argv]
+        code, out, err = stopper.run([*command(cell, opts, argv), "--prepare-data"])
+        why = last_line_of(err or out).removeprefix("error: ")
+        if stopper.stopping.is_set():
+            break
+        if code == SKIPPED:
             unavailable[dataset] = why
             print(f"skipping {dataset}: {why}", flush=True)
-        elif check.returncode == BAD_INPUT:
+        elif code == BAD_INPUT:
             cli.fail(f"{dataset}: {why}")
-        elif check.returncode != 0:
-            cli.fail(f"{dataset}: the training script cannot start (exit {check.returncode}): {why}", code=1)
+        elif code != 0:
+            cli.fail(f"{dataset}: the training script cannot start (exit {code}): {why}", code=1)
     return unavailable
 
 
@@ -296,30 +355,30 @@ def last_line_of(text):
     return lines[-1].strip() if lines else "(no output)"
 
 
-def run_here(opts):
+def run_here(opts, stopper):
     """All cells (or --task's one) in this shell session; then aggregate.py. Returns the exit status."""
     cells = [opts.cells[int(opts.task)]] if opts.task is not None else opts.cells
-    os.makedirs(os.path.join(opts.out, "logs"), exist_ok=True)
-    unavailable = preflight(cells, opts) if opts.task is None else {}
-    tally = Tally(cells)
-    workers = Workers(opts, tally, unavailable)
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, workers.stop)
+    check_flags(cells, opts)
+    unavailable = preflight(cells, opts, stopper) if opts.task is None else {}
+    tally = Tally(cells, len(opts.gpus or [None]))
+    os.makedirs(os.path.join(opts.out, "logs"), exist_ok=True)  # only now: bad input writes nothing
+    workers = Workers(opts, tally, unavailable, stopper)
     workers.run([c for c in cells if c.tuning])  # --tune-tau: every candidate finishes before a tau is chosen
     workers.run([c for c in cells if not c.tuning])
-    if workers.stopping.is_set():
+    if stopper.stopping.is_set():
         print(f"interrupted: {tally.counts()}; rerun the same command to resume", flush=True)
-        return 128 + workers.signum
+        return stopper.status()
     print(f"summary: {tally.counts()} in {clock(time.monotonic() - tally.start)}", flush=True)
     for line in tally.failures:
         print(f"  failed: {line}")
-    failed = bool(tally.failures)
+    failed = bool(tally.failures) or len(tally.outcomes) < len(cells)
     if opts.task is None and {"ran", "done"} & set(tally.outcomes.values()):
-        agg = subprocess.run([python(), os.path.join(HERE, "aggregate.py"), "--results", opts.out],
-                             capture_output=True, text=True)
-        print(last_line_of(agg.stdout + agg.stderr) if agg.returncode == 0
-              else f"aggregate.py FAILED (exit {agg.returncode}): {last_line_of(agg.stderr or agg.stdout)}")
-        failed |= agg.returncode != 0
+        code, out, err = stopper.run([python(), os.path.join(HERE, "aggregate.py"), "--results", opts.out])
+        if stopper.stopping.is_set():
+            print("interrupted during aggregate.py; rerun it, or the same command", flush=True)
+            return stopper.status()
+        print(last_line_of(out + err) if code == 0 else f"aggregate.py FAILED (exit {code}): {last_line_of(err or out)}")
+        failed |= code != 0
     if failed:
         return 1
     return SKIPPED if opts.task is not None and "skipped" in tally.outcomes.values() else 0
@@ -328,23 +387,21 @@ def run_here(opts):
 def submit_slurm(opts):
     """One job array per phase (task i runs `run_all.sh <same selection> --task i`) and an
     aggregation job that runs when the grid's array ends."""
-    for cell in opts.cells:  # the pass-through flags, checked before anything is submitted
-        if cell.dataset != "synthetic":
-            cli.parse(cell.script, [a if a != "TUNED" else "2" for a in cell.argv] + opts.extra)
+    check_flags(opts.cells, opts)  # the pass-through flags, before anything is submitted
     s = opts.selection
-    flags = ["--datasets", ",".join(s["datasets"]), "--rhos", ",".join(f"{r:g}" for r in s["rhos"]),
+    flags = ["--datasets", ",".join(s["datasets"]), "--rhos", ",".join(map(repr, s["rhos"])),
              "--trials", str(s["trials"]), "--out", opts.out]
     flags += ["--losses", ",".join(s["losses"])] if s["losses"] else []
     flags += ["--quick"] if s["quick"] else []
     flags += ["--table3"] if opts.table3 else []
     flags += ["--memorisation"] if opts.memorisation else []
-    flags += ["--taus", ",".join(f"{t:g}" for t in s["taus"])] if s["taus"] else []
-    flags += ["--tune-tau", "--tau-candidates", ",".join(f"{t:g}" for t in s["candidates"]),
-              "--val-split", f"{s['val_split']:g}"] if s["tune"] else []
+    flags += ["--taus", ",".join(map(repr, s["taus"]))] if s["taus"] else []
+    flags += ["--tune-tau", "--tau-candidates", ",".join(map(repr, s["candidates"])),
+              "--val-split", repr(s["val_split"])] if s["tune"] else []
     worker = shlex.join(["bash", os.path.join(HERE, "run_all.sh"), *flags, "--task"]) + " $SLURM_ARRAY_TASK_ID"
     worker += (" -- " + shlex.join(opts.extra)) if opts.extra else ""
     os.makedirs(os.path.join(opts.out, "logs"), exist_ok=True)
-    common = [*shlex.split(opts.sbatch), f"--chdir={os.getcwd()}"]
+    common = [*opts.sbatch, f"--chdir={os.getcwd()}"]
 
     def sbatch(*args):
         done = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True)
@@ -369,7 +426,13 @@ def submit_slurm(opts):
 
 
 def main(argv=None):
-    opts = parse(sys.argv[1:] if argv is None else argv)
+    stopper = Stopper()  # first: a signal at any point stops what the runner started
+    try:
+        opts = parse(sys.argv[1:] if argv is None else argv)
+    except SystemExit:
+        if stopper.stopping.is_set():
+            return stopper.status()
+        raise
     if opts.list or opts.dry_run:  # `| head` closes the pipe: stop quietly, as a Unix tool does
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     if opts.list:
@@ -385,7 +448,7 @@ def main(argv=None):
         if subprocess.run(["sh", "-c", "command -v sbatch"], capture_output=True).returncode != 0:
             cli.fail("--slurm: sbatch not found")
         return submit_slurm(opts)
-    return run_here(opts)
+    return run_here(opts, stopper)
 
 
 if __name__ == "__main__":

@@ -451,7 +451,7 @@ def test_interval_check(value, interval, ok):
 def test_out_of_range_targets_raise(name, bad):
     logits, targets = random_batch(n=8)
     targets[3] = bad  # -100 is torch's ignore_index: cross_entropy alone would skip it silently
-    with pytest.raises(ValueError, match=f"class indices in \\[0, 10\\), got values from"):
+    with pytest.raises(ValueError, match="class indices in \\[0, 10\\), got values from"):
         losses.make_loss(name)(logits, targets)
     with pytest.raises(ValueError, match="class indices"):
         getattr(losses, name)(logits, targets)

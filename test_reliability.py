@@ -16,6 +16,7 @@ import pytest
 
 import aggregate
 import conftest
+import grid
 import results
 import synthetic_ding
 import synthetic_long_servedio
@@ -65,11 +66,15 @@ def wait_for(condition, seconds=120, proc=None):
     (["--lr", "nan"], "--lr nan is not allowed"),
     (["--loss", "huber"], "'huber' is not allowed"),
     (["--out", "elsewhere"], "--out is not allowed after --"),
+    (["--q", "0.5"], "loss 'phuber_ce' does not take q"),  # GCE takes it: only the grid's later cells reject it
 ])
-def test_a_rejected_pass_through_flag_stops_the_grid_before_any_cell(extra, message, tmp_path, data_root):
-    result = run_all(*QUICK_MNIST, "--out", str(tmp_path / "out"), "--", "--data-dir", data_root, *extra, check=False)
+@pytest.mark.parametrize("task", [[], ["--task", "5"]])
+def test_a_rejected_pass_through_flag_stops_the_grid_before_any_cell(extra, message, task, tmp_path, data_root):
+    selection = ["--quick", "--datasets", "mnist", "--losses", "gce,phuber_ce", "--rhos", "0,0.2,0.4"]
+    result = run_all(*selection, *task, "--out", str(tmp_path / "out"), "--", "--data-dir", data_root, *extra,
+                     check=False)
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    assert "cell 1/" not in result.stdout and not (tmp_path / "out" / "runs").exists()
+    assert "cell 1/" not in result.stdout and not (tmp_path / "out").exists()  # nothing written
 
 
 @pytest.mark.slow
@@ -81,6 +86,33 @@ def test_a_python_without_torch_fails_instead_of_skipping(tmp_path, data_root):
                      env={"PYTHON": bare})
     assert result.returncode == 1 and "skipped" not in result.stdout
     assert "mnist: the training script cannot start (exit 1): ModuleNotFoundError: No module named 'torch'" in result.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--rhos", "0.2,0.2"], "--rhos '0.2,0.2' repeats a value"), (["--datasets", "mnist,mnist"], "repeats a value"),
+    (["--losses", "ce,ce"], "repeats a value"), (["--tune-tau", "--tau-candidates", "2,2"], "repeats a value"),
+    (["--slurm", "--sbatch", "--comment='a"], "No closing quotation"),
+    (["--table3", "--memorisation"], "choose one"),
+])
+def test_bad_selections_are_one_line_and_write_nothing(args, message, tmp_path):
+    result = run_all("--datasets", "mnist", *args, "--out", str(tmp_path / "out"), check=False)
+    assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_values_pass_through_exactly():
+    out = run_all("--dry-run", "--datasets", "mnist", "--losses", "phuber_ce", "--taus", "1.0000001,2",
+                  "--rhos", "0.123456789", "--trials", "1").stdout.splitlines()
+    assert ["--tau 1.0000001" in line for line in out] == [True, False]
+    assert all("--rho 0.123456789 " in line for line in out) and "--tau 2 " in out[1]
+
+
+def test_tau_is_chosen_among_the_candidates_only():
+    rows = [dict(dataset="mnist", loss="phuber_ce", tau=tau, rho=0.6, seed=0, val_acc=acc)
+            for tau, acc in ((2.0, 30.0), (10.0, 31.0), (50.0, 99.0))]  # tau 50: another tuning's run
+    assert grid.choose_tau(rows, "mnist", "phuber_ce", [2.0, 10.0])[0] == 10.0
+    assert grid.choose_tau(rows, "mnist", "phuber_ce")[0] == 50.0
+    assert grid.choose_tau(rows[:1], "mnist", "phuber_ce", [2.0, 10.0])[0] is None  # not every candidate ran
 
 
 def test_no_python_is_one_line(tmp_path):

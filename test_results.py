@@ -59,10 +59,16 @@ def test_provenance_and_unknown_columns_never_split_a_table_row(tmp_path):
     assert cell["label"] == "CE" and cell["n"] == "3" and float(cell["mean"]) == 91.0
 
 
+def test_an_unset_setting_leaves_run_names_alone():
+    _, config = cli.parse("train_mnist.py", ["--loss", "phuber_ce"])
+    assert results.run_name({**config, "gamma": None}) == results.run_name(config)  # a parameter added later
+    assert results.run_name({**config, "gamma": 2.0}) != results.run_name(config)
+
+
 def test_run_name_of_a_configuration_is_stable():
-    # The name (and its hash of every setting) of a run recorded in golden/ (since --init joined them).
+    # The name (and its hash of every set setting) of a run recorded in golden/
     _, config = cli.parse("train_mnist.py", ["--loss", "phuber_ce", "--rho", "0.4", "--epochs", "2"])
-    assert results.run_name(config) == "mnist-lenet-phuber_ce-tau10-sym0.4-ns0-s0-3336ac66"
+    assert results.run_name(config) == "mnist-lenet-phuber_ce-tau10-sym0.4-ns0-s0-1aa2de66"
     assert os.path.isdir(os.path.join(conftest.ROOT, "golden", "runs", results.run_name(config)))
 
 
