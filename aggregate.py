@@ -9,6 +9,8 @@ For each dataset found in the summaries (OUT/**/summary.csv, one row per finishe
                                          --trials), best cell per column in bold
   tables/<dataset>_comparison.{md,csv}   ours against the report's and the original paper's numbers
                                          (reference_results.csv), with differences
+  tables/<dataset>_human.{md,tex,csv}    human label noise (run_all.sh --human-noise): columns by
+                                         CIFAR-N key instead of rho
   tables/<dataset>_paired.{md,csv}       each partially Huberised loss minus its base loss on the same
                                          seeds: mean difference and 95% confidence interval
   figures/<dataset>_accuracy.{png,pdf}   test accuracy against rho, one line per loss, published
@@ -17,8 +19,14 @@ For each dataset found in the summaries (OUT/**/summary.csv, one row per finishe
   figures/<dataset>_memorisation.{png,pdf} share of corrupted training samples fitted, per epoch
   figures/<dataset>_tau_sweep.{png,pdf}  test accuracy against tau per rho, where runs vary tau
 plus tables/tau_selection.md when runs held out noisy validation data (--val-split), and the
-synthetic experiments' summaries and figures when OUT/synthetic holds them. Missing cells show
-as a dash; malformed or truncated files are reported by name and skipped.
+synthetic experiments' summaries and figures when OUT/synthetic holds them. The memorisation
+benchmark's runs (OUT/memorisation, run_all.sh --memorisation; docs/memorisation.md) are in none of
+these but in their own, per dataset, rows in grid.memorisation_rows() order:
+  tables/memorisation_<dataset>.{md,tex,csv}, _paired   final test accuracy; each loss minus CE
+  tables/memorisation_<dataset>_peak.{md,csv}           peak test accuracy over epochs and its epochs
+  tables/memorisation_<dataset>_memorised.{md,csv}      corrupted samples memorised at the final epoch
+  figures/memorisation_<dataset>.{png,pdf}              both per epoch, one column per rho
+Missing cells show as a dash; malformed or truncated files are reported by name and skipped.
 
     python aggregate.py --results results/tuning --choose-tau --dataset mnist --loss phuber_ce
 
@@ -39,49 +47,44 @@ import grid
 import registry
 import results
 from cli import Parser
-from tables import (LOSS_KEYS, build_table, describe_settings, fmt_cell, load_reference, load_runs, loss_key,
-                    loss_label, loss_sort, mean_se, neutralise, number, paired_interval, read_rows, reference_key,
-                    setting_of, warn, write_table)
+from tables import (LOSS_KEYS, describe_settings, fmt_cell, load_epochs, load_reference, load_runs, loss_key,
+                    loss_label, loss_sort, mean_se, neutralise, number, paired_interval, peak, read_rows,
+                    reference_key, setting_of, summary_table, table_entries, warn, write_table)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def dataset_table(dataset, rows, out, expected, chosen, other_noise_seeds=0):
-    """The report's table for one dataset, as Markdown, LaTeX and CSV. Returns the table rows.
+def dataset_table(dataset, rows, out, expected, chosen, other_noise_seeds=0, layout=None, stem=None, note=(),
+                  by="rho"):
+    """The final test accuracy table of one dataset, as Markdown, LaTeX and CSV (tables/<stem>, the
+    dataset by default). Returns the table rows and rhos.
 
     chosen: {(dataset, loss): tau} picked on noisy validation data; those rows get a dagger.
+    layout: the grid.Row list whose order and labels the rows take (the report's table by default).
+    note: lines under the title. by="noise_key": columns by human-noise key instead of rho.
     """
-    cells, rhos = build_table(rows)
-    labels = describe_settings({setting for setting, _ in cells})
-    order = sorted(cells, key=lambda sk: (loss_sort(sk[1], dataset), sk[0]))
-    table = []
-    for setting, key in order:
-        row = dict(zip(LOSS_KEYS, key))
-        dagger = " †" if row["tau"] and not row["clip_norm"] and chosen.get((dataset, row["loss"])) == float(
-            row["tau"]) else ""
-        entry = dict(label=loss_label(key, dataset) + labels[setting] + dagger, key=key, cells={})
-        for rho in rhos:
-            values = list(cells[(setting, key)].get(rho, {}).values())
-            mean, se = mean_se(values)
-            entry["cells"][rho] = (mean, se, len(values))
-        table.append(entry)
+    table, rhos = table_entries(rows, grid.report_rows(dataset) if layout is None else layout, by=by)
+    for e in table:
+        row = dict(zip(LOSS_KEYS, e["key"]))
+        if row["tau"] and not row["clip_norm"] and chosen.get((dataset, row["loss"])) == float(row["tau"]):
+            e["label"] += " †"
     best = {rho: max((e["cells"][rho][0] for e in table if e["cells"][rho][0] is not None), default=None)
             for rho in rhos}
     is_best = lambda e, rho: e["cells"][rho][0] is not None and e["cells"][rho][0] == best[rho]  # noqa: E731
 
-    before = smoke_banner(rows)
+    before = smoke_banner(rows) + list(note)
     after = ["† τ chosen by final noisy-validation accuracy at the highest noise rate (tables/tau_selection.md)."] \
         if any("†" in e["label"] for e in table) else []
     if other_noise_seeds:
         after.append(f"{other_noise_seeds} runs with other label-noise seeds are in tables/noise_seeds.md.")
-    records = [dict(dataset=dataset, label=e["label"], **dict(zip(LOSS_KEYS, e["key"])), rho=rho,
+    records = [dict(dataset=dataset, label=e["label"], **dict(zip(LOSS_KEYS, e["key"])), **{by: rho},
                     mean=e["cells"][rho][0], se=e["cells"][rho][1], n=e["cells"][rho][2], best=is_best(e, rho))
                for e in table for rho in rhos]
-    write_table(os.path.join(out, "tables", dataset),
+    write_table(os.path.join(out, "tables", stem or dataset),
                 f"{dataset}: test accuracy (%), mean ± standard error over trials (n shown when below {expected})",
-                ["Loss"] + [f"ρ = {rho:g}" for rho in rhos],
+                ["Loss"] + [f"ρ = {rho:g}" if by == "rho" else rho for rho in rhos],
                 [[e["label"]] + [fmt_cell(*e["cells"][rho], expected) for rho in rhos] for e in table],
-                records, ["dataset", "label", *LOSS_KEYS, "rho", "mean", "se", "n", "best"],
+                records, ["dataset", "label", *LOSS_KEYS, by, "mean", "se", "n", "best"],
                 bold={(i, j + 1) for i, e in enumerate(table) for j, rho in enumerate(rhos) if is_best(e, rho)},
                 before=before, after=after, latex=True)
     return table, rhos
@@ -142,7 +145,7 @@ def noise_seed_table(rows, refs, out, expected):
     seeds = sorted({s for per_seed in studied.values() for s in per_seed})
     datasets = list(grid.DATASETS)
     order = sorted(studied, key=lambda k: (k[0], datasets.index(k[1]) if k[1] in datasets else len(datasets), k[1],
-                                           loss_sort(k[3], k[1]), k[2]))
+                                           loss_sort(k[3], grid.report_rows(k[1])), k[2]))
     labels = {}  # settings that differ between rows, named per dataset (the datasets' own always differ)
     for dataset in {k[1] for k in order}:
         labels.update({(dataset, s): text for s, text in describe_settings({k[2] for k in order
@@ -150,17 +153,17 @@ def noise_seed_table(rows, refs, out, expected):
     table, records = [], []
     for rho, dataset, setting, key in order:
         original = refs.get(reference_key(dataset, key, rho), {}).get("original", (None, None, None))
+        label = loss_label(key, grid.report_rows(dataset)) + labels[dataset, setting]
         cells = []
         for seed in seeds:
             values = studied[(rho, dataset, setting, key)].get(seed, [])
             mean, se = mean_se(values)
             cells.append(fmt_cell(mean, se, len(values), expected))
-            records.append(dict(rho=rho, dataset=dataset, loss=loss_label(key, dataset) + labels[dataset, setting],
-                                noise_seed=seed, mean=mean, se=se, n=len(values)))
-        records.append(dict(rho=rho, dataset=dataset, loss=loss_label(key, dataset) + labels[dataset, setting],
-                            noise_seed="original paper", mean=original[0], se=original[1], n=None))
-        table.append([f"ρ = {rho:g}", dataset, loss_label(key, dataset) + labels[dataset, setting], *cells,
-                      fmt_cell(*original[:2])])
+            records.append(dict(rho=rho, dataset=dataset, loss=label, noise_seed=seed, mean=mean, se=se,
+                                n=len(values)))
+        records.append(dict(rho=rho, dataset=dataset, loss=label, noise_seed="original paper", mean=original[0],
+                            se=original[1], n=None))
+        table.append([f"ρ = {rho:g}", dataset, label, *cells, fmt_cell(*original[:2])])
     write_table(os.path.join(out, "tables", "noise_seeds"),
                 f"Impact of the label noise seed (the report's Table 3): test accuracy (%), mean ± standard error "
                 f"over trials (n shown when below {expected})",
@@ -168,33 +171,41 @@ def noise_seed_table(rows, refs, out, expected):
                 records, before=smoke_banner(rows), latex=True)
 
 
-def paired_differences(dataset, rows, out):
-    """Each partially Huberised loss minus its base loss on the same seeds, per rho: 95% t-interval."""
+def base_loss(key):
+    """The loss key a partially Huberised loss is paired with (its base loss, same parameters), or None."""
+    row = dict(zip(LOSS_KEYS, key))
+    if row["loss"] not in grid.BASE or row["clip_norm"]:
+        return None
+    base = {k: "" for k in LOSS_KEYS}
+    base.update(loss=grid.BASE[row["loss"]], clip_mode=row["clip_mode"],
+                **{k: row[k] for k in registry.read()[0][grid.BASE[row["loss"]]]})
+    return tuple(base[k] for k in LOSS_KEYS)
+
+
+def paired_differences(dataset, rows, out, layout, against=None, stem=None):
+    """Each loss minus the loss it is paired with on the same seeds, per rho: 95% t-interval. The pair
+    is `against` (a loss key) for every other loss; without it, each partially Huberised loss's base."""
     by = defaultdict(dict)
     for row in rows:
         by[(setting_of(row), loss_key(row), float(row["rho"]))][int(row["seed"])] = float(row["test_acc"])
     result = []
-    for (setting, key, rho), ours in sorted(by.items(), key=lambda kv: (loss_sort(kv[0][1], dataset), kv[0][2])):
-        row = dict(zip(LOSS_KEYS, key))
-        if row["loss"] not in grid.BASE or row["clip_norm"]:
+    for (setting, key, rho), ours in sorted(by.items(), key=lambda kv: (loss_sort(kv[0][1], layout), kv[0][2])):
+        base_key = against or base_loss(key)
+        theirs = by.get((setting, base_key, rho), {})
+        seeds = sorted(set(ours) & set(theirs))
+        if base_key == key or not seeds:
             continue
-        base = {k: "" for k in LOSS_KEYS}
-        base.update(loss=grid.BASE[row["loss"]], clip_mode=row["clip_mode"],
-                    **{k: row[k] for k in registry.read()[0][grid.BASE[row["loss"]]]})
-        base_key = tuple(base[k] for k in LOSS_KEYS)
-        seeds = sorted(set(ours) & set(by.get((setting, base_key, rho), {})))
-        if not seeds:
-            continue
-        diffs = np.array([ours[s] - by[(setting, base_key, rho)][s] for s in seeds])
-        mean, low, high = paired_interval(diffs)
-        result.append(dict(loss=loss_label(key, dataset), base=loss_label(base_key, dataset), rho=rho, n=len(seeds),
+        mean, low, high = paired_interval(np.array([ours[s] - theirs[s] for s in seeds]))
+        result.append(dict(loss=loss_label(key, layout), base=loss_label(base_key, layout), rho=rho, n=len(seeds),
                            mean_diff=round(mean, 3), ci_low=low, ci_high=high))
     if not result:
         return
     cells = [[r["loss"], r["base"], f"{r['rho']:g}", str(r["n"]), f"{r['mean_diff']:+.2f}",
               "-" if r["ci_low"] is None else f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"] for r in result]
-    write_table(os.path.join(out, "tables", f"{dataset}_paired"),
-                f"{dataset}: partially Huberised loss minus its base loss, same seeds (test accuracy points)",
+    pairs = f"each loss minus {loss_label(against, layout)}" if against else \
+        "partially Huberised loss minus its base loss"
+    write_table(os.path.join(out, "tables", f"{stem or dataset}_paired"),
+                f"{dataset}: {pairs}, same seeds (test accuracy points)",
                 ["Loss", "base", "ρ", "n", "mean difference", "95% CI"], cells, result)
 
 
@@ -248,6 +259,41 @@ def synthetic(root, out):
                                  lambda f: shutil.copyfileobj(src, f), binary=True)
         copied.append(os.path.basename(path))
     return copied
+
+
+# ---------------------------------------------------------------------------------------------
+# The memorisation benchmark (run_all.sh --memorisation, docs/memorisation.md): its own results folder.
+
+def memorisation(root, out, plt):
+    """The benchmark's tables and figure for each dataset of the runs under root (tables/
+    memorisation_<dataset>*, figures/memorisation_<dataset>). Returns what was aggregated."""
+    rows, layout, expected = load_runs(root), grid.memorisation_rows(), grid.MEMORISATION["trials"]
+    note = [f"Memorisation benchmark (docs/memorisation.md): the report's MNIST settings with "
+            f"{' '.join(grid.MEMORISATION['flags'])}; accuracy at the final epoch.", ""]
+    written = []
+    for dataset in sorted({r["dataset"] for r in rows}):
+        ds_rows, stem = [r for r in rows if r["dataset"] == dataset], f"memorisation_{dataset}"
+        dataset_table(dataset, ds_rows, out, expected, {}, layout=layout, stem=stem, note=note)
+        paired_differences(dataset, ds_rows, out, layout, against=loss_key(dict(loss="ce")), stem=stem)
+        epochs = {r["run"]: load_epochs(root, r["run"]) for r in ds_rows}
+        peaks = [dict(r, **peak(epochs[r["run"]])) for r in ds_rows if epochs[r["run"]]]
+        table, rhos = table_entries(peaks, layout, "peak_acc")
+        when = {(e["setting"], e["key"]): e["values"] for e in table_entries(peaks, layout, "peak_epoch")[0]}
+        for e in table:
+            e["epochs"] = when[(e["setting"], e["key"])]
+        summary_table(os.path.join(out, "tables", f"{stem}_peak"),
+                      f"{dataset}: peak test accuracy over the epochs (%), mean ± standard error over trials "
+                      f"(n shown when below {expected}), and the epoch of each trial's peak (trials by seed)",
+                      table, rhos, expected, ["The peak is reported, never used to choose anything: it reads the "
+                                              "test set at every epoch. Every other table is of the final epoch."])
+        summary_table(os.path.join(out, "tables", f"{stem}_memorised"),
+                      f"{dataset}: corrupted training samples memorised (predicted as their noisy label) at the "
+                      f"final epoch (%), mean ± standard error over trials (n shown when below {expected})",
+                      *table_entries(ds_rows, layout, "memorised"), expected, ["At ρ = 0 nothing is corrupted."])
+        if plt:
+            figures.memorisation_figure(dataset, ds_rows, epochs, out, plt)
+        written.append(f"memorisation {dataset} ({len(ds_rows)} runs)")
+    return written
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,13 +352,21 @@ def aggregate(args, out, candidates):
     validation_rows = load_runs(tuning) if os.path.isdir(tuning) else rows
     chosen = tau_choices(validation_rows)
     written = []
+    human = [r for r in rows if r.get("noise") == "human"]  # run_all.sh --human-noise: a column per CIFAR-N key
+    rows = [r for r in rows if r.get("noise") != "human"]
+    for dataset in sorted({r["dataset"] for r in human}):
+        ds_rows = [r for r in human if r["dataset"] == dataset]
+        dataset_table(dataset, ds_rows, out, args.trials, {}, stem=f"{dataset}_human", by="noise_key",
+                      note=["Human label noise (CIFAR-N, Wei et al. 2022): a column per label set of the file; "
+                            "realised noise rates are the runs' flip_rate (docs/noise.md).", ""])
+        written.append(f"{dataset} human noise ({len(ds_rows)} runs)")
     for dataset in sorted({r["dataset"] for r in rows}):
         ds_rows = [r for r in rows if r["dataset"] == dataset]
         # the report's tables use label noise seed 0; the other seeds are the noise-seed study's
         main = [r for r in ds_rows if int(r.get("noise_seed") or 0) == 0] or ds_rows
         table, rhos = dataset_table(dataset, main, out, args.trials, chosen, len(ds_rows) - len(main))
         comparison(dataset, table, rhos, refs, out)
-        paired_differences(dataset, main, out)
+        paired_differences(dataset, main, out, grid.report_rows(dataset))
         if plt:
             figures.accuracy_figure(dataset, table, rhos, refs, out, plt)
             figures.curve_figures(dataset, main, args.results, out, plt)
@@ -320,6 +374,9 @@ def aggregate(args, out, candidates):
         written.append(f"{dataset} ({len(ds_rows)} runs)")
     noise_seed_table(rows, refs, out, args.trials)
     tau_selection_table(validation_rows, rows, out)
+    benchmark = os.path.join(args.results, grid.MEMORISATION["folder"])  # its runs: not in the tables above
+    if os.path.isdir(benchmark):
+        written += memorisation(benchmark, out, plt)
     copied = synthetic(args.results, out)
     if not written and not copied:
         warn(f"no results found under {args.results}")

@@ -10,7 +10,9 @@ prints, for the chosen device (default: cuda if available):
      and our loop with per-example clipping (torch.func per-sample gradients);
   2. CIFAR augmentation images/s: our batched crop + flip + normalise against torchvision's
      per-image RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize;
-  3. ResNet-50 (CIFAR variant) training images/s with our loop.
+  3. ResNet-50 (CIFAR variant) training images/s with our loop;
+  4. instance-dependent label noise (noise.instance_noise) for 50,000 CIFAR-sized images, K = 10
+     and 100, normalisation included, on the CPU (where it always runs). --noise-only: just this.
 Measurements only; nothing is asserted. On a 2-core CPU the whole run takes about three minutes.
 """
 import argparse
@@ -22,6 +24,7 @@ import torch.nn.functional as F
 
 import losses
 import models
+import noise
 import training
 from data import Data, channel_stats, load_dataset, normalise, random_crop_flip
 
@@ -146,6 +149,28 @@ def augmentation(device, n, batch_size):
     return n / timed(ours, device), n / timed(theirs, torch.device("cpu"))
 
 
+def instance_noise_seconds(k, repeats=3):
+    """Median seconds of Xia et al.'s generator on 50,000 random CIFAR-sized images with K classes."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (50000, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, k, (len(images),), generator=g)
+    mean, std = (v.float().view(1, -1, 1, 1) for v in channel_stats(images))
+    times = []
+    for seed in range(repeats):
+        start = time.perf_counter()
+        noisy = noise.instance_noise(normalise(images, mean, std).flatten(1), labels, k, 0.4,
+                                     torch.Generator().manual_seed(seed))
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2], (noisy != labels).double().mean().item()
+
+
+def noise_section():
+    print("Instance-dependent noise (Xia et al.), 50,000 CIFAR-sized images, rho 0.4, median of 3:")
+    for k in (10, 100):
+        seconds, rate = instance_noise_seconds(k)
+        print(f"  K = {k:3d}                    {seconds:10.2f} s        (realised flip rate {rate:.4f})")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -157,7 +182,10 @@ def main():
                    "(default: %(default)s)")
     p.add_argument("--aug-images", type=int, default=20000, help="images for the augmentation test (default: %(default)s)")
     p.add_argument("--resnet-steps", type=int, help="ResNet-50 steps to time (default: 3 on cpu, 50 on cuda)")
+    p.add_argument("--noise-only", action="store_true", help="only time the instance-dependent noise generator")
     args = p.parse_args()
+    if args.noise_only:
+        return noise_section()
     warnings.filterwarnings("ignore", message="This DataLoader will create")  # 4 workers on 2 cores: on purpose
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
@@ -197,6 +225,7 @@ def main():
     rate = our_loop("resnet50", cifar, cifar_y, device, batch, augment=True, steps=steps)
     print(f"ResNet-50 (CIFAR), batch {batch}, float32, {steps} steps:")
     print(f"  our loop                   {rate:10,.1f} img/s  ({50000 / rate / 60:.1f} min per CIFAR epoch)")
+    noise_section()
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import registry
 # Flags that change how fast a run goes or where files go, never its numbers: not part of the
 # run's identity, so a run can be resumed with a different --device or --out.
 RUNTIME_FLAGS = {"device", "out", "data_dir", "download", "prepare_data", "resume", "force", "compile",
-                 "save_model"}
+                 "save_model", "noise_file"}  # noise_file: where the file is (config.json records its SHA-256)
 SCRIPTS = {"train_mnist.py": ["mnist", "fashion-mnist"], "train_cifar.py": ["cifar10", "cifar100"]}
 
 
@@ -52,6 +52,10 @@ def training_parser(script, doc=None):
     g.add_argument("--loss", default="ce", metavar="NAME",
                    help=f"training loss (default: %(default)s), one of: {registry.describe(losses, params)}")
     for name, meta in params.items():
+        if "wrapper" in meta:  # every loss takes it, off by default
+            g.add_argument(f"--{name.replace('_', '-')}", type=float,
+                           help=f"{meta['help']}, in {meta['range']} (default: off)")
+            continue
         takes = ", ".join(f"{loss} {d[name]:g}" for loss, d in losses.items() if name in d)
         report = "; ".join(f"{loss} {v:g} on {dataset}" for dataset in datasets for loss in losses
                            if (v := grid.loss_defaults(dataset, loss).get(name, losses[loss].get(name))) is not None
@@ -64,10 +68,20 @@ def training_parser(script, doc=None):
     g.add_argument("--clip-mode", choices=["global", "per-example"], default="global",
                    help="global: clip the mini-batch gradient (the paper's); per-example: clip each "
                    "sample's gradient before averaging (default: %(default)s)")
-    g.add_argument("--rho", type=float, default=0.0, help="label flip probability, in [0, 1) (default: %(default)s)")
-    g.add_argument("--noise", choices=["symmetric", "asymmetric"], default="symmetric",
+    g.add_argument("--rho", type=float, help="label flip probability, in [0, 1); with --noise instance the mean "
+                   "of the per-sample rates; not with --noise human (default: 0)")
+    g.add_argument("--noise", choices=["symmetric", "asymmetric", "instance"] + (["human"] if script == "train_cifar.py"
+                                                                                else []), default="symmetric",
                    help="symmetric: flip to one of the other K-1 classes uniformly (the paper's); "
-                   "asymmetric: flip along the dataset's class map (default: %(default)s)")
+                   "asymmetric: flip along the dataset's class map; instance: Xia et al. (2020)'s instance-dependent "
+                   "noise" + ("; human: the CIFAR-10N / CIFAR-100N annotators' labels (Wei et al., 2022) from "
+                              "--noise-file" if script == "train_cifar.py" else "") + " (default: %(default)s)")
+    if script == "train_cifar.py":
+        g.add_argument("--noise-key", help="--noise human: the label set of the file; cifar10: "
+                       + ", ".join(grid.HUMAN_NOISE["cifar10"]["keys"]) + "; cifar100: noisy_label (default: "
+                       + ", ".join(f"{d} {v['default']}" for d, v in grid.HUMAN_NOISE.items()) + ")")
+        g.add_argument("--noise-file", help="--noise human: the CIFAR-N label file (default: "
+                       + ", ".join(f"DATA_DIR/{v['file']} for {d}" for d, v in grid.HUMAN_NOISE.items()) + ")")
     g.add_argument("--noise-seed", type=int, default=0,
                    help="seed of the label noise, the same for all trials as in the paper (default: %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="trial seed: initialisation, data order, "
@@ -153,18 +167,17 @@ def check(parser, args):
     # set them (tau = 2 for PHuber-CE on CIFAR-10), else the loss's defaults
     defaults = {**losses[args.loss], **grid.loss_defaults(args.dataset, args.loss)}
     for name in params:
-        value = getattr(args, name)
-        if name in losses[args.loss]:
+        value = defaults.get(name) if getattr(args, name) is None else getattr(args, name)
+        if name in losses[args.loss] and value is not None:
             try:
-                value = registry.check(name, defaults[name] if value is None else value, params[name]["range"])
+                value = registry.check(name, value, params[name]["range"])
             except ValueError as e:
                 parser.error(str(e))
         setattr(args, name, value)
     for flag in ("seed", "noise_seed"):  # torch's generators take seeds below 2^63
         if not 0 <= getattr(args, flag) < 2 ** 63:
             bad("--" + flag.replace("_", "-"), getattr(args, flag), "seeds are integers in [0, 2^63)")
-    if not 0 <= args.rho < 1:
-        bad("--rho", args.rho, "the flip probability must be in [0, 1)")
+    check_noise(parser, args)
     if not 0 <= args.val_split < 1:
         bad("--val-split", args.val_split, "the held-out fraction must be in [0, 1)")
     for flag in ("epochs", "batch_size", "limit_train", "limit_test"):
@@ -189,3 +202,23 @@ def check(parser, args):
     elif not (0 < args.momentum < math.inf and 0 < args.lr_gamma <= 1 and args.milestones == sorted(args.milestones)):
         parser.error(f"--momentum {args.momentum} / --lr-gamma {args.lr_gamma} / --milestones "
                      f"{args.milestones} are not allowed: momentum > 0, gamma in (0, 1], milestones ascending")
+
+
+def check_noise(parser, args):
+    """--rho for every noise but human; the CIFAR-N key (and its default) for human noise only."""
+    human = args.noise == "human"
+    if human and args.rho is not None:
+        parser.error(f"--rho {args.rho} is not allowed with --noise human: the noise is the annotators' (--noise-key)")
+    if not human and args.rho is None:
+        args.rho = 0.0
+    if not human and not 0 <= args.rho < 1:
+        parser.error(f"--rho {args.rho!r} is not allowed: the flip probability must be in [0, 1)")
+    for flag in ("noise_key", "noise_file"):
+        if not human and getattr(args, flag, None) is not None:
+            parser.error(f"--{flag.replace('_', '-')} {getattr(args, flag)!r} is not allowed without --noise human")
+    if human:
+        keys = grid.HUMAN_NOISE[args.dataset]["keys"]
+        args.noise_key = args.noise_key or grid.HUMAN_NOISE[args.dataset]["default"]
+        if args.noise_key not in keys:
+            parser.error(f"--noise-key {args.noise_key!r} is not allowed: {args.dataset}'s CIFAR-N file has "
+                         f"{', '.join(keys)}")

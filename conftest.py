@@ -37,6 +37,16 @@ def write_csv_rows(path, rows):
         w.writerows(rows)
 
 
+def summary_row(dataset, loss, rho, seed, acc, **extra):
+    """A summary.csv row as the training scripts write it, for aggregate.py's tests."""
+    row = dict(run=f"{dataset}-{loss}-{'-'.join(f'{k}{v}' for k, v in sorted(extra.items()))}-{rho}-{seed}",
+               dataset=dataset, model="lenet", loss=loss, tau="", q="", alpha="", beta="", clip_norm="",
+               clip_mode="global", rho=rho, seed=seed, noise="symmetric", noise_seed=0, epochs=20,
+               test_acc=acc, finished="2026-01-01T00:00:00")
+    row.update({k: v for k, v in extra.items()})
+    return row
+
+
 def only_run_dir(out):
     (name,) = os.listdir(os.path.join(out, "runs"))
     return os.path.join(out, "runs", name)

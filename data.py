@@ -1,8 +1,7 @@
-"""Data for the training scripts: datasets, label noise and its record, the split, augmentation.
+"""Data for the training scripts: datasets, the split, augmentation (label noise: noise.py).
 
     load_dataset      the four arrays of a dataset as uint8 / int64 tensors (torchvision downloads)
-    add_label_noise   symmetric / asymmetric flips from their own seeded generator
-    noise_record      realised flip rate, clean x noisy counts and a hash of the noisy labels
+    read_human_labels a CIFAR-10N / CIFAR-100N label file, checked against the dataset
     prepare           all of it for one run: noise, noisy validation split, limits, on the device
     normalise, random_crop_flip   per batch, on the device (one gather for crop + flip)
 
@@ -10,6 +9,7 @@ Data stay on the device as uint8 tensors for the whole run; nothing here runs pe
 """
 import gzip
 import hashlib
+import io
 import math
 import os
 import pickle
@@ -19,6 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+import grid
+import noise
+from noise import label_hash
 
 # Datasets. The asymmetric flip maps are data (class -> class it is flipped to), the common
 # definitions of Patrini et al. (2017) / Zhang & Sabuncu (2018); see docs/noise.md.
@@ -50,6 +54,7 @@ DATASETS = {  # shape: of one image; the models are built for it (LeNet's 28 x 2
     "cifar100": dict(classes=100, shape=(3, 32, 32), format="cifar", folder="cifar-100-python", label_key="fine_labels",
                      train_files=["train"], test_files=["test"], flips=next_within_superclass(CIFAR100_COARSE)),
 }
+CIFAR_N = "https://github.com/UCSC-REAL/cifar-10-100n"  # the human label files (grid.HUMAN_NOISE)
 IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 TORCHVISION_CLASS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100"}
 
@@ -191,41 +196,74 @@ def load_dataset(name, data_dir, force_download=False):
 
 
 # ---------------------------------------------------------------------------------------------
-# Label noise: one vectorised function on its own generator, applied once to the training labels.
+# Human label noise: the CIFAR-10N / CIFAR-100N label files (Wei et al., ICLR 2022).
+
+def human_file(dataset, data_dir, path=None):
+    """The label file's path: --noise-file, else the project's file name in the data folder."""
+    return path or os.path.join(data_dir, grid.HUMAN_NOISE[dataset]["file"])
+
+
+def read_human_labels(path, dataset, key):
+    """(clean, noisy, sha256) from a CIFAR-N file: a torch-saved dict of 50,000 labels per key, in the
+    order of the CIFAR training set. Read as untrusted input: only tensors and numpy arrays unpickle."""
+    name = grid.HUMAN_NOISE[dataset]["file"]
+    if not os.path.isfile(path):
+        raise DataMissing(f"{path}: CIFAR-N label file not found. Get {name} from {CIFAR_N} (its data/ folder) "
+                          f"and put it there, or give its path with --noise-file")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        with torch.serialization.safe_globals(numpy_globals()):
+            content = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 -- any unreadable file is the user's input: one line
+        raise DataError(f"{path}: not a CIFAR-N label file ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+    if not isinstance(content, dict):
+        raise DataError(f"{path}: not a CIFAR-N label file: holds a {type(content).__name__}, not a dict of labels")
+    missing = [k for k in ("clean_label", key) if k not in content]
+    if missing:
+        raise DataError(f"{path}: has no {' or '.join(missing)} (its keys: {', '.join(map(str, content))})")
+    clean, noisy = (as_labels(path, k, content[k]) for k in ("clean_label", key))
+    return clean, noisy, hashlib.sha256(raw).hexdigest()
+
+
+def numpy_globals():
+    """What numpy arrays need to unpickle under torch.load(weights_only=True), under numpy 2's
+    module names and numpy 1's (files saved with either)."""
+    core = np._core.multiarray._reconstruct
+    dtypes = [type(np.dtype(t)) for t in ("int64", "int32", "int16", "int8", "uint8", "uint16", "uint32", "uint64",
+                                          "float64", "float32")]  # floats: to say they are not labels
+    return [core, (core, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype, *dtypes]
+
+
+def as_labels(path, key, value):
+    try:
+        labels = torch.as_tensor(np.asarray(value)).reshape(-1)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{path}: {key} is not a label array ({e})")
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise DataError(f"{path}: {key} holds {labels.dtype} values, not integer labels")
+    return labels.long()
+
+
+def check_human_labels(path, dataset, clean_file, noisy, train_labels, num_classes):
+    """The file's clean labels must be the training set's, in its order; its noisy ones valid classes."""
+    if len(clean_file) != len(train_labels) or len(noisy) != len(train_labels):
+        raise DataError(f"{path}: holds {len(clean_file)} clean and {len(noisy)} noisy labels, the {dataset} training "
+                        f"set {len(train_labels)}: a file for another dataset?")
+    differ = (clean_file != train_labels).nonzero()
+    if len(differ):
+        i = int(differ[0])
+        raise DataError(f"{path}: clean_label differs from the {dataset} training labels first at index {i} "
+                        f"(file {int(clean_file[i])}, data {int(train_labels[i])}): wrong dataset or wrong order")
+    bad = ((noisy < 0) | (noisy >= num_classes)).nonzero()
+    if len(bad):
+        raise DataError(f"{path}: noisy label {int(noisy[int(bad[0])])} at index {int(bad[0])} is not a class of "
+                        f"{dataset} (0 to {num_classes - 1})")
+
 
 def derived_seed(*keys):
     """An independent 63-bit seed for each purpose (noise, validation split, ...) from integer keys."""
     return int(np.random.SeedSequence(list(keys)).generate_state(2, np.uint64)[0] >> np.uint64(1))
-
-
-def flip_map(name, noise):
-    """Target class of every class as a tensor (identity where the class is not flipped)."""
-    k = DATASETS[name]["classes"]
-    target = torch.arange(k)
-    if noise == "asymmetric":
-        for src, dst in DATASETS[name]["flips"].items():
-            target[src] = dst
-    return target
-
-
-def add_label_noise(labels, rho, num_classes, noise, target, generator):
-    """Flip each label with probability rho, on the CPU so every device sees the same labels.
-
-    symmetric:  to one of the other K-1 classes uniformly (the report's convention);
-    asymmetric: to target[label], for the classes the flip map moves (others never flip).
-    """
-    flip = torch.rand(len(labels), generator=generator) < rho
-    if noise == "symmetric":
-        offset = torch.randint(1, num_classes, (len(labels),), generator=generator)
-        return torch.where(flip, (labels + offset) % num_classes, labels)
-    return torch.where(flip, target[labels], labels)
-
-
-def noise_record(clean, noisy, num_classes):
-    """Realised flip rate, K x K transition counts (clean x noisy) and a hash of the noisy labels."""
-    counts = torch.bincount(clean * num_classes + noisy, minlength=num_classes ** 2).view(num_classes, -1)
-    return dict(flip_rate=(clean != noisy).double().mean().item(), transitions=counts,
-                label_hash=label_hash(noisy))
 
 
 def fingerprint(train_x, train_y, test_x, test_y, noisy_hash, train_size, val_size, test_size):
@@ -236,10 +274,6 @@ def fingerprint(train_x, train_y, test_x, test_y, noisy_hash, train_size, val_si
         images.update(x.numpy().data)  # a view of the uint8 tensor's memory: no copy
     return dict(images=images.hexdigest()[:16], clean_labels=label_hash(train_y), noisy_labels=noisy_hash,
                 test_labels=label_hash(test_y), train_size=train_size, val_size=val_size, test_size=test_size)
-
-
-def label_hash(labels):
-    return hashlib.sha256(labels.to(torch.int64).numpy().astype("<i8").tobytes()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,15 +298,26 @@ class Data:
     fingerprint: dict = field(default_factory=dict)  # what the run trains and tests on (fingerprint())
 
 
-def prepare(dataset, data_dir, download, rho, noise, noise_seed, val_split, limit_train, limit_test, device):
-    """Load, add label noise, hold out the noisy validation split, limit sizes, move to the device."""
-    train_x, train_y, test_x, test_y = load_dataset(dataset, data_dir, download)
+def prepare(dataset, data_dir, download, spec, val_split, limit_train, limit_test, device):
+    """Load, add label noise (noise.Spec), hold out the noisy validation split, limit sizes, move to
+    the device."""
     k = DATASETS[dataset]["classes"]
+    if spec.kind == "human":  # the label file first: its errors come before the dataset's load
+        path = human_file(dataset, data_dir, spec.file)
+        file_clean, noisy_y, sha256 = read_human_labels(path, dataset, spec.key)
+    train_x, train_y, test_x, test_y = load_dataset(dataset, data_dir, download)
     mean, std = channel_stats(train_x)
-    noise_gen = torch.Generator().manual_seed(derived_seed(noise_seed, 0))
-    noisy_y = add_label_noise(train_y, rho, k, noise, flip_map(dataset, noise), noise_gen)
+    mean, std = mean.float().view(1, -1, 1, 1), std.float().view(1, -1, 1, 1)
+    noise_gen = torch.Generator().manual_seed(derived_seed(spec.seed, 0))
+    if spec.kind == "human":
+        check_human_labels(path, dataset, file_clean, noisy_y, train_y, k)
+    elif spec.kind == "instance":  # on the images as the network sees them (Xia et al.'s code)
+        noisy_y = noise.instance_noise(normalise(train_x, mean, std).flatten(1), train_y, k, spec.rho, noise_gen)
+    else:
+        flips = DATASETS[dataset]["flips"] if spec.kind == "asymmetric" else {}
+        noisy_y = noise.add_label_noise(train_y, spec.rho, k, spec.kind, noise.flip_map(flips, k), noise_gen)
     # The noisy validation split depends on the noise seed only: identical across trials.
-    order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(derived_seed(noise_seed, 1)))
+    order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(derived_seed(spec.seed, 1)))
     n_val = int(round(val_split * len(train_y)))
     if n_val >= len(train_y):
         raise DataError(f"--val-split {val_split} holds out all {len(train_y)} training samples of {dataset}: "
@@ -281,12 +326,14 @@ def prepare(dataset, data_dir, download, rho, noise, noise_seed, val_split, limi
     if limit_train is not None:
         train_idx = train_idx[:limit_train]
     test_n = len(test_y) if limit_test is None else min(limit_test, len(test_y))
-    record = noise_record(train_y, noisy_y, k)
+    record = noise.noise_record(train_y, noisy_y, k)
+    if spec.kind == "human":
+        record["file"] = dict(name=os.path.basename(path), sha256=sha256)
     on = lambda t: t.to(device, non_blocking=True)  # noqa: E731
     return Data(
         classes=k, channels=train_x.shape[1], record=record,
         fingerprint=fingerprint(train_x, train_y, test_x, test_y, record["label_hash"], len(train_idx), n_val, test_n),
-        mean=on(mean.float().view(1, -1, 1, 1)), std=on(std.float().view(1, -1, 1, 1)),
+        mean=on(mean), std=on(std),
         train_x=on(train_x[train_idx]), train_y=on(noisy_y[train_idx]), train_clean=on(train_y[train_idx]),
         val_x=on(train_x[val_idx]), val_y=on(noisy_y[val_idx]), val_clean=on(train_y[val_idx]),
         test_x=on(test_x[:test_n]), test_y=on(test_y[:test_n]))

@@ -22,6 +22,7 @@ import torch
 
 import losses
 import models
+import noise
 import results
 from cli import fail
 from data import DataError, DataMissing, load_dataset, prepare
@@ -57,7 +58,9 @@ def run(args, config, make_optimizer, lr_factor, augment):
         return 0
     check_resume(run, args.resume, args.force)
 
-    data, model, step, generator = setup(run, criterion, args.data_dir, args.download, args.compile, make_optimizer,
+    spec = noise.Spec(config["noise"], config["rho"], config["noise_seed"], config.get("noise_key"),
+                      getattr(args, "noise_file", None))
+    data, model, step, generator = setup(run, criterion, args.data_dir, args.download, spec, args.compile, make_optimizer,
                                          lr_factor)
     history = []
     try:
@@ -197,13 +200,14 @@ def describe_data(dataset, data_dir, download):
     return 0
 
 
-def setup(run, criterion, data_dir, download, compile_model, make_optimizer, lr_factor):
-    """The run's data on the device, its model (seeded by the trial seed), optimiser and generator."""
+def setup(run, criterion, data_dir, download, spec, compile_model, make_optimizer, lr_factor):
+    """The run's data (label noise: noise.Spec) on the device, its model (seeded by the trial seed),
+    optimiser and generator."""
     config, device = run.config, run.device
     torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
     try:
-        data = prepare(config["dataset"], data_dir, download, config["rho"], config["noise"], config["noise_seed"],
-                       config["val_split"], config["limit_train"], config["limit_test"], device)
+        data = prepare(config["dataset"], data_dir, download, spec, config["val_split"], config["limit_train"],
+                       config["limit_test"], device)
     except DataError as e:
         fail(str(e), code=3 if isinstance(e, DataMissing) else 2)
     if config["noise"] == "symmetric" and config["rho"] > (data.classes - 1) / data.classes:
@@ -339,7 +343,7 @@ def write_run_files(run, data):
     os.makedirs(run.folder, exist_ok=True)
     meta = dict(run=run.name, command=" ".join(shlex.quote(a) for a in sys.argv), config=run.config,
                 flip_rate=data.record["flip_rate"], label_hash=data.record["label_hash"],
-                versions=versions(), code=results.code_version(), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                **({"noise_file": data.record["file"]} if "file" in data.record else {}), versions=versions(), code=results.code_version(), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     results.write_atomic(os.path.join(run.folder, "config.json"), lambda f: json.dump(meta, f, indent=1))
     counts = data.record["transitions"]
     results.write_csv(os.path.join(run.folder, "noise_transitions.csv"),

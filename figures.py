@@ -40,42 +40,77 @@ def accuracy_figure(dataset, table, rhos, refs, out, plt):
     plt.close(fig)
 
 
+MEMORISED = "corrupted samples memorised (%)"  # epochs.csv's memorised: fitted to their noisy label
+
+
 def curve_figures(dataset, rows, root, out, plt):
-    """Per-epoch test accuracy and memorisation, mean over seeds, one panel per rho."""
+    """Per-epoch test accuracy and memorisation, one panel per rho (figures/<dataset>_curves and
+    <dataset>_memorisation)."""
+    curves = epoch_curves(rows, {r["run"]: load_epochs(root, r["run"]) for r in rows})
+    rhos = sorted({rho for _, rho in curves})
+    stem = os.path.join(out, "figures", dataset)
+    epoch_figure(f"{stem}_curves", f"{dataset}: test accuracy per epoch", curves, rhos, grid.report_rows(dataset),
+                 [("test_acc", "test accuracy (%)")], plt)
+    epoch_figure(f"{stem}_memorisation", f"{dataset}: {MEMORISED} per epoch", curves, [rho for rho in rhos if rho > 0],
+                 grid.report_rows(dataset), [("memorised", MEMORISED)], plt)
+
+
+def memorisation_figure(dataset, rows, epochs, out, plt):
+    """The memorisation benchmark's figure: test accuracy (top) and memorisation (bottom) per epoch.
+    epochs: {run: its epochs.csv rows, or None}."""
+    curves = epoch_curves(rows, epochs)
+    epoch_figure(os.path.join(out, "figures", f"memorisation_{dataset}"),
+                 f"{dataset}, memorisation benchmark (constant learning rate, no weight decay)", curves,
+                 sorted({rho for _, rho in curves}), grid.memorisation_rows(),
+                 [("test_acc", "test accuracy (%)"), ("memorised", MEMORISED)], plt)
+
+
+def epoch_curves(rows, epochs):
+    """{(loss key, rho): [epochs.csv rows of each run]} of the runs with epochs ({run: rows or None})."""
     curves = defaultdict(list)
     for row in rows:
-        epochs = load_epochs(root, row["run"])
-        if epochs:
-            curves[(loss_key(row), float(row["rho"]))].append(epochs)
-    if not curves:
+        if epochs.get(row["run"]):
+            curves[(loss_key(row), float(row["rho"]))].append(epochs[row["run"]])
+    return curves
+
+
+def epoch_figure(stem, title, curves, rhos, layout, metrics, plt):
+    """A panel per metric (rows: [(epochs.csv column, axis label)]) and rho (columns): a line per
+    loss, the mean over its trials, and a band from their minimum to their maximum, over the epochs
+    every trial has. Loss order and labels are `layout`'s. Nothing is written when nothing is drawn."""
+    keys = sorted({key for key, _ in curves}, key=lambda k: loss_sort(k, layout))
+    if not rhos or not keys:
         return
-    rhos = sorted({rho for _, rho in curves})
-    keys = sorted({key for key, _ in curves}, key=lambda k: loss_sort(k, dataset))
-    for column, name, ylabel in (("test_acc", "curves", "test accuracy (%)"),
-                                 ("memorised", "memorisation", "corrupted samples fitted (%)")):
-        panels = [rho for rho in rhos if column != "memorised" or rho > 0]  # rho = 0: nothing corrupted
-        if not panels:
-            continue
-        fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False, sharey=True)
-        drawn = False
-        for ax, rho in zip(axes[0], panels):
+    fig, axes = plt.subplots(len(metrics), len(rhos), figsize=(3.6 * len(rhos), 3 * len(metrics)), squeeze=False,
+                             sharex=True, sharey="row")
+    drawn = {}
+    for (column, ylabel), panels in zip(metrics, axes):
+        for ax, rho in zip(panels, rhos):
             for i, key in enumerate(keys):
-                series = [[number(r.get(column)) for r in run] for run in curves.get((key, rho), [])]
-                series = [s for s in series if s and all(v is not None for v in s)]
-                if not series:
+                series = [{int(r["epoch"]): number(r.get(column)) for r in run if number(r.get(column)) is not None}
+                          for run in curves.get((key, rho), [])]
+                epochs = sorted(set.intersection(*(set(s) for s in series))) if series else []
+                if not epochs:
                     continue
-                length = min(len(s) for s in series)
-                ax.plot(range(1, length + 1), np.mean([s[:length] for s in series], axis=0), color=f"C{i % 10}",
-                        label=loss_label(key, dataset))
-                drawn = True
-            ax.set(title=f"ρ = {rho:g}", xlabel="epoch")
+                values = np.array([[s[e] for e in epochs] for s in series])
+                drawn[i] = ax.plot(epochs, values.mean(0), color=f"C{i % 10}", lw=1.2, label=loss_label(key, layout))[0]
+                ax.fill_between(epochs, values.min(0), values.max(0), color=f"C{i % 10}", alpha=0.2, lw=0)
+            if column == "memorised" and rho == 0:
+                ax.text(0.5, 0.5, "ρ = 0: nothing corrupted", ha="center", va="center", transform=ax.transAxes)
+            ax.set_title(f"ρ = {rho:g}", fontsize=9)
+            ax.locator_params(axis="x", integer=True)  # epochs
             ax.grid(alpha=0.3)
-        axes[0][0].set_ylabel(ylabel)
-        if drawn:
-            axes[0][-1].legend(fontsize=7)
-            fig.suptitle(f"{dataset}: {ylabel} per epoch (mean over trials)", y=1.03)
-            results.save_figure(fig, os.path.join(out, "figures", f"{dataset}_{name}"))
-        plt.close(fig)
+        panels[0].set_ylabel(ylabel)
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch")
+    if drawn:
+        fig.tight_layout()
+        handles = [drawn[i] for i in sorted(drawn)]  # in layout order, whichever panel drew each first
+        fig.legend(handles, [h.get_label() for h in handles], loc="center left", bbox_to_anchor=(1.0, 0.5),
+                   fontsize=8, title="line: mean over trials\nband: min to max", title_fontsize=8)
+        fig.suptitle(title, y=1.02)
+        results.save_figure(fig, stem)
+    plt.close(fig)
 
 
 def tau_sweep_figure(dataset, rows, out, plt):

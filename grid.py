@@ -83,6 +83,14 @@ def loss_defaults(dataset, loss):
 # The report's Table 3: CE and PHuber-GCE at rho = 0.6 on MNIST and CIFAR-100, label noise seeds 0-3.
 TABLE3 = dict(datasets=("mnist", "cifar100"), losses=("ce", "phuber_gce"), rhos=(0.6,), noise_seeds=(0, 1, 2, 3))
 
+# Human label noise (Wei et al., ICLR 2022): each CIFAR-N label file, the keys it holds for the
+# dataset's fine labels, the default, and the keys of run_all.sh --human-noise (docs/noise.md).
+HUMAN_NOISE = {
+    "cifar10": dict(file="CIFAR-10_human.pt", default="worse_label", grid=("aggre_label", "random_label1", "worse_label"),
+                    keys=("aggre_label", "random_label1", "random_label2", "random_label3", "worse_label")),
+    "cifar100": dict(file="CIFAR-100_human.pt", default="noisy_label", grid=("noisy_label",), keys=("noisy_label",)),
+}
+
 # Not the report's: the paper's mechanism on a 2-core CPU (docs/memorisation.md). With the report's
 # MNIST settings LeNet never memorises (its learning rate decays 5000x in 20 epochs), so Adam keeps a
 # constant rate and no weight decay. 30 epochs: in a pilot at rho = 0.6, CE peaked at 86% test
@@ -90,7 +98,17 @@ TABLE3 = dict(datasets=("mnist", "cifar100"), losses=("ce", "phuber_gce"), rhos=
 # memorised); epochs 30-60 lost 10 more at twice the cost. Its own results folder (and log names).
 MEMORISATION = dict(datasets=("fashion-mnist", "mnist"), rhos=(0.0, 0.4, 0.6), trials=3, folder="memorisation",
                     flags=("--epochs", "30", "--lr-decay", "1", "--weight-decay", "0"),
-                    taus=(2.0, 5.0, 10.0, 50.0), epoch_seconds=10)  # seconds per epoch on the 2-core CPU
+                    taus=(2.0, 5.0, 10.0, 50.0), epoch_seconds=9, workers=2)  # measured: see estimate
+
+
+def memorisation_estimate(cells):
+    """The time of `cells` of the setting on the 2-core CPU it was measured on: two cells at a time
+    (run_all.sh --cpu-workers 2), 9 s per LeNet epoch each."""
+    epochs = int(MEMORISATION["flags"][MEMORISATION["flags"].index("--epochs") + 1])
+    seconds = len(cells) * epochs * MEMORISATION["epoch_seconds"] / MEMORISATION["workers"]
+    return (f"time estimate: {len(cells)} cells x {epochs} epochs x {MEMORISATION['epoch_seconds']} s, "
+            f"{MEMORISATION['workers']} cells at a time on a 2-core CPU: about {seconds / 3600:.1f} h "
+            "(run_all.sh --memorisation --cpu-workers 2)")
 
 
 def memorisation_rows():
@@ -137,14 +155,17 @@ class Cell:
     tuned: str = ""
 
 
-def rows_for(dataset, losses=None, taus=None, tune=False, memorisation=False):
+def rows_for(dataset, losses=None, taus=None, tune=False, memorisation=False, logit_clip=None):
     """The rows of `dataset` selected by --losses (any other registry loss is added with its
-    defaults), with --taus (a sweep: each tau instead) or --tune-tau (one row per loss, tau later)."""
+    defaults), with --taus (a sweep: each tau instead) or --tune-tau (one row per loss, tau later);
+    --logit-clip puts every row's loss behind LogitClip at that norm."""
     rows = memorisation_rows() if memorisation else report_rows(dataset)
     for name in losses or ():
         if name not in {r.key for r in rows}:
             rows.append(Row(name, {"loss": name}))
     rows = [r for r in rows if losses is None or r.key in losses]
+    if logit_clip is not None:
+        rows = [Row(f"{r.key}+lc{num(logit_clip)}", {**r.flags, "logit_clip": logit_clip}) for r in rows]
     out = []
     for row in rows:
         variants = [row]
@@ -156,18 +177,29 @@ def rows_for(dataset, losses=None, taus=None, tune=False, memorisation=False):
     return out
 
 
-def cell_id(dataset, row, rho, seed, noise_seed=0):
+def cell_id(dataset, row, noise, seed, noise_seed=0):
+    """e.g. mnist-phuber_ce-tau10-rho0.4-seed0; `noise` is the rho (or the human-noise key)."""
     tau = row.flags.get("tau")
     part = "" if tau is None else "-tuned" if tau == "TUNED" else f"-tau{num(tau)}"
+    noise = noise if isinstance(noise, str) else f"rho{num(noise)}"
     # noise seed 0 is every table's: its cells are the same runs, with the same ids, in every selection
-    return f"{dataset}-{row.key}{part}-rho{num(rho)}-seed{seed}" + (f"-ns{noise_seed}" if noise_seed else "")
+    return f"{dataset}-{row.key}{part}-{noise}-seed{seed}" + (f"-ns{noise_seed}" if noise_seed else "")
+
+
+def noise_columns(dataset, rhos, human):
+    """The noise a table's columns vary: (id part, flags) per rho, or per CIFAR-N key (--human-noise)."""
+    if human:
+        return [(key, ("--noise", "human", "--noise-key", key)) for key in HUMAN_NOISE[dataset]["grid"]]
+    return [(rho, ("--rho", num(rho))) for rho in rhos]
 
 
 def cells(datasets=DEFAULT_DATASETS, losses=None, rhos=RHOS, trials=TRIALS, taus=None, tune=False,
-          candidates=TAU_CANDIDATES, val_split=VAL_SPLIT, quick=False, noise_seeds=(0,), memorisation=False):
+          candidates=TAU_CANDIDATES, val_split=VAL_SPLIT, quick=False, noise_seeds=(0,), memorisation=False,
+          human=False, logit_clip=None):
     """The numbered cells of a selection. The order depends only on the selection, so that a SLURM
     array task given the same selection finds the same cell: tuning cells first (--tune-tau), then
-    per dataset, row, rho, label noise seed and seed. memorisation: that setting's rows and flags."""
+    per dataset, row, rho (or human-noise key), label noise seed and seed. memorisation: that
+    setting's rows and flags; human: the CIFAR-N keys of HUMAN_NOISE instead of rhos."""
     setting = MEMORISATION if memorisation else dict(flags=(), folder="")
     budget = [*setting["flags"], *(QUICK if quick else [])]
     prefix = "memorisation-" if memorisation else ""
@@ -175,7 +207,7 @@ def cells(datasets=DEFAULT_DATASETS, losses=None, rhos=RHOS, trials=TRIALS, taus
     for dataset in datasets if tune else ():
         if dataset == "synthetic":
             continue
-        for row in rows_for(dataset, losses, tune=True):
+        for row in rows_for(dataset, losses, tune=True, logit_clip=logit_clip):
             if row.flags.get("tau") != "TUNED":
                 continue
             for tau in candidates:
@@ -190,16 +222,16 @@ def cells(datasets=DEFAULT_DATASETS, losses=None, rhos=RHOS, trials=TRIALS, taus
                               ("--trials", str(trials_ls)), "synthetic"))
             found.append(Cell("synthetic-ding", "synthetic", SYNTHETIC["ding"], (), "synthetic"))
             continue
-        for row in rows_for(dataset, losses, taus, tune, memorisation):
+        for row in rows_for(dataset, losses, taus, tune, memorisation, logit_clip):
             tuned = row.flags["loss"] if row.flags.get("tau") == "TUNED" else ""
-            for rho in rhos:
+            for column, noise in noise_columns(dataset, rhos, human):
                 for noise_seed in noise_seeds:
-                    noise = ("--noise-seed", str(noise_seed)) if noise_seed else ()
+                    seeded = ("--noise-seed", str(noise_seed)) if noise_seed else ()
                     for seed in range(trials):
-                        found.append(Cell(prefix + cell_id(dataset, row, rho, seed, noise_seed), dataset,
-                                          DATASETS[dataset]["script"], ("--dataset", dataset, *row.argv(), "--rho",
-                                                                        num(rho), *noise, "--seed", str(seed),
-                                                                        *budget), setting["folder"], tuned=tuned))
+                        found.append(Cell(prefix + cell_id(dataset, row, column, seed, noise_seed), dataset,
+                                          DATASETS[dataset]["script"], ("--dataset", dataset, *row.argv(), *noise,
+                                                                        *seeded, "--seed", str(seed), *budget),
+                                          setting["folder"], tuned=tuned))
     return found
 
 

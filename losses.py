@@ -47,6 +47,10 @@ PARAMS = {
               "tex": r"$\alpha$"},
     "beta": {"range": "(0, inf)", "help": "sce / nce_rce weight of the RCE term", "symbol": "β",
              "tex": r"$\beta$"},
+    # Every loss takes it, off (None) by default: a wrapper, named in tables as "+ LogitClip δ = 1".
+    "logit_clip": {"range": "(0, inf)", "help": "LogitClip (Wei et al., ICML 2023): each sample's logit vector "
+                   "is scaled down to this L2 norm where it is longer, before the loss; any loss", "symbol": "δ",
+                   "tex": r"$\delta$", "wrapper": "LogitClip"},
 }
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -74,8 +78,9 @@ def _check_reduction(reduction):
 # ---------------------------------------------------------------------------------------------
 # Multiclass losses (functional form).
 
-def _checked(logits, targets, check_targets=True):
-    """Validate shapes and dtypes; return float32+ logits, int64 targets.
+def _checked(logits, targets, check_targets=True, logit_clip=None):
+    """Validate shapes and dtypes; return float32+ logits (clipped with clip_logits if logit_clip is
+    set), int64 targets.
 
     float16/bfloat16 logits (e.g. under autocast) are upcast: the loss is always computed in at
     least float32, where exp/log of large logits neither overflow nor underflow to a NaN.
@@ -95,7 +100,24 @@ def _checked(logits, targets, check_targets=True):
         check_targets_in_range(targets, logits.shape[1])
     if logits.dtype in (torch.float16, torch.bfloat16):
         logits = logits.float()
+    if logit_clip is not None:
+        logits = clip_logits(logits, logit_clip)
     return logits, targets.long()
+
+
+def clip_logits(logits, delta):
+    """LogitClip (Wei et al., ICML 2023): each row of `logits` whose L2 norm exceeds delta is scaled to
+    norm delta; shorter rows are unchanged. Any loss applied after it is bounded (docs/logitclip.md).
+
+    The scale is delta / max(norm, delta): no division by a zero norm and no gradient through the
+    norm of an unclipped row. float16/bfloat16 rows are clipped in float32, where the squares of
+    logits up to 1e4 do not overflow.
+    """
+    delta = check_param("logit_clip", delta)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    norms = torch.linalg.vector_norm(logits, dim=1, keepdim=True)
+    return logits * (delta / torch.clamp(norms, min=delta))
 
 
 def check_targets_in_range(targets, num_classes):
@@ -106,9 +128,9 @@ def check_targets_in_range(targets, num_classes):
             raise ValueError(f"targets must be class indices in [0, {num_classes}), got values from {low} to {high}")
 
 
-def _log_probs(logits, targets, check_targets=True):
+def _log_probs(logits, targets, check_targets=True, logit_clip=None):
     """log p (N, C) and log p_y (N,), validated and in float32 or wider."""
-    logits, targets = _checked(logits, targets, check_targets)
+    logits, targets = _checked(logits, targets, check_targets, logit_clip)
     log_p = F.log_softmax(logits, dim=1)
     return log_p, log_p.gather(1, targets.unsqueeze(1)).squeeze(1)
 
@@ -139,29 +161,29 @@ def _reduce(loss, reduction):
     return loss
 
 
-def ce(logits, targets, reduction="mean", check_targets=True):
+def ce(logits, targets, logit_clip=None, reduction="mean", check_targets=True):
     """Cross-entropy -log p_y (torch's fused kernel: the baseline should not pay for our checks)."""
-    return F.cross_entropy(*_checked(logits, targets, check_targets), reduction=_check_reduction(reduction))
+    return F.cross_entropy(*_checked(logits, targets, check_targets, logit_clip), reduction=_check_reduction(reduction))
 
 
-def linear(logits, targets, reduction="mean", check_targets=True):
+def linear(logits, targets, logit_clip=None, reduction="mean", check_targets=True):
     """Linear (unhinged) loss 1 - p_y."""
     _check_reduction(reduction)
-    return _reduce(1 - _log_probs(logits, targets, check_targets)[1].exp(), reduction)
+    return _reduce(1 - _log_probs(logits, targets, check_targets, logit_clip)[1].exp(), reduction)
 
 
-def gce(logits, targets, q=0.7, reduction="mean", check_targets=True):
+def gce(logits, targets, q=0.7, logit_clip=None, reduction="mean", check_targets=True):
     """Generalized cross-entropy (1 - p_y^q) / q; q = 1 is the linear loss, q -> 0 tends to CE."""
     q = check_param("q", q)
     _check_reduction(reduction)
-    return _reduce(_one_minus_power_over_q(_log_probs(logits, targets, check_targets)[1], q), reduction)
+    return _reduce(_one_minus_power_over_q(_log_probs(logits, targets, check_targets, logit_clip)[1], q), reduction)
 
 
-def phuber_ce(logits, targets, tau=10.0, reduction="mean", check_targets=True):
+def phuber_ce(logits, targets, tau=10.0, logit_clip=None, reduction="mean", check_targets=True):
     """Partially Huberised CE, eq. (1): -tau p + log tau + 1 where p <= 1/tau, else -log p."""
     tau = check_param("tau", tau)
     _check_reduction(reduction)
-    log_p = _log_probs(logits, targets, check_targets)[1]
+    log_p = _log_probs(logits, targets, check_targets, logit_clip)[1]
     linearised = -tau * log_p.exp() + math.log(tau) + 1
     return _reduce(torch.where(log_p <= -math.log(tau), linearised, -log_p), reduction)
 
@@ -172,11 +194,11 @@ def phuber_gce_threshold(tau, q):
     return 0.0 if q == 1 else tau ** (1 / (q - 1))
 
 
-def phuber_gce(logits, targets, tau=10.0, q=0.7, reduction="mean", check_targets=True):
+def phuber_gce(logits, targets, tau=10.0, q=0.7, logit_clip=None, reduction="mean", check_targets=True):
     """Partially Huberised GCE: the tangent of (1 - p^q)/q at p* below p*, GCE above."""
     tau, q = check_param("tau", tau), check_param("q", q)
     _check_reduction(reduction)
-    log_p = _log_probs(logits, targets, check_targets)[1]
+    log_p = _log_probs(logits, targets, check_targets, logit_clip)[1]
     if q == 1:  # GCE is then linear, its slope -1 > -tau everywhere: never linearised
         return _reduce(_one_minus_power_over_q(log_p, q), reduction)
     # In log space: log p* = log(tau) / (q - 1). Tangent at p*: (1 - p*^q)/q - tau (p - p*), where
@@ -186,19 +208,19 @@ def phuber_gce(logits, targets, tau=10.0, q=0.7, reduction="mean", check_targets
     return _reduce(torch.where(log_p <= log_p_star, linearised, _one_minus_power_over_q(log_p, q)), reduction)
 
 
-def sce(logits, targets, alpha=0.1, beta=1.0, A=-4.0, reduction="mean", check_targets=True):
+def sce(logits, targets, alpha=0.1, beta=1.0, A=-4.0, logit_clip=None, reduction="mean", check_targets=True):
     """Symmetric CE: alpha CE + beta RCE, with RCE = -A (1 - p_y) (log 0 clamped to A)."""
     alpha, beta, A = check_param("alpha", alpha), check_param("beta", beta), check_log_zero(A)
     _check_reduction(reduction)
-    log_p = _log_probs(logits, targets, check_targets)[1]
+    log_p = _log_probs(logits, targets, check_targets, logit_clip)[1]
     return _reduce(-alpha * log_p - beta * A * (1 - log_p.exp()), reduction)
 
 
-def nce_rce(logits, targets, alpha=1.0, beta=1.0, A=-4.0, reduction="mean", check_targets=True):
+def nce_rce(logits, targets, alpha=1.0, beta=1.0, A=-4.0, logit_clip=None, reduction="mean", check_targets=True):
     """Active-passive loss alpha NCE + beta RCE, NCE = log p_y / sum_k log p_k (Ma et al., 2020)."""
     alpha, beta, A = check_param("alpha", alpha), check_param("beta", beta), check_log_zero(A)
     _check_reduction(reduction)
-    log_p_all, log_p_y = _log_probs(logits, targets, check_targets)
+    log_p_all, log_p_y = _log_probs(logits, targets, check_targets, logit_clip)
     nce = log_p_y / log_p_all.sum(dim=1)  # in (0, 1]; the sum is <= -C log C < 0 (never 0)
     return _reduce(alpha * nce - beta * A * (1 - log_p_y.exp()), reduction)
 
@@ -221,8 +243,9 @@ class _Loss(nn.Module):
             takes = ", ".join(loss_defaults(name)) or "no parameters"
             raise ValueError(f"loss {name!r} does not take {', '.join(unknown)}: it takes {takes} "
                              f"(all losses: {describe_losses()})")
-        # validated values with defaults filled in: also what result files record
-        self.params = {k: check_param(k, params.get(k, v)) for k, v in loss_defaults(name).items()}
+        # validated values with defaults filled in (a wrapper left off, None, is left out)
+        self.params = {k: check_param(k, value) for k, v in loss_defaults(name).items()
+                       if (value := params.get(k, v)) is not None}
 
     def forward(self, logits, targets):
         return type(self).fn(logits, targets, **self.params, reduction=self.reduction,

@@ -50,8 +50,11 @@ def check(name, value, interval):
 
 
 def describe(losses, params):
-    """One line naming every loss with the allowed range and default of each of its parameters."""
+    """One line naming every loss with the allowed range and default of each of its parameters;
+    wrappers that every loss takes, off by default (logit_clip), once at the end."""
     def one(name):
-        parts = [f"{k} in {params[k]['range']}, default {v:g}" for k, v in losses[name].items()]
+        parts = [f"{k} in {params[k]['range']}, default {v:g}" for k, v in losses[name].items() if k not in wrappers]
         return f"{name} ({'; '.join(parts)})" if parts else name
-    return ", ".join(one(name) for name in losses)
+    wrappers = [k for k in params if "wrapper" in params[k]]
+    return ", ".join(one(name) for name in losses) + "".join(
+        f"; every loss also takes {k} in {params[k]['range']} (default off)" for k in wrappers)

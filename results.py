@@ -32,7 +32,7 @@ import registry
 #   provenance  where, when and on what it ran: recorded, never compared
 LOSS_SETTINGS = ("loss", *registry.param_names(), "clip_norm", "clip_mode")
 SETTINGS = LOSS_SETTINGS + (
-    "dataset", "model", "rho", "noise", "noise_seed", "seed", "val_split", "epochs", "batch_size", "lr",
+    "dataset", "model", "rho", "noise", "noise_key", "noise_seed", "seed", "val_split", "epochs", "batch_size", "lr",
     "weight_decay", "limit_train", "limit_test", "amp", "channels_last",
     "init", "lr_decay", "lr_decay_steps",         # train_mnist.py
     "momentum", "milestones", "lr_gamma")         # train_cifar.py
@@ -44,7 +44,7 @@ PROVENANCE = ("run", "step", "epoch_seconds", "images_per_second", "train_size",
               "numpy", "code", "finished")
 # The settings that make a cell of the grid: two runs that agree on these and differ in others are
 # the same cell run with changed settings (say --lr), which --resume must not mix up.
-CELL = LOSS_SETTINGS + ("dataset", "model", "rho", "noise", "noise_seed", "seed")
+CELL = LOSS_SETTINGS + ("dataset", "model", "rho", "noise", "noise_key", "noise_seed", "seed")
 SCHEMA = {**{c: "setting" for c in SETTINGS}, **{c: "metric" for c in METRICS},
           **{c: "provenance" for c in PROVENANCE}}
 # An epochs.csv row: the epoch, its steps so far and learning rate, its metrics and its speed.
@@ -66,7 +66,8 @@ def run_name(config):
     parts += [f"{k}{config[k]:g}" for k in registry.param_names() if config.get(k) is not None]
     if config["clip_norm"] is not None:
         parts.append(f"clip{config['clip_norm']:g}" + ("pe" if config["clip_mode"] == "per-example" else ""))
-    parts += [f"{config['noise'][:3]}{config['rho']:g}", f"ns{config['noise_seed']}", f"s{config['seed']}", digest]
+    noise = config["noise_key"] if config["noise"] == "human" else f"{config['noise'][:3]}{config['rho']:g}"
+    parts += [noise, f"ns{config['noise_seed']}", f"s{config['seed']}", digest]
     return "-".join(parts)
 
 

@@ -23,9 +23,18 @@
 #   --list            print the numbered grid and exit          --task I     run cell I only
 #   --dry-run         print the commands instead of running them
 #   --gpus LIST       one worker per listed GPU id (ids index CUDA_VISIBLE_DEVICES when it is set)
+#   --cpu-workers N   N cells at a time on the CPU (each with OMP_NUM_THREADS = cores / N unless set);
+#                     pass -- --device cpu on a machine with a GPU
 #   --slurm           submit as a job array; --sbatch "OPTIONS" passes options to sbatch
 #   --table3          the report's Table 3: CE and PHuber-GCE at rho 0.6 on MNIST and CIFAR-100 with label
 #                     noise seeds 0-3, 3 trials each (48 cells; seed 0's are the main grid's runs)
+#   --memorisation    the CPU-scale memorisation benchmark (docs/memorisation.md): Fashion-MNIST and
+#                     MNIST, LeNet, constant learning rate, no weight decay, 30 epochs, 9 losses,
+#                     rho 0/0.4/0.6, 3 trials, into OUT/memorisation; --list shows its time estimate
+#   --human-noise     CIFAR-10N (aggre_label, random_label1, worse_label) and CIFAR-100N (noisy_label)
+#                     instead of rho, the report's losses, 3 trials; the CIFAR-N files go in the data
+#                     folder (docs/noise.md): -- --data-dir DIR
+#   --logit-clip D    every selected loss behind LogitClip at norm D (docs/logitclip.md)
 #   --taus LIST       run the losses that have a tau at each of these values instead (a tau sweep)
 #   --tune-tau        the original paper's protocol: first, for each dataset and loss with a tau,
 #                     train with every --tau-candidates value (default 2,10) at the highest rho with

@@ -19,6 +19,7 @@ import time
 import cli
 import grid
 import results
+import slurm
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SKIPPED, BAD_INPUT = 3, 2  # the training scripts' exit status for unavailable data and for bad input
@@ -32,6 +33,8 @@ def parse(argv):
     p.add_argument("--rhos")
     p.add_argument("--table3", action="store_true")
     p.add_argument("--memorisation", action="store_true")
+    p.add_argument("--human-noise", action="store_true")
+    p.add_argument("--logit-clip")
     p.add_argument("--trials", default=str(grid.TRIALS))
     p.add_argument("--out")
     p.add_argument("--quick", action="store_true")
@@ -39,6 +42,7 @@ def parse(argv):
     p.add_argument("--task")
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--gpus")
+    p.add_argument("--cpu-workers")
     p.add_argument("--slurm", action="store_true")
     p.add_argument("--sbatch", default="")
     p.add_argument("--taus")
@@ -55,9 +59,12 @@ def parse(argv):
     opts.extra = extra
     # --table3 and --memorisation select a named setting of grid.py; the filters can narrow it
     named = grid.TABLE3 if opts.table3 else dict(grid.MEMORISATION, losses=None) if opts.memorisation else \
+        dict(datasets=tuple(grid.HUMAN_NOISE), losses=None, rhos=()) if opts.human_noise else \
         dict(datasets=grid.DEFAULT_DATASETS, losses=None, rhos=grid.RHOS)
-    if opts.table3 and opts.memorisation:
-        p.error("--table3 and --memorisation are two settings: choose one")
+    if opts.table3 + opts.memorisation + opts.human_noise > 1:
+        p.error("--table3, --memorisation and --human-noise are three settings: choose one")
+    if opts.human_noise and (opts.rhos or opts.tune_tau):
+        p.error(f"--human-noise takes no {'--rhos' if opts.rhos else '--tune-tau'}: the noise is the CIFAR-N files'")
     opts.datasets = opts.datasets or ",".join(named["datasets"])
     opts.losses = opts.losses or (",".join(named["losses"]) if named["losses"] else None)
     opts.rhos = opts.rhos or ",".join(f"{r:g}" for r in named["rhos"])
@@ -85,7 +92,12 @@ def parse(argv):
             p.error(f"--losses: {loss!r} is not allowed: use {', '.join(grid.known_losses())}")
     if not opts.trials.isdigit() or int(opts.trials) < 1:
         p.error(f"--trials {opts.trials!r} is not allowed: a positive integer")
-    rhos = numbers("--rhos", opts.rhos, lambda r: 0 <= r < 1, "noise rates in [0, 1)")
+    rhos = numbers("--rhos", opts.rhos, lambda r: 0 <= r < 1, "noise rates in [0, 1)") if opts.rhos else ()
+    for d in datasets if opts.human_noise else ():
+        if d not in grid.HUMAN_NOISE:
+            p.error(f"--datasets: {d!r} is not allowed with --human-noise: use {', '.join(grid.HUMAN_NOISE)}")
+    logit_clip = numbers("--logit-clip", opts.logit_clip, lambda d: 0 < d < float("inf") and "," not in opts.logit_clip,
+                         "one norm > 0, e.g. 1")[0] if opts.logit_clip else None
     taus = numbers("--taus", opts.taus, lambda t: 1 < t < float("inf"), "each tau > 1") if opts.taus else None
     candidates = numbers("--tau-candidates", opts.tau_candidates, lambda t: 1 < t < float("inf"), "each tau > 1")
     val_split = numbers("--val-split", opts.val_split, lambda v: 0 < v < 1, "a fraction in (0, 1)")[0]
@@ -100,7 +112,8 @@ def parse(argv):
         p.error(f"--sbatch {opts.sbatch!r} is not allowed: {e}")
     opts.selection = dict(datasets=datasets, losses=losses, rhos=rhos, trials=1 if opts.quick else int(opts.trials),
                           taus=taus, tune=opts.tune_tau, candidates=candidates, val_split=val_split, quick=opts.quick,
-                          noise_seeds=grid.TABLE3["noise_seeds"] if opts.table3 else (0,), memorisation=opts.memorisation)
+                          noise_seeds=grid.TABLE3["noise_seeds"] if opts.table3 else (0,), memorisation=opts.memorisation,
+                          human=opts.human_noise, logit_clip=logit_clip)
     # Paths are the caller's: relative ones resolve against the directory run_all.sh was started in.
     opts.out = os.path.abspath(opts.out or ("results/quick" if opts.quick else "results"))
     opts.cells = grid.cells(**opts.selection)
@@ -109,6 +122,10 @@ def parse(argv):
     if opts.task is not None and not (opts.task.isdigit() and int(opts.task) < len(opts.cells)):
         p.error(f"--task {opts.task!r} is not allowed: 0 to {len(opts.cells) - 1}")
     opts.gpus = check_gpus(p, opts.gpus) if opts.gpus else None
+    if opts.cpu_workers is not None and (opts.gpus or not opts.cpu_workers.isdigit() or int(opts.cpu_workers) < 1):
+        p.error(f"--cpu-workers {opts.cpu_workers!r} is not allowed: a positive integer, without --gpus")
+    # each worker's CUDA_VISIBLE_DEVICES: a GPU; "" for a CPU worker (no GPU); None: leave it as it is
+    opts.workers = opts.gpus or [""] * int(opts.cpu_workers or 0) or [None]
     return opts
 
 
@@ -270,7 +287,7 @@ class Workers:
 
     def run(self, cells):
         queue = list(cells)
-        threads = [threading.Thread(target=self.work, args=(queue, gpu)) for gpu in self.opts.gpus or [None]]
+        threads = [threading.Thread(target=self.work, args=(queue, gpu)) for gpu in self.opts.workers]
         for t in threads:
             t.start()
         for t in threads:
@@ -300,6 +317,8 @@ class Workers:
         tally.say(tally.line(cell))
         log = os.path.join(opts.out, "logs", f"{cell.id}.log")
         env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}))
+        if gpu == "" and "OMP_NUM_THREADS" not in os.environ:  # CPU workers share the cores, not each all of them
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // len(opts.workers)))
         start = time.monotonic()
         with open(log, "a") as f:
             f.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')}: {shlex.join(command(cell, opts, argv))}\n")
@@ -360,7 +379,7 @@ def run_here(opts, stopper):
     cells = [opts.cells[int(opts.task)]] if opts.task is not None else opts.cells
     check_flags(cells, opts)
     unavailable = preflight(cells, opts, stopper) if opts.task is None else {}
-    tally = Tally(cells, len(opts.gpus or [None]))
+    tally = Tally(cells, len(opts.workers))
     os.makedirs(os.path.join(opts.out, "logs"), exist_ok=True)  # only now: bad input writes nothing
     workers = Workers(opts, tally, unavailable, stopper)
     workers.run([c for c in cells if c.tuning])  # --tune-tau: every candidate finishes before a tau is chosen
@@ -384,47 +403,6 @@ def run_here(opts, stopper):
     return SKIPPED if opts.task is not None and "skipped" in tally.outcomes.values() else 0
 
 
-def submit_slurm(opts):
-    """One job array per phase (task i runs `run_all.sh <same selection> --task i`) and an
-    aggregation job that runs when the grid's array ends."""
-    check_flags(opts.cells, opts)  # the pass-through flags, before anything is submitted
-    s = opts.selection
-    flags = ["--datasets", ",".join(s["datasets"]), "--rhos", ",".join(map(repr, s["rhos"])),
-             "--trials", str(s["trials"]), "--out", opts.out]
-    flags += ["--losses", ",".join(s["losses"])] if s["losses"] else []
-    flags += ["--quick"] if s["quick"] else []
-    flags += ["--table3"] if opts.table3 else []
-    flags += ["--memorisation"] if opts.memorisation else []
-    flags += ["--taus", ",".join(map(repr, s["taus"]))] if s["taus"] else []
-    flags += ["--tune-tau", "--tau-candidates", ",".join(map(repr, s["candidates"])),
-              "--val-split", repr(s["val_split"])] if s["tune"] else []
-    worker = shlex.join(["bash", os.path.join(HERE, "run_all.sh"), *flags, "--task"]) + " $SLURM_ARRAY_TASK_ID"
-    worker += (" -- " + shlex.join(opts.extra)) if opts.extra else ""
-    os.makedirs(os.path.join(opts.out, "logs"), exist_ok=True)
-    common = [*opts.sbatch, f"--chdir={os.getcwd()}"]
-
-    def sbatch(*args):
-        done = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True)
-        if done.returncode != 0:
-            cli.fail(f"sbatch failed: {last_line_of(done.stderr)}", code=1)
-        return done.stdout.strip().split(";")[0]
-    n_tuning = sum(c.tuning for c in opts.cells)
-    after = []
-    if n_tuning:  # --tune-tau: the grid's array waits for every tuning cell to succeed
-        tuning = sbatch("--job-name=phuber-tune", f"--array=0-{n_tuning - 1}", *common,
-                        f"--output={opts.out}/logs/slurm-%A_%a.out", "--wrap", worker)
-        after = [f"--dependency=afterok:{tuning}"]
-        print(f"submitted tuning array {tuning} ({n_tuning} cells)")
-    job = sbatch("--job-name=phuber", f"--array={n_tuning}-{len(opts.cells) - 1}", *after, *common,
-                 f"--output={opts.out}/logs/slurm-%A_%a.out", "--wrap", worker)
-    agg = sbatch("--job-name=phuber-aggregate", f"--dependency=afterany:{job}", *common,
-                 f"--output={opts.out}/logs/slurm-aggregate-%j.out", "--wrap",
-                 shlex.join([python(), os.path.join(HERE, "aggregate.py"), "--results", opts.out]))
-    print(f"submitted job array {job} ({len(opts.cells) - n_tuning} cells) and aggregation job {agg} "
-          "(runs when the array ends)")
-    return 0
-
-
 def main(argv=None):
     stopper = Stopper()  # first: a signal at any point stops what the runner started
     try:
@@ -439,6 +417,8 @@ def main(argv=None):
         main_grid = {c.id for c in grid.cells(datasets=opts.selection["datasets"])} if opts.table3 else set()
         for i, cell in enumerate(opts.cells):
             print(f"{i:4d}  {cell.id}" + ("   (a cell of the main grid too: one run)" if cell.id in main_grid else ""))
+        if opts.memorisation:  # on stderr: stdout stays one line per cell
+            print(grid.memorisation_estimate(opts.cells), file=sys.stderr)
         return 0
     if opts.dry_run:
         for cell in [opts.cells[int(opts.task)]] if opts.task is not None else opts.cells:
@@ -447,7 +427,8 @@ def main(argv=None):
     if opts.slurm:
         if subprocess.run(["sh", "-c", "command -v sbatch"], capture_output=True).returncode != 0:
             cli.fail("--slurm: sbatch not found")
-        return submit_slurm(opts)
+        check_flags(opts.cells, opts)  # the pass-through flags, before anything is submitted
+        return slurm.submit(opts, python())
     return run_here(opts, stopper)
 
 

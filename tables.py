@@ -2,12 +2,14 @@
 
     load_runs, load_epochs   result files read as untrusted input: bad files and rows are named
                              on stderr and skipped
-    build_table, setting_of, loss_key, loss_label, loss_sort
+    build_table, table_entries, setting_of, loss_key, loss_label, loss_sort
                              runs grouped into cells: the row is the loss setting (results.SCHEMA),
-                             the column rho, the trials the seeds
+                             the column rho, the trials the seeds; rows ordered and labelled as a
+                             layout (grid.report_rows, grid.memorisation_rows) has them
+    peak                     a run's best test accuracy over its epochs (reported, never chosen on)
     load_reference, reference_key   the published numbers (reference_results.csv) and their keys
     mean_se, paired_interval statistics
-    write_table              one table as Markdown, LaTeX and CSV
+    write_table              one table as Markdown, LaTeX and CSV; summary_table, one of table_entries
 """
 import csv
 import math
@@ -25,7 +27,7 @@ import results
 
 LOSS_KEYS = results.LOSS_SETTINGS  # a table row: the loss, its parameters and its clipping
 GRID_KEYS = ("dataset", "rho", "seed")
-REQUIRED = ["run", "dataset", "loss", "rho", "seed", "test_acc"]
+REQUIRED = ["run", "dataset", "loss", "seed", "test_acc"]  # and rho, but for human noise (its key instead)
 
 
 def warn(message):
@@ -95,7 +97,12 @@ def check_run(row):
     """A summary row's values: accuracies, rho, seeds, loss parameters, dataset name."""
     real(row, "test_acc", 0, 100)
     real(row, "val_acc", 0, 100, optional=True)
-    real(row, "rho", 0, 1)
+    real(row, "memorised", 0, 100, optional=True)
+    if row.get("noise") == "human":
+        if not NAME.fullmatch(row.get("noise_key") or ""):
+            raise ValueError(f"noise_key {row.get('noise_key')!r} is not a CIFAR-N key (letters, digits, _)")
+    else:
+        real(row, "rho", 0, 1)
     integer(row, "seed")
     integer(row, "noise_seed", optional=True)
     real(row, "clip_norm", 0, optional=True)
@@ -112,11 +119,16 @@ def check_epoch(row):
     real(row, "memorised", 0, 100, optional=True)
 
 
+# Folders below a results root that are not its runs: other results roots (each aggregated on its
+# own) and what the runs and aggregate.py write.
+OTHER_ROOTS = ("quick", "tuning", grid.MEMORISATION["folder"], "runs", "tables", "figures", "logs")
+
+
 def find_summaries(root):
-    """summary*.csv under root, not descending into other results roots (quick/, tuning/)."""
+    """summary*.csv under root, not descending into other results roots (quick/, tuning/, memorisation/)."""
     found = []
     for folder, subfolders, files in os.walk(root):
-        subfolders[:] = [s for s in subfolders if s not in ("quick", "tuning", "runs", "tables", "figures", "logs")]
+        subfolders[:] = [s for s in subfolders if s not in OTHER_ROOTS]
         found += [os.path.join(folder, f) for f in sorted(files) if f.startswith("summary") and f.endswith(".csv")]
     return found
 
@@ -132,10 +144,15 @@ def load_runs(root):
 
 
 def load_epochs(root, run):
+    """A run's epochs.csv rows, or None when it is missing, malformed or empty (named on stderr)."""
     path = os.path.join(root, "runs", run, "epochs.csv")
     if not os.path.exists(path):
+        warn(f"skipping the epochs of run {run}: no {path}")
         return None
-    return read_rows(path, ["epoch", "test_acc"], check_epoch)
+    rows = read_rows(path, ["epoch", "test_acc"], check_epoch)
+    if rows == []:
+        warn(f"skipping {path}: no epochs")
+    return rows or None
 
 
 def setting_of(row, ignore=()):
@@ -152,10 +169,10 @@ def loss_key(row):
     return tuple(key[k] for k in LOSS_KEYS)
 
 
-def report_row(dataset, key):
-    """(position, label) of the report's table row that loss key `key` is on `dataset`, or None."""
+def layout_row(layout, key):
+    """(position, label) of the row of `layout` (a table's grid.Row list) that loss key `key` is, or None."""
     row = dict(zip(LOSS_KEYS, key))
-    for i, r in enumerate(grid.report_rows(dataset)):
+    for i, r in enumerate(layout):
         flags = {**r.flags, "clip_mode": "global" if "clip_norm" in r.flags else ""}
         if all(same(row[k], flags.get(k, "")) for k in LOSS_KEYS):
             return i, r.label
@@ -172,27 +189,32 @@ def same(text, value):
     return text == str(value)
 
 
-def loss_label(key, dataset=None):
-    """The report's label of the row on `dataset` ('PHuber-CE τ = 10', 'CE + clipping'), else e.g.
-    'PHuber-CE τ = 3 + clipping (0.5)': parameters at the loss's default are not named, but tau."""
-    report = dataset and report_row(dataset, key)
+def loss_label(key, layout=()):
+    """The label of its row in `layout` (grid.report_rows(dataset): 'PHuber-CE τ = 10', 'CE + clipping'),
+    else e.g. 'PHuber-CE τ = 3 + clipping (0.5)': parameters at the loss's default are not named, but tau."""
+    report = layout_row(layout, key)
     if report:
         return report[1]
     row = dict(zip(LOSS_KEYS, key))
     defaults, params = registry.read()
     label = grid.NAMES.get(row["loss"], row["loss"])
+    wrappers = [name for name in params if "wrapper" in params[name]]  # LogitClip: named after the loss
     for name in params:
-        if row[name] and (name == "tau" or float(row[name]) != defaults.get(row["loss"], {}).get(name)):
+        if name not in wrappers and row[name] and (name == "tau" or float(row[name]) != defaults.get(row["loss"],
+                                                                                                     {}).get(name)):
             label += f" {params[name]['symbol']} = {float(row[name]):g}"
     if row["clip_norm"]:
         mode = "per-example " if row["clip_mode"] == "per-example" else ""
         label += f" + {mode}clipping ({float(row['clip_norm']):g})"
+    for name in wrappers:
+        if row[name]:
+            label += f" + {params[name]['wrapper']} {params[name]['symbol']} = {float(row[name]):g}"
     return label
 
 
-def loss_sort(key, dataset=None):
-    """The report's rows first, in its order; then the others by loss (registry order) and settings."""
-    report = dataset and report_row(dataset, key)
+def loss_sort(key, layout=()):
+    """The rows of `layout` first, in its order; then the others by loss (registry order) and settings."""
+    report = layout_row(layout, key)
     if report:
         return (0, report[0])
     row = dict(zip(LOSS_KEYS, key))
@@ -218,13 +240,36 @@ def describe_settings(settings):
     return {s: " [" + ", ".join(f"{k}={dict(s).get(k, '-')}" for k in differing) + "]" for s in settings}
 
 
-def build_table(rows):
-    """{(setting, loss_key): {rho: {seed: value}}} and the sorted rho values, for one dataset."""
+def build_table(rows, column="test_acc", by="rho"):
+    """{(setting, loss_key): {rho: {seed: value of column}}} and the sorted rho values, for one
+    dataset; rows without a value (memorised at rho = 0: nothing is corrupted) are left out.
+    by="noise_key": the columns are the human-noise keys instead of rho."""
     cells = defaultdict(lambda: defaultdict(dict))
     for row in rows:
-        cells[(setting_of(row), loss_key(row))][float(row["rho"])][int(row["seed"])] = float(row["test_acc"])
+        if row.get(column) not in ("", None):
+            noise = float(row["rho"]) if by == "rho" else row[by]
+            cells[(setting_of(row, ignore=(by,)), loss_key(row))][noise][int(row["seed"])] = float(row[column])
     rhos = sorted({rho for per_rho in cells.values() for rho in per_rho})
     return cells, rhos
+
+
+def table_entries(rows, layout, column="test_acc", by="rho"):
+    """The rows of a loss x rho (or `by`) table of `column`, in `layout` order, and its rhos: each
+    entry has label, key, setting, values {rho: {seed: value}} and cells {rho: (mean, se, n)}."""
+    cells, rhos = build_table(rows, column, by)
+    labels = describe_settings({setting for setting, _ in cells})
+    entries = []
+    for setting, key in sorted(cells, key=lambda sk: (loss_sort(sk[1], layout), sk[0])):
+        values = {rho: cells[(setting, key)].get(rho, {}) for rho in rhos}
+        entries.append(dict(label=loss_label(key, layout) + labels[setting], key=key, setting=setting, values=values,
+                            cells={rho: (*mean_se(list(v.values())), len(v)) for rho, v in values.items()}))
+    return entries, rhos
+
+
+def peak(epochs):
+    """The best test accuracy of a run's epochs.csv rows and its epoch (the first of equals)."""
+    best = max(epochs, key=lambda r: float(r["test_acc"]))  # max returns the first of equals
+    return dict(peak_acc=float(best["test_acc"]), peak_epoch=int(best["epoch"]))
 
 
 def load_reference(path):
@@ -300,6 +345,26 @@ def write_table(stem, title, header, rows, records=None, columns=None, bold=(), 
         results.write_atomic(f"{stem}.tex", lambda f: f.write("\n".join(lines) + "\n"))
     if records is not None:
         results.write_csv(f"{stem}.csv", records, columns)
+
+
+def summary_table(stem, title, table, rhos, expected, after):
+    """A table of table_entries (losses by rho, cells mean ± s.e.) as Markdown and CSV; where an entry
+    has "epochs" ({rho: {seed: epoch}}), each trial's epoch follows the cell, trials by seed. An
+    empty table is not written."""
+    if not table:
+        return
+    def epochs(e, rho):
+        return [str(int(e["epochs"][rho][seed])) for seed in sorted(e["epochs"][rho])] if "epochs" in e else []
+
+    def cell(e, rho):
+        text = fmt_cell(*e["cells"][rho], expected)
+        return text + (f" (ep {', '.join(epochs(e, rho))})" if epochs(e, rho) else "")
+    records = [dict(label=e["label"], **dict(zip(LOSS_KEYS, e["key"])), rho=rho, mean=e["cells"][rho][0],
+                    se=e["cells"][rho][1], n=e["cells"][rho][2], **({"epochs": " ".join(epochs(e, rho))}
+                                                                     if "epochs" in e else {}))
+               for e in table for rho in rhos]
+    write_table(stem, title, ["Loss"] + [f"ρ = {rho:g}" for rho in rhos],
+                [[e["label"]] + [cell(e, rho) for rho in rhos] for e in table], records, after=after)
 
 
 def fmt_cell(mean, se, n=None, expected=0):

@@ -25,7 +25,10 @@ def softmax64(logits):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def reference(name, logits, targets, tau=10.0, q=0.7, alpha=None, beta=None):
+def reference(name, logits, targets, tau=10.0, q=0.7, alpha=None, beta=None, logit_clip=None):
+    if logit_clip is not None:  # LogitClip: rows longer than delta scaled to norm delta
+        norms = np.linalg.norm(np.asarray(logits, dtype=np.float64), axis=1, keepdims=True)
+        logits = logits * np.minimum(1.0, logit_clip / norms)
     p_all = softmax64(logits)
     p = p_all[np.arange(len(targets)), targets]
     if name == "ce":
@@ -79,43 +82,100 @@ def threshold(name, params):
 # ---------------------------------------------------------------------------------------------
 # Values and gradients.
 
+# Every loss is also tested behind LogitClip (logit_clip = delta): the same tests, clipped logits.
+CLIPS = [None, 9.0]  # random_batch's rows have norms about 3 sqrt(10) = 9.5: delta 9 clips about half
+
+
+def clipped_logits(logits, delta):
+    return logits if delta is None else torch.as_tensor(reference_clip(logits.detach().numpy(), delta))
+
+
+def reference_clip(logits, delta):
+    return logits * np.minimum(1.0, delta / np.linalg.norm(logits.astype(np.float64), axis=1, keepdims=True))
+
+
 @pytest.mark.parametrize("name", MULTICLASS)
+@pytest.mark.parametrize("clip", CLIPS)
 @pytest.mark.parametrize("params", [{}, {"tau": 3.0}, {"tau": 50.0, "q": 0.4}, {"q": 0.2}])
-def test_matches_independent_closed_form(name, params):
+def test_matches_independent_closed_form(name, params, clip):
     params = {k: v for k, v in params.items() if k in default_params(name)}
-    full = {**default_params(name), **params}
-    logits, targets = random_batch()
-    ours = losses.make_loss(name, reduction="none", **params)(logits, targets)
+    full = {**default_params(name), **params, "logit_clip": clip}
+    logits, targets = random_batch(scale=3.0 if clip is None else 30.0)  # clipped rows land on norm 9: both branches
+    ours = losses.make_loss(name, reduction="none", **params, logit_clip=clip)(logits, targets)
     ref = reference(name, logits.numpy(), targets.numpy(), **full)
     np.testing.assert_allclose(ours.numpy(), ref, rtol=1e-10, atol=1e-12)
+    seen = clipped_logits(logits, clip)
     t = threshold(name, full)
     if t is not None:  # the inputs must exercise both branches, or the test proves half a loss
-        p = p_target(logits, targets)
+        p = p_target(seen, targets)
         assert (p <= t).sum() >= 10 and (p > t).sum() >= 10
+    if clip is not None:  # and the clipping must change the value, or LogitClip is not tested
+        unclipped = reference(name, logits.numpy(), targets.numpy(), **{**full, "logit_clip": None})
+        assert np.abs(ref - unclipped).max() > 1e-3
+
+
+def test_logit_clip_closed_form_by_hand():
+    # (3, 4) has norm 5: clipped to norm 1 it is (0.6, 0.8), and CE of class 0 is log(1 + e^0.2)
+    logits, targets = torch.tensor([[3.0, 4.0], [0.3, 0.4]], dtype=torch.float64), torch.tensor([0, 0])
+    value = losses.ce(logits, targets, logit_clip=1.0, reduction="none")
+    assert value[0].item() == pytest.approx(math.log(1 + math.exp(0.2)), rel=1e-12)
+    assert value[1].item() == pytest.approx(math.log(1 + math.exp(0.1)), rel=1e-12)  # norm 0.5: unchanged
+    assert torch.linalg.vector_norm(losses.clip_logits(logits, 1.0), dim=1).tolist() == pytest.approx([1.0, 0.5])
 
 
 @pytest.mark.parametrize("name", MULTICLASS)
-def test_gradcheck_both_branches(name):
+def test_logit_clip_leaves_the_loss_unchanged_below_delta(name):
+    logits, targets = random_batch(n=50)
+    largest = torch.linalg.vector_norm(logits, dim=1).max().item()
+    for delta in (largest, 10 * largest):  # a row exactly at delta is not changed either
+        assert torch.equal(losses.make_loss(name, logit_clip=delta, reduction="none")(logits, targets),
+                           losses.make_loss(name, reduction="none")(logits, targets))
+
+
+@pytest.mark.parametrize("delta", [0, -1.0, float("nan"), float("inf"), "1"])
+def test_logit_clip_rejects_bad_delta(delta):
+    with pytest.raises(ValueError, match=r"logit_clip=.* must be a number in \(0, inf\)"):
+        losses.make_loss("ce", logit_clip=delta)
+    with pytest.raises(ValueError, match="logit_clip="):
+        losses.clip_logits(torch.zeros(2, 3), delta)
+
+
+def test_logit_clip_of_a_zero_row_has_a_finite_gradient():
+    logits = torch.zeros(3, 4, dtype=torch.float64, requires_grad=True)
+    losses.ce(logits, torch.tensor([0, 1, 2]), logit_clip=1.0).backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+@pytest.mark.parametrize("name", MULTICLASS)
+@pytest.mark.parametrize("clip", CLIPS)
+def test_gradcheck_both_branches(name, clip):
     logits, targets = random_batch(n=24, c=5, scale=10.0, seed=1)
+    if clip is not None:  # both clipped (norm 15 or more) and unclipped rows, away from norm = delta
+        clip = 15.0
+        norms = torch.linalg.vector_norm(logits, dim=1)
+        keep = (norms - clip).abs() > 1e-3
+        logits, targets = logits[keep], targets[keep]
+        assert (norms[keep] > clip).any() and (norms[keep] < clip).any()
     t = threshold(name, default_params(name))
     if t is not None:
-        p = p_target(logits, targets)
+        p = p_target(clipped_logits(logits, clip), targets)
         # keep gradcheck's finite differences away from the kink itself
         away = (p.log() - math.log(t)).abs() > 1e-3
         logits, targets = logits[away], targets[away]
-        p = p_target(logits, targets)
+        p = p_target(clipped_logits(logits, clip), targets)
         assert (p <= t).any() and (p > t).any()
     logits.requires_grad_(True)
-    fn = losses.make_loss(name, reduction="none")
+    fn = losses.make_loss(name, reduction="none", logit_clip=clip)
     assert torch.autograd.gradcheck(lambda x: fn(x, targets), (logits,))
 
 
 @pytest.mark.parametrize("name", MULTICLASS)
-def test_functional_and_module_agree(name):
+@pytest.mark.parametrize("clip", CLIPS)
+def test_functional_and_module_agree(name, clip):
     logits, targets = random_batch(n=50)
     fn = getattr(losses, name)
-    module = losses.make_loss(name)
-    assert torch.equal(fn(logits, targets, **default_params(name)), module(logits, targets))
+    module = losses.make_loss(name, logit_clip=clip)
+    assert torch.equal(fn(logits, targets, **{**default_params(name), "logit_clip": clip}), module(logits, targets))
     assert isinstance(module, torch.nn.Module)
 
 
@@ -286,12 +346,13 @@ def extreme_batch(c=100, dtype=torch.float32):
 
 
 @pytest.mark.parametrize("name", MULTICLASS)
+@pytest.mark.parametrize("clip", [None, 1.0])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_extreme_logits_finite(name, dtype):
+def test_extreme_logits_finite(name, dtype, clip):
     logits, targets = extreme_batch(dtype=dtype)
     logits.requires_grad_(True)
     for reduction in ("none", "mean"):
-        value = losses.make_loss(name, reduction=reduction)(logits, targets)
+        value = losses.make_loss(name, reduction=reduction, logit_clip=clip)(logits, targets)
         assert value.dtype == torch.float32  # computed in float32 whatever the input precision
         assert torch.isfinite(value).all(), (name, dtype, value)
         (grad,) = torch.autograd.grad(value.sum(), logits)
@@ -299,8 +360,9 @@ def test_extreme_logits_finite(name, dtype):
 
 
 @pytest.mark.parametrize("name", MULTICLASS)
+@pytest.mark.parametrize("clip", CLIPS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_under_autocast(name, dtype):
+def test_under_autocast(name, dtype, clip):
     torch.manual_seed(0)
     model = torch.nn.Linear(20, 10)
     x = 100 * torch.randn(64, 20)
@@ -308,24 +370,26 @@ def test_under_autocast(name, dtype):
     with torch.autocast("cpu", dtype=dtype):
         logits = model(x)
         assert logits.dtype == dtype
-        value = losses.make_loss(name)(logits, targets)
+        value = losses.make_loss(name, logit_clip=clip)(logits, targets)
     value.backward()
     assert value.dtype == torch.float32 and torch.isfinite(value)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
     # close to the float32 value of the same logits
-    assert value.item() == pytest.approx(losses.make_loss(name)(logits.float(), targets).item(), rel=1e-5)
+    assert value.item() == pytest.approx(losses.make_loss(name, logit_clip=clip)(logits.float(), targets).item(),
+                                         rel=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------
 # Reductions, shapes, dtypes, parameters, registry.
 
 @pytest.mark.parametrize("name", MULTICLASS)
-def test_reductions(name):
+@pytest.mark.parametrize("clip", CLIPS)
+def test_reductions(name, clip):
     logits, targets = random_batch(n=30)
-    none = losses.make_loss(name, reduction="none")(logits, targets)
+    none = losses.make_loss(name, reduction="none", logit_clip=clip)(logits, targets)
     assert none.shape == (30,)
-    torch.testing.assert_close(losses.make_loss(name, reduction="mean")(logits, targets), none.mean())
-    torch.testing.assert_close(losses.make_loss(name, reduction="sum")(logits, targets), none.sum())
+    torch.testing.assert_close(losses.make_loss(name, reduction="mean", logit_clip=clip)(logits, targets), none.mean())
+    torch.testing.assert_close(losses.make_loss(name, reduction="sum", logit_clip=clip)(logits, targets), none.sum())
     with pytest.raises(ValueError, match="'avg'"):
         losses.make_loss(name, reduction="avg")
     with pytest.raises(ValueError, match="'avg'"):

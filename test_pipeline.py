@@ -14,7 +14,7 @@ import cli
 import conftest
 import grid
 import results
-from conftest import run_all
+from conftest import run_all, summary_row
 from results import read_csv
 
 
@@ -113,6 +113,18 @@ def test_gpu_workers_share_cells_without_overlap(data_root, tmp_path):
 
 
 @pytest.mark.slow
+def test_cpu_workers_share_cells_without_overlap(data_root, tmp_path):
+    result = run_all("--cpu-workers", "2", "--quick", "--datasets", "mnist", "--losses", "ce", "--rhos", "0,0.2",
+                     "--out", str(tmp_path), "--", "--data-dir", data_root, env={"CUDA_VISIBLE_DEVICES": ""})
+    assert "2 ran, 0 already finished" in result.stdout
+    assert sorted(r["rho"] for r in read_csv(tmp_path / "summary.csv")) == ["0.0", "0.2"]
+    assert all(r["device"] == "cpu" for r in read_csv(tmp_path / "summary.csv"))
+    for bad in (["--cpu-workers", "0"], ["--cpu-workers", "two"], ["--cpu-workers", "2", "--gpus", "0"]):
+        refused = run_all(*bad, "--datasets", "mnist", check=False, env={"CUDA_VISIBLE_DEVICES": "0"})
+        assert refused.returncode == 2 and "--cpu-workers" in refused.stderr
+
+
+@pytest.mark.slow
 def test_unavailable_dataset_is_skipped_with_a_message(tmp_path):
     result = run_all("--datasets", "cifar100", "--losses", "ce", "--rhos", "0", "--trials", "1", "--out",
                      str(tmp_path), "--", "--data-dir", str(conftest.unreachable_folder(tmp_path)), timeout=300)
@@ -144,15 +156,6 @@ def test_quick_pipeline_ends_with_tables_and_figures(data_root, tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # aggregate.py on hand-made results.
-
-def summary_row(dataset, loss, rho, seed, acc, **extra):
-    row = dict(run=f"{dataset}-{loss}-{'-'.join(f'{k}{v}' for k, v in sorted(extra.items()))}-{rho}-{seed}",
-               dataset=dataset, model="lenet", loss=loss, tau="", q="", alpha="", beta="", clip_norm="",
-               clip_mode="global", rho=rho, seed=seed, noise="symmetric", noise_seed=0, epochs=20,
-               test_acc=acc, finished="2026-01-01T00:00:00")
-    row.update({k: v for k, v in extra.items()})
-    return row
-
 
 @pytest.fixture
 def hand_made(tmp_path):

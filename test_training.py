@@ -20,6 +20,7 @@ import experiment
 import grid
 import losses
 import models
+import noise
 import results
 import train_cifar
 import train_mnist
@@ -35,8 +36,9 @@ def mnist_args(mnist_dir, out, *extra):
 def prepared(mnist_dir, *argv):
     """The Data of a train_mnist.py command line, on the CPU."""
     _, c = cli.parse("train_mnist.py", ["--data-dir", mnist_dir, *argv])
-    return data.prepare(c["dataset"], mnist_dir, False, c["rho"], c["noise"], c["noise_seed"], c["val_split"],
-                        c["limit_train"], c["limit_test"], torch.device("cpu"))
+    spec = noise.Spec(c["noise"], c["rho"], c["noise_seed"], c.get("noise_key"))
+    return data.prepare(c["dataset"], mnist_dir, False, spec, c["val_split"], c["limit_train"], c["limit_test"],
+                        torch.device("cpu"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,9 +71,9 @@ def test_lenet_init_and_shapes():
 # ---------------------------------------------------------------------------------------------
 # Label noise.
 
-def noisy(labels, rho, k=10, noise="symmetric", dataset="mnist", seed=0):
-    return data.add_label_noise(labels, rho, k, noise, data.flip_map(dataset, noise),
-                                torch.Generator().manual_seed(seed))
+def noisy(labels, rho, k=10, kind="symmetric", dataset="mnist", seed=0):
+    flips = data.DATASETS[dataset]["flips"] if kind == "asymmetric" else {}
+    return noise.add_label_noise(labels, rho, k, kind, noise.flip_map(flips, k), torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("rho", [0.2, 0.6])
@@ -326,7 +328,7 @@ def test_asymmetric_flips_only_along_the_map_at_the_set_rate(dataset):
     k, rho, n = data.DATASETS[dataset]["classes"], 0.3, 400_000
     clean = torch.randint(0, k, (n,), generator=torch.Generator().manual_seed(2))
     y = noisy(clean, rho, k, "asymmetric", dataset)
-    target = data.flip_map(dataset, "asymmetric")
+    target = noise.flip_map(data.DATASETS[dataset]["flips"], k)
     changed = y != clean
     assert torch.equal(y[changed], target[clean[changed]])          # only along the map
     moved = target != torch.arange(k)
@@ -360,16 +362,16 @@ def test_noise_record_matches_the_labels(mnist_dir, tmp_path):
     written = torch.tensor([[int(r[f"noisy_{j}"]) for j in range(10)] for r in rows])
     assert torch.equal(written, expected)
     (summary,) = read_csv(tmp_path / "summary.csv")
-    assert summary["label_hash"] == data.label_hash(d.train_y) and summary["noise"] == "asymmetric"
+    assert summary["label_hash"] == noise.label_hash(d.train_y) and summary["noise"] == "asymmetric"
 
 
 def test_label_hash_changes_with_one_label_only():
     labels = torch.randint(0, 10, (1000,), generator=torch.Generator().manual_seed(0))
     same = labels.clone()
-    assert data.label_hash(labels) == data.label_hash(same)
+    assert noise.label_hash(labels) == noise.label_hash(same)
     same[123] = (same[123] + 1) % 10
-    assert data.label_hash(labels) != data.label_hash(same)
-    assert data.label_hash(labels) == data.label_hash(labels.to(torch.int32))  # dtype does not matter
+    assert noise.label_hash(labels) != noise.label_hash(same)
+    assert noise.label_hash(labels) == noise.label_hash(labels.to(torch.int32))  # dtype does not matter
 
 
 def test_validation_split_is_disjoint_noisy_and_shared_by_trials(mnist_dir):

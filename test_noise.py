@@ -1,0 +1,298 @@
+"""Tests for the noise of issue 13: instance-dependent noise (Xia et al., 2020), human noise from
+CIFAR-N label files (generated here in the real format), and LogitClip as a training flag."""
+import hashlib
+import io
+import json
+import math
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+import conftest
+import data
+import grid
+import noise
+import results
+import train_cifar
+import train_mnist
+from conftest import only_run_dir
+from results import read_csv
+
+
+# ---------------------------------------------------------------------------------------------
+# Instance-dependent noise.
+
+def clustered(n_centres=100, per_centre=20, k=10, d=64, seed=0):
+    """Images in tight clusters (one class per cluster): near-duplicates to compare how they flip."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(n_centres, d, generator=g)
+    centre = torch.arange(n_centres).repeat_interleave(per_centre)
+    images = centres[centre] + 0.05 * torch.randn(len(centre), d, generator=g)
+    return images, centre % k, centre
+
+
+def test_instance_noise_rate_is_within_sampling_error_of_rho():
+    images, labels, _ = clustered(n_centres=1000)
+    for rho in (0.2, 0.4):
+        noisy = noise.instance_noise(images, labels, 10, rho, torch.Generator().manual_seed(1))
+        rate = (noisy != labels).double().mean().item()
+        # the rates are N(rho, 0.1^2) truncated far from 0 and 1: their mean is rho (to 1e-6 at rho 0.2)
+        assert abs(rate - rho) < 4 * math.sqrt(rho * (1 - rho) / len(labels)), (rho, rate)
+
+
+def test_truncated_normal_has_the_right_distribution():
+    for mean in (0.05, 0.4, 0.97):  # truncation at 0, none to speak of, truncation at 1 (mirrored)
+        q = noise.truncated_normal(20_000, mean, 0.1, torch.Generator().manual_seed(0)).numpy()
+        assert q.min() >= 0 and q.max() <= 1
+        law = stats.truncnorm((0 - mean) / 0.1, (1 - mean) / 0.1, loc=mean, scale=0.1)
+        assert stats.kstest(q, law.cdf).pvalue > 1e-3, mean
+
+
+def test_instance_noise_never_flips_a_sample_whose_rate_is_zero():
+    images, labels, _ = clustered()
+    rates = torch.rand(len(labels), generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    rates[::2] = 0.0
+    noisy = noise.instance_flips(images, labels, 10, rates, torch.Generator().manual_seed(4))
+    assert torch.equal(noisy[::2], labels[::2])
+    assert (noisy[1::2] != labels[1::2]).double().mean() > 0.4  # the others flip at their rates (mean 0.5)
+    assert (noisy != labels).sum() == (noisy[1::2] != labels[1::2]).sum()
+
+
+def test_instance_noise_is_a_function_of_its_seed():
+    images, labels, _ = clustered()
+    draw = lambda seed: noise.instance_noise(images, labels, 10, 0.4, torch.Generator().manual_seed(seed))  # noqa
+    assert torch.equal(draw(7), draw(7))
+    assert not torch.equal(draw(7), draw(8))
+
+
+def agreement(noisy, labels, centre):
+    """Among flipped samples, the share of pairs from the same cluster (near-identical images) whose
+    labels went to the same class: the x-dependence of where a label goes."""
+    same = total = 0
+    flipped = noisy != labels
+    for c in torch.unique(centre[flipped]).tolist():
+        dest = noisy[flipped & (centre == c)]
+        counts = torch.bincount(dest, minlength=10).double()
+        same += (counts * (counts - 1)).sum().item()
+        total += len(dest) * (len(dest) - 1)
+    return same / total
+
+
+def test_where_an_instance_label_goes_depends_on_the_image():
+    images, labels, centre = clustered()
+    instance = noise.instance_noise(images, labels, 10, 0.4, torch.Generator().manual_seed(5))
+    symmetric = noise.add_label_noise(labels, 0.4, 10, "symmetric", None, torch.Generator().manual_seed(5))
+    # Near-identical images flip to the same class under instance noise; under class-conditional
+    # noise their destinations are independent: agreement 1/9 for symmetric flips.
+    assert agreement(instance, labels, centre) > 0.5  # 0.79 with this seed
+    assert abs(agreement(symmetric, labels, centre) - 1 / 9) < 0.05
+    # ... and whether a label flips does not: Xia et al.'s rate is drawn per sample, independently of x.
+    flips = torch.stack([(instance != labels)[centre == c].sum() for c in range(100)]).numpy()
+    assert stats.chi2_contingency(np.stack([flips, 20 - flips])).pvalue > 1e-3
+
+
+def test_instance_noise_in_a_run_is_recorded_like_every_noise(mnist_dir, tmp_path):
+    argv = ["--data-dir", mnist_dir, "--out", str(tmp_path), "--epochs", "1", "--noise", "instance", "--rho", "0.4"]
+    assert train_mnist.main(argv) == 0
+    (summary,) = read_csv(tmp_path / "summary.csv")
+    assert summary["noise"] == "instance" and float(summary["rho"]) == 0.4
+    counts = read_csv(os.path.join(only_run_dir(tmp_path), "noise_transitions.csv"))
+    table = np.array([[int(r[f"noisy_{j}"]) for j in range(10)] for r in counts])
+    assert table.sum() == 600 and float(summary["flip_rate"]) == pytest.approx(1 - np.trace(table) / 600)
+    assert 0.3 < float(summary["flip_rate"]) < 0.5
+    assert train_mnist.main(argv + ["--force"]) == 0  # the same labels again: same seed, same hash
+    assert len({r["label_hash"] for r in read_csv(tmp_path / "summary.csv")}) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Human noise: CIFAR-N files.
+
+def cifar_labels(cifar_dir, dataset="cifar10"):
+    return data.load_dataset(dataset, cifar_dir)[1]
+
+
+def write_human_file(path, clean, noisy_keys, legacy=False):
+    """A CIFAR-N file as the project ships it: torch.save of a dict of numpy label arrays."""
+    content = {"clean_label": clean.numpy().copy(), **{k: v.numpy().copy() for k, v in noisy_keys.items()}}
+    buffer = io.BytesIO()
+    torch.save(content, buffer, _use_new_zipfile_serialization=not legacy)
+    raw = buffer.getvalue()
+    if legacy:  # as numpy 1 names its arrays' constructor, which the 2022 files were saved with
+        raw = raw.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n")
+        assert b"numpy.core.multiarray" in raw
+    with open(path, "wb") as f:
+        f.write(raw)
+    return hashlib.sha256(raw).hexdigest()
+
+
+def flipped(labels, share, seed, k=10):
+    g = torch.Generator().manual_seed(seed)
+    flip = torch.rand(len(labels), generator=g) < share
+    return torch.where(flip, (labels + torch.randint(1, k, labels.shape, generator=g)) % k, labels)
+
+
+def cifar(cifar_dir, out, *extra):
+    return train_cifar.main(["--data-dir", cifar_dir, "--out", str(out), "--model", "resnet18", "--epochs", "1",
+                             "--batch-size", "50", *extra])
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_human_noise_run_trains_on_the_files_labels_and_records_the_file(cifar_dir, tmp_path, legacy):
+    clean = cifar_labels(cifar_dir)
+    keys = {"aggre_label": flipped(clean, 0.1, 1), "worse_label": flipped(clean, 0.4, 2)}
+    path = tmp_path / "CIFAR-10_human.pt"
+    sha = write_human_file(path, clean, keys, legacy)
+    assert cifar(cifar_dir, tmp_path / "out", "--noise", "human", "--noise-file", str(path),
+                 "--noise-key", "aggre_label") == 0
+    (summary,) = read_csv(tmp_path / "out" / "summary.csv")
+    assert summary["noise"] == "human" and summary["noise_key"] == "aggre_label" and summary["rho"] == ""
+    assert float(summary["flip_rate"]) == pytest.approx((keys["aggre_label"] != clean).double().mean().item())
+    assert summary["label_hash"] == noise.label_hash(keys["aggre_label"])
+    run = only_run_dir(tmp_path / "out")
+    assert "aggre_label" in os.path.basename(run)
+    meta = json.load(open(os.path.join(run, "config.json")))
+    assert meta["noise_file"] == {"name": "CIFAR-10_human.pt", "sha256": sha}
+    assert meta["config"]["noise_key"] == "aggre_label" and "noise_file" not in meta["config"]
+
+
+def test_human_noise_default_file_and_key(cifar_dir, tmp_path):
+    clean = cifar_labels(cifar_dir)
+    worse = flipped(clean, 0.4, 2)
+    os.symlink(os.path.join(cifar_dir, "cifar-10-batches-py"), tmp_path / "cifar-10-batches-py")
+    write_human_file(tmp_path / "CIFAR-10_human.pt", clean, {"worse_label": worse})
+    assert cifar(str(tmp_path), tmp_path / "out", "--noise", "human") == 0  # DATA_DIR/CIFAR-10_human.pt
+    (summary,) = read_csv(tmp_path / "out" / "summary.csv")
+    assert summary["noise_key"] == "worse_label" and summary["label_hash"] == noise.label_hash(worse)
+
+
+def one_line_exit(capsys, code, *argv):
+    with pytest.raises(SystemExit) as e:
+        cifar(*argv)
+    err = capsys.readouterr().err
+    assert e.value.code == code and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_human_noise_refuses_a_file_of_other_labels(cifar_dir, tmp_path, capsys):
+    clean = cifar_labels(cifar_dir)
+    shuffled = clean.clone()
+    first = int((clean != clean[0]).nonzero()[0])  # swapping 0 and `first` changes index 0 first
+    shuffled[[0, first]] = shuffled[[first, 0]]
+    path = tmp_path / "f.pt"
+    write_human_file(path, shuffled, {"worse_label": shuffled})
+    err = one_line_exit(capsys, 2, cifar_dir, tmp_path / "out", "--noise", "human", "--noise-file", str(path))
+    assert str(path) in err and "first at index 0" in err and "wrong dataset or wrong order" in err
+    write_human_file(path, clean[:100], {"worse_label": clean[:100]})
+    err = one_line_exit(capsys, 2, cifar_dir, tmp_path / "out", "--noise", "human", "--noise-file", str(path))
+    assert "holds 100 clean" in err
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+@pytest.mark.parametrize("content,message", [
+    ([1, 2, 3], "holds a list"), ({"clean_label": np.zeros(3)}, "has no worse_label"),
+    ({"clean_label": np.zeros(250), "worse_label": np.zeros(250)}, "float64 values"),
+    (b"not a torch file", "not a CIFAR-N label file"),
+])
+def test_human_noise_malformed_files_are_one_line(cifar_dir, tmp_path, capsys, content, message):
+    path = tmp_path / "f.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    err = one_line_exit(capsys, 2, cifar_dir, tmp_path / "out", "--noise", "human", "--noise-file", str(path))
+    assert message in err
+
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_human_noise_file_cannot_run_code(cifar_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "f.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"clean_label": Evil()}, f, protocol=2)
+    err = one_line_exit(capsys, 2, cifar_dir, tmp_path / "out", "--noise", "human", "--noise-file", str(path))
+    assert "not a CIFAR-N label file" in err and not (tmp_path / "PWNED").exists()
+
+
+def test_missing_human_file_says_where_to_get_it_and_where_to_put_it(cifar_dir, tmp_path, capsys):
+    err = one_line_exit(capsys, 3, cifar_dir, tmp_path / "out", "--noise", "human", "--dataset", "cifar100")
+    assert os.path.join(cifar_dir, "CIFAR-100_human.pt") in err and data.CIFAR_N in err and "--noise-file" in err
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--noise", "human", "--rho", "0.2"], "--rho 0.2 is not allowed with --noise human"),
+    (["--noise", "human", "--noise-key", "noisy_label"], "--noise-key 'noisy_label' is not allowed"),
+    (["--noise", "human", "--dataset", "cifar100", "--noise-key", "worse_label"], "noisy_label"),
+    (["--noise-key", "worse_label"], "without --noise human"),
+    (["--noise-file", "x.pt"], "without --noise human"),
+    (["--noise", "instance", "--rho", "1"], "--rho 1.0"),
+    (["--loss", "ce", "--logit-clip", "0"], "logit_clip=0.0"),
+])
+def test_bad_noise_flags_are_one_line(cifar_dir, tmp_path, capsys, flags, message):
+    assert message in one_line_exit(capsys, 2, cifar_dir, tmp_path / "out", *flags)
+
+
+def test_human_noise_is_not_a_choice_for_mnist(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        train_mnist.main(["--out", str(tmp_path), "--noise", "human"])
+    assert e.value.code == 2 and "invalid choice: 'human'" in capsys.readouterr().err
+
+
+def test_human_noise_grid(tmp_path):
+    cells = grid.cells(datasets=("cifar10", "cifar100"), rhos=(), human=True)
+    keys = {c.argv[c.argv.index("--noise-key") + 1] for c in cells}
+    assert keys == {"aggre_label", "random_label1", "worse_label", "noisy_label"}
+    assert len(cells) == 6 * 3 * 3 + 7 * 1 * 3  # report rows (7 on CIFAR-100) x keys x 3 trials
+    assert all("--rho" not in c.argv and c.argv[c.argv.index("--noise") + 1] == "human" for c in cells)
+    listed = conftest.run_all("--human-noise", "--list", "--out", str(tmp_path)).stdout
+    assert "cifar10-phuber_ce-tau2-worse_label-seed2" in listed and "cifar100-ce-noisy_label-seed0" in listed
+    bad = conftest.run_all("--human-noise", "--rhos", "0.2", check=False)
+    assert bad.returncode == 2 and "--human-noise takes no --rhos" in bad.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# LogitClip as a training flag and a grid option.
+
+def test_logit_clip_run_and_grid(mnist_dir, tmp_path):
+    assert train_mnist.main(["--data-dir", mnist_dir, "--out", str(tmp_path), "--epochs", "1",
+                             "--logit-clip", "1"]) == 0
+    (summary,) = read_csv(tmp_path / "summary.csv")
+    assert float(summary["logit_clip"]) == 1.0 and summary["loss"] == "ce"
+    assert "logit_clip1" in os.path.basename(only_run_dir(tmp_path))
+    cells = grid.cells(datasets=("mnist",), losses=["ce", "phuber_ce"], rhos=(0.6,), trials=1, logit_clip=1.0)
+    assert [c.id for c in cells] == ["mnist-ce+lc1-rho0.6-seed0", "mnist-phuber_ce+lc1-tau10-rho0.6-seed0"]
+    assert all(c.argv[c.argv.index("--logit-clip") + 1] == "1" for c in cells)
+    listed = conftest.run_all("--datasets", "mnist", "--losses", "ce", "--logit-clip", "1", "--list").stdout
+    assert "mnist-ce+lc1-rho0-seed0" in listed
+    for bad in ("0", "x", "1,2"):
+        result = conftest.run_all("--losses", "ce", "--logit-clip", bad, "--list", check=False)
+        assert result.returncode == 2 and "--logit-clip" in result.stderr
+
+
+def test_run_names_without_logit_clip_are_unchanged():
+    config = dict(dataset="mnist", model="lenet", loss="ce", tau=None, q=None, alpha=None, beta=None, logit_clip=None,
+                  clip_norm=None, clip_mode="global", noise="symmetric", rho=0.4, noise_seed=0, seed=0)
+    assert results.run_name(config) == results.run_name({k: v for k, v in config.items() if k != "logit_clip"})
+
+
+def test_aggregate_lays_out_human_noise_by_key(tmp_path, capsys):
+    import aggregate  # torch-free: imported here only to keep this file's imports about noise
+    rows = [conftest.summary_row("cifar10", "ce", "", seed, acc, run=f"h-{key}-{seed}", noise="human", noise_key=key)
+            for key, accs in (("aggre_label", (80.0, 82.0, 84.0)), ("worse_label", (60.0, 61.0, 62.0)))
+            for seed, acc in enumerate(accs)]
+    rows += [conftest.summary_row("cifar10", "ce", 0.4, seed, 70.0) for seed in range(3)]
+    conftest.write_csv_rows(tmp_path / "summary.csv", rows)
+    assert aggregate.main(["--results", str(tmp_path), "--no-plot"]) == 0
+    human = (tmp_path / "tables" / "cifar10_human.md").read_text()
+    assert "| Loss | aggre_label | worse_label |" in human
+    assert "| CE | **82.0 ± 1.2** | **61.0 ± 0.6** |" in human
+    main = (tmp_path / "tables" / "cifar10.md").read_text()
+    assert "ρ = 0.4" in main and "aggre_label" not in main and "82.0" not in main
+    assert "skipping" not in capsys.readouterr().err
