@@ -1,16 +1,20 @@
-"""The command line: one-line errors for every script, and the training scripts' flags.
+"""The command lines: one-line errors for every script, the training scripts' flags, run_all.sh's.
 
     Parser              argparse, but a bad value is one line naming it and exit status 2
     fail                the same for errors found after parsing
     training_parser     the flags of train_mnist.py / train_cifar.py; defaults are the report's,
                         per dataset (grid.DATASETS), and each loss's (the registry of losses.py)
     parse               parse, fill in the defaults, validate: (args, config)
+    parse_grid          run_all.sh's options: the selection, its cells, the workers (runner.py)
 
 Standard library only: run_all.sh resolves every cell's configuration, and so its run name and
 whether it has finished, without starting torch.
 """
 import argparse
 import math
+import os
+import shlex
+import subprocess
 import sys
 
 import grid
@@ -222,3 +226,133 @@ def check_noise(parser, args):
         if args.noise_key not in keys:
             parser.error(f"--noise-key {args.noise_key!r} is not allowed: {args.dataset}'s CIFAR-N file has "
                          f"{', '.join(keys)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# run_all.sh (runner.py): the grid's selection.
+
+def parse_grid(argv):
+    """run_all.sh's options (see its header): the selection of grid.cells, the cells, the workers."""
+    p = Parser(prog="run_all.sh", description="Run the report's grid; see the header of run_all.sh.",
+                   usage="bash run_all.sh [options] [-- flags for every training script]")
+    p.add_argument("--datasets")
+    p.add_argument("--losses")
+    p.add_argument("--rhos")
+    p.add_argument("--table3", action="store_true")
+    p.add_argument("--memorisation", action="store_true")
+    p.add_argument("--human-noise", action="store_true")
+    p.add_argument("--logit-clip")
+    p.add_argument("--trials", default=str(grid.TRIALS))
+    p.add_argument("--out")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--list", action="store_true")
+    p.add_argument("--task")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--gpus")
+    p.add_argument("--cpu-workers")
+    p.add_argument("--slurm", action="store_true")
+    p.add_argument("--sbatch", default="")
+    p.add_argument("--taus")
+    p.add_argument("--tune-tau", action="store_true")
+    p.add_argument("--tau-candidates", default=",".join(f"{t:g}" for t in grid.TAU_CANDIDATES))
+    p.add_argument("--val-split", default=f"{grid.VAL_SPLIT:g}")
+    argv = list(argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    if "--sbatch" in argv[:-1]:  # its value is sbatch's options, "--partition=gpu ...": argparse takes it attached
+        i = argv.index("--sbatch")
+        argv[i:i + 2] = [f"--sbatch={argv[i + 1]}"]
+    opts = p.parse_args(argv)
+    opts.extra = extra
+    # --table3 and --memorisation select a named setting of grid.py; the filters can narrow it
+    named = grid.TABLE3 if opts.table3 else dict(grid.MEMORISATION, losses=None) if opts.memorisation else \
+        dict(datasets=tuple(grid.HUMAN_NOISE), losses=None, rhos=()) if opts.human_noise else \
+        dict(datasets=grid.DEFAULT_DATASETS, losses=None, rhos=grid.RHOS)
+    if opts.table3 + opts.memorisation + opts.human_noise > 1:
+        p.error("--table3, --memorisation and --human-noise are three settings: choose one")
+    if opts.human_noise and (opts.rhos or opts.tune_tau):
+        p.error(f"--human-noise takes no {'--rhos' if opts.rhos else '--tune-tau'}: the noise is the CIFAR-N files'")
+    opts.datasets = opts.datasets or ",".join(named["datasets"])
+    opts.losses = opts.losses or (",".join(named["losses"]) if named["losses"] else None)
+    opts.rhos = opts.rhos or ",".join(f"{r:g}" for r in named["rhos"])
+
+    def distinct(flag, values):
+        if len(set(values)) < len(values):
+            p.error(f"{flag} {','.join(map(str, values))!r} repeats a value: give each once")
+        return values
+
+    def numbers(flag, text, ok, allowed):
+        try:
+            values = [float(v) for v in text.split(",")]
+        except ValueError:
+            values = None
+        if not values or not all(ok(v) for v in values):
+            p.error(f"{flag} {text!r} is not allowed: {allowed}")
+        return distinct(flag, values)
+    datasets = distinct("--datasets", opts.datasets.split(","))
+    for d in datasets:
+        if d != "synthetic" and d not in grid.DATASETS:
+            p.error(f"--datasets: {d!r} is not allowed: use synthetic, {', '.join(grid.DATASETS)}")
+    losses = distinct("--losses", opts.losses.split(",")) if opts.losses else None
+    for loss in losses or ():
+        if loss not in grid.known_losses():
+            p.error(f"--losses: {loss!r} is not allowed: use {', '.join(grid.known_losses())}")
+    if not opts.trials.isdigit() or int(opts.trials) < 1:
+        p.error(f"--trials {opts.trials!r} is not allowed: a positive integer")
+    rhos = numbers("--rhos", opts.rhos, lambda r: 0 <= r < 1, "noise rates in [0, 1)") if opts.rhos else ()
+    for d in datasets if opts.human_noise else ():
+        if d not in grid.HUMAN_NOISE:
+            p.error(f"--datasets: {d!r} is not allowed with --human-noise: use {', '.join(grid.HUMAN_NOISE)}")
+    logit_clip = numbers("--logit-clip", opts.logit_clip, lambda d: 0 < d < float("inf") and "," not in opts.logit_clip,
+                         "one norm > 0, e.g. 1")[0] if opts.logit_clip else None
+    taus = numbers("--taus", opts.taus, lambda t: 1 < t < float("inf"), "each tau > 1") if opts.taus else None
+    candidates = numbers("--tau-candidates", opts.tau_candidates, lambda t: 1 < t < float("inf"), "each tau > 1")
+    val_split = numbers("--val-split", opts.val_split, lambda v: 0 < v < 1, "a fraction in (0, 1)")[0]
+    if taus and opts.tune_tau:
+        p.error("--taus and --tune-tau exclude each other: a sweep fixes tau, tuning chooses it")
+    for flag in ("--out", "--resume"):
+        if flag in opts.extra:
+            p.error(f"{flag} is not allowed after --: run_all.sh sets it (use run_all.sh --out)")
+    try:
+        opts.sbatch = shlex.split(opts.sbatch)
+    except ValueError as e:
+        p.error(f"--sbatch {opts.sbatch!r} is not allowed: {e}")
+    opts.selection = dict(datasets=datasets, losses=losses, rhos=rhos, trials=1 if opts.quick else int(opts.trials),
+                          taus=taus, tune=opts.tune_tau, candidates=candidates, val_split=val_split, quick=opts.quick,
+                          noise_seeds=grid.TABLE3["noise_seeds"] if opts.table3 else (0,), memorisation=opts.memorisation,
+                          human=opts.human_noise, logit_clip=logit_clip)
+    # Paths are the caller's: relative ones resolve against the directory run_all.sh was started in.
+    opts.out = os.path.abspath(opts.out or ("results/quick" if opts.quick else "results"))
+    opts.cells = grid.cells(**opts.selection)
+    if not opts.cells:
+        p.error("the filters select no cell")
+    if opts.task is not None and not (opts.task.isdigit() and int(opts.task) < len(opts.cells)):
+        p.error(f"--task {opts.task!r} is not allowed: 0 to {len(opts.cells) - 1}")
+    opts.gpus = check_gpus(p, opts.gpus) if opts.gpus else None
+    if opts.cpu_workers is not None and (opts.gpus or not opts.cpu_workers.isdigit() or int(opts.cpu_workers) < 1):
+        p.error(f"--cpu-workers {opts.cpu_workers!r} is not allowed: a positive integer, without --gpus")
+    # each worker's CUDA_VISIBLE_DEVICES: a GPU; "" for a CPU worker (no GPU); None: leave it as it is
+    opts.workers = opts.gpus or [""] * int(opts.cpu_workers or 0) or [None]
+    return opts
+
+
+def check_gpus(parser, text):
+    """The CUDA_VISIBLE_DEVICES value of each worker: ids index the visible GPUs (CUDA_VISIBLE_DEVICES
+    of the caller if set, as SLURM sets it, else every GPU torch sees)."""
+    ids = text.split(",")
+    if not all(i.isdigit() for i in ids) or len(set(ids)) < len(ids):
+        parser.error(f"--gpus {text!r} is not allowed: distinct integer GPU ids, e.g. 0,1,2,3")
+    visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if "CUDA_VISIBLE_DEVICES" not in os.environ:
+        probe = subprocess.run([python(), "-c", "import torch; print(torch.cuda.device_count())"],
+                               capture_output=True, text=True)
+        visible = [str(i) for i in range(int(probe.stdout.strip() or 0))] if probe.returncode == 0 else []
+    bad = [i for i in ids if int(i) >= len(visible)]
+    if bad:
+        parser.error(f"--gpus {text!r} is not allowed: {len(visible)} GPU(s) visible here"
+                     + (f" (ids 0-{len(visible) - 1})" if visible else ""))
+    return [visible[int(i)] for i in ids]
+
+
+def python():
+    return os.environ.get("PYTHON", sys.executable)
