@@ -66,7 +66,8 @@ def dataset_table(dataset, rows, out, expected, chosen, other_noise_seeds=0, lay
     table, rhos = table_entries(rows, grid.report_rows(dataset) if layout is None else layout, by=by)
     for e in table:
         row = dict(zip(LOSS_KEYS, e["key"]))
-        if row["tau"] and not row["clip_norm"] and chosen.get((dataset, row["loss"])) == float(row["tau"]):
+        if row["tau"] and not row["clip_norm"] and chosen.get((dataset, row["loss"], number(row["logit_clip"]))) \
+                == float(row["tau"]):
             e["label"] += " †"
     best = {rho: max((e["cells"][rho][0] for e in table if e["cells"][rho][0] is not None), default=None)
             for rho in rhos}
@@ -213,27 +214,31 @@ def paired_differences(dataset, rows, out, layout, against=None, stem=None):
 # Model selection on noisy validation data (the original paper's protocol for tau; grid.choose_tau).
 
 def tau_choices(rows):
-    """{(dataset, loss): tau} for every partially Huberised loss with noisy-validation runs."""
+    """{(dataset, loss, logit_clip): tau} for every partially Huberised loss (alone, or behind
+    LogitClip at one norm) with noisy-validation runs."""
     choices = {}
-    for dataset, loss in sorted({(r["dataset"], r["loss"]) for r in rows if r["loss"] in grid.BASE}):
-        tau, _ = grid.choose_tau(rows, dataset, loss)
+    for dataset, loss, clip in sorted({(r["dataset"], r["loss"], number(r.get("logit_clip")) or 0.0) for r in rows
+                                       if r["loss"] in grid.BASE}):
+        tau, _ = grid.choose_tau(rows, dataset, loss, logit_clip=clip or None)
         if tau is not None:
-            choices[(dataset, loss)] = tau
+            choices[(dataset, loss, clip or None)] = tau
     return choices
 
 
 def tau_selection_table(validation_rows, rows, out):
     """Which tau the protocol chose, on what evidence, and the test accuracy the grid then got."""
     lines = []
-    for (dataset, loss), tau in tau_choices(validation_rows).items():
-        _, scores = grid.choose_tau(validation_rows, dataset, loss)
+    for (dataset, loss, clip), tau in tau_choices(validation_rows).items():
+        _, scores = grid.choose_tau(validation_rows, dataset, loss, logit_clip=clip)
         listed = ", ".join(f"τ={t:g}: {s:.1f}%" for t, s in sorted(scores.items()))
         test = defaultdict(list)
         for r in rows:
-            if (r["dataset"], r["loss"], number(r.get("tau")), r.get("clip_norm")) == (dataset, loss, tau, ""):
+            if (r["dataset"], r["loss"], number(r.get("tau")), r.get("clip_norm"), number(r.get("logit_clip"))) == \
+                    (dataset, loss, tau, "", clip):
                 test[float(r["rho"])].append(float(r["test_acc"]))
         found = ", ".join(f"ρ={rho:g}: {np.mean(v):.1f}% (n={len(v)})" for rho, v in sorted(test.items())) or "-"
-        lines.append([dataset, grid.NAMES[loss], f"{tau:g}", listed, found])
+        lines.append([dataset, grid.NAMES[loss] + (f" + LogitClip δ = {clip:g}" if clip else ""), f"{tau:g}", listed,
+                      found])
     if lines:
         write_table(os.path.join(out, "tables", "tau_selection"),
                     "τ chosen by final noisy-validation accuracy at the highest noise rate (test data unused)",
@@ -345,6 +350,8 @@ def aggregate(args, out, candidates):
         print(f"{tau:g}")
         return 0
 
+    human = [r for r in rows if r.get("noise") == "human"]  # run_all.sh --human-noise: a column per CIFAR-N key
+    rows = [r for r in rows if r.get("noise") != "human"]
     plt = None if args.no_plot else results.pyplot()
     refs = load_reference(args.reference) if os.path.exists(args.reference) else {}
     # tau tuning runs (run_all.sh --tune-tau) live in their own results folder
@@ -352,8 +359,6 @@ def aggregate(args, out, candidates):
     validation_rows = load_runs(tuning) if os.path.isdir(tuning) else rows
     chosen = tau_choices(validation_rows)
     written = []
-    human = [r for r in rows if r.get("noise") == "human"]  # run_all.sh --human-noise: a column per CIFAR-N key
-    rows = [r for r in rows if r.get("noise") != "human"]
     for dataset in sorted({r["dataset"] for r in human}):
         ds_rows = [r for r in human if r["dataset"] == dataset]
         dataset_table(dataset, ds_rows, out, args.trials, {}, stem=f"{dataset}_human", by="noise_key",

@@ -11,6 +11,7 @@ Standard library only: run_all.sh resolves every cell's configuration, and so it
 whether it has finished, without starting torch.
 """
 import argparse
+import hashlib
 import math
 import os
 import shlex
@@ -164,7 +165,7 @@ def check(parser, args):
         bad("--loss", args.loss, f"valid losses are {registry.describe(losses, params)}")
     given = {k for k in params if getattr(args, k) is not None}
     if given - set(losses[args.loss]):
-        takes = ", ".join(losses[args.loss]) or "no parameters"
+        takes = ", ".join(k for k in losses[args.loss] if "wrapper" not in params[k]) or "no parameters"
         parser.error(f"loss {args.loss!r} does not take {', '.join(sorted(given - set(losses[args.loss])))}: "
                      f"it takes {takes}")
     # the effective parameters are part of the run's identity: the report's for the dataset where it
@@ -218,14 +219,27 @@ def check_noise(parser, args):
     if not human and not 0 <= args.rho < 1:
         parser.error(f"--rho {args.rho!r} is not allowed: the flip probability must be in [0, 1)")
     for flag in ("noise_key", "noise_file"):
-        if not human and getattr(args, flag, None) is not None:
-            parser.error(f"--{flag.replace('_', '-')} {getattr(args, flag)!r} is not allowed without --noise human")
+        value = getattr(args, flag, None)
+        if value is not None and (not human or not value):
+            parser.error(f"--{flag.replace('_', '-')} {value!r} is not allowed " + ("without --noise human" if value
+                                                                                     else "(empty)"))
     if human:
-        keys = grid.HUMAN_NOISE[args.dataset]["keys"]
-        args.noise_key = args.noise_key or grid.HUMAN_NOISE[args.dataset]["default"]
-        if args.noise_key not in keys:
+        spec = grid.HUMAN_NOISE[args.dataset]
+        args.noise_key = args.noise_key or spec["default"]
+        if args.noise_key not in spec["keys"]:
             parser.error(f"--noise-key {args.noise_key!r} is not allowed: {args.dataset}'s CIFAR-N file has "
-                         f"{', '.join(keys)}")
+                         f"{', '.join(spec['keys'])}")
+        args.noise_file = args.noise_file or os.path.join(args.data_dir, spec["file"])
+        args.noise_file_sha256 = file_sha256(args.noise_file)  # the labels are part of the run's identity
+
+
+def file_sha256(path):
+    """The file's SHA-256, or None where it cannot be read (the data loader then says why, in one line)."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,8 +343,11 @@ def parse_grid(argv):
     if opts.task is not None and not (opts.task.isdigit() and int(opts.task) < len(opts.cells)):
         p.error(f"--task {opts.task!r} is not allowed: 0 to {len(opts.cells) - 1}")
     opts.gpus = check_gpus(p, opts.gpus) if opts.gpus else None
-    if opts.cpu_workers is not None and (opts.gpus or not opts.cpu_workers.isdigit() or int(opts.cpu_workers) < 1):
-        p.error(f"--cpu-workers {opts.cpu_workers!r} is not allowed: a positive integer, without --gpus")
+    cores = os.cpu_count() or 1
+    if opts.cpu_workers is not None and (opts.gpus or opts.slurm or not opts.cpu_workers.isdigit()
+                                         or not 1 <= int(opts.cpu_workers) <= cores):
+        p.error(f"--cpu-workers {opts.cpu_workers!r} is not allowed: 1 to {cores} (the CPU cores here), "
+                "without --gpus or --slurm")
     # each worker's CUDA_VISIBLE_DEVICES: a GPU; "" for a CPU worker (no GPU); None: leave it as it is
     opts.workers = opts.gpus or [""] * int(opts.cpu_workers or 0) or [None]
     return opts

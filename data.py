@@ -14,6 +14,7 @@ import math
 import os
 import pickle
 import struct
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -198,25 +199,26 @@ def load_dataset(name, data_dir, force_download=False):
 # ---------------------------------------------------------------------------------------------
 # Human label noise: the CIFAR-10N / CIFAR-100N label files (Wei et al., ICLR 2022).
 
-def human_file(dataset, data_dir, path=None):
-    """The label file's path: --noise-file, else the project's file name in the data folder."""
-    return path or os.path.join(data_dir, grid.HUMAN_NOISE[dataset]["file"])
-
-
 def read_human_labels(path, dataset, key):
     """(clean, noisy, sha256) from a CIFAR-N file: a torch-saved dict of 50,000 labels per key, in the
     order of the CIFAR training set. Read as untrusted input: only tensors and numpy arrays unpickle."""
     name = grid.HUMAN_NOISE[dataset]["file"]
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a folder; --noise-file names the CIFAR-N label file itself ({name})")
     if not os.path.isfile(path):
         raise DataMissing(f"{path}: CIFAR-N label file not found. Get {name} from {CIFAR_N} (its data/ folder) "
                           f"and put it there, or give its path with --noise-file")
     with open(path, "rb") as f:
         raw = f.read()
-    try:
-        with torch.serialization.safe_globals(numpy_globals()):
+    try:  # torch's warnings about odd files would be more lines: the error below says it all
+        with torch.serialization.safe_globals(numpy_globals()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             content = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 -- any unreadable file is the user's input: one line
-        raise DataError(f"{path}: not a CIFAR-N label file ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+        first = (str(e).strip().splitlines() or ["no message"])[0]
+        if "weights_only" in first:  # torch's advice to switch the check off is not for untrusted files
+            first = "it holds objects other than tensors and numpy arrays of numbers"
+        raise DataError(f"{path}: not a CIFAR-N label file ({type(e).__name__}: {first[:200]})")
     if not isinstance(content, dict):
         raise DataError(f"{path}: not a CIFAR-N label file: holds a {type(content).__name__}, not a dict of labels")
     missing = [k for k in ("clean_label", key) if k not in content]
@@ -231,15 +233,18 @@ def numpy_globals():
     module names and numpy 1's (files saved with either)."""
     core = np._core.multiarray._reconstruct
     dtypes = [type(np.dtype(t)) for t in ("int64", "int32", "int16", "int8", "uint8", "uint16", "uint32", "uint64",
-                                          "float64", "float32")]  # floats: to say they are not labels
+                                          "float64", "float32", "float16", "bool")]  # to say they are not labels
     return [core, (core, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype, *dtypes]
 
 
 def as_labels(path, key, value):
+    """The labels under `key` as an int64 vector; anything else is a one-line DataError."""
     try:
-        labels = torch.as_tensor(np.asarray(value)).reshape(-1)
-    except (TypeError, ValueError) as e:
+        labels = torch.as_tensor(np.asarray(value))
+    except (TypeError, ValueError, RuntimeError) as e:
         raise DataError(f"{path}: {key} is not a label array ({e})")
+    if labels.dim() != 1:
+        raise DataError(f"{path}: {key} has shape {tuple(labels.shape)}, not one label per training image")
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         raise DataError(f"{path}: {key} holds {labels.dtype} values, not integer labels")
     return labels.long()
@@ -303,7 +308,7 @@ def prepare(dataset, data_dir, download, spec, val_split, limit_train, limit_tes
     the device."""
     k = DATASETS[dataset]["classes"]
     if spec.kind == "human":  # the label file first: its errors come before the dataset's load
-        path = human_file(dataset, data_dir, spec.file)
+        path = spec.file
         file_clean, noisy_y, sha256 = read_human_labels(path, dataset, spec.key)
     train_x, train_y, test_x, test_y = load_dataset(dataset, data_dir, download)
     mean, std = channel_stats(train_x)

@@ -25,7 +25,7 @@ import models
 import noise
 import results
 from cli import fail
-from data import DataError, DataMissing, load_dataset, prepare
+from data import DATASETS, DataError, DataMissing, check_human_labels, load_dataset, prepare, read_human_labels
 from training import Model, Step, evaluate, train_epoch
 
 
@@ -45,8 +45,10 @@ def run(args, config, make_optimizer, lr_factor, augment):
     criterion = criterion_for(config)
     check_per_example(config)
     device = check_device(args.device)
+    spec = noise.Spec(config["noise"], config["rho"], config["noise_seed"], config.get("noise_key"),
+                      getattr(args, "noise_file", None))
     if args.prepare_data:
-        return describe_data(config["dataset"], args.data_dir, args.download)
+        return describe_data(config["dataset"], args.data_dir, args.download, spec)
     try:
         results.check_writable(args.out)
     except ValueError as e:
@@ -58,8 +60,6 @@ def run(args, config, make_optimizer, lr_factor, augment):
         return 0
     check_resume(run, args.resume, args.force)
 
-    spec = noise.Spec(config["noise"], config["rho"], config["noise_seed"], config.get("noise_key"),
-                      getattr(args, "noise_file", None))
     data, model, step, generator = setup(run, criterion, args.data_dir, args.download, spec, args.compile, make_optimizer,
                                          lr_factor)
     history = []
@@ -189,14 +189,20 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def describe_data(dataset, data_dir, download):
-    """--prepare-data: load (downloading if needed) and describe the dataset."""
+def describe_data(dataset, data_dir, download, spec):
+    """--prepare-data: load (downloading if needed) and describe the dataset, and check a human-noise
+    label file against it (run_all.sh checks each dataset this way before any cell runs)."""
     try:
-        train_x, _, test_x, _ = load_dataset(dataset, data_dir, download)
+        if spec.kind == "human":
+            clean, noisy, _ = read_human_labels(spec.file, dataset, spec.key)
+        train_x, train_y, test_x, _ = load_dataset(dataset, data_dir, download)
+        if spec.kind == "human":
+            check_human_labels(spec.file, dataset, clean, noisy, train_y, DATASETS[dataset]["classes"])
     except DataError as e:
         fail(str(e), code=3 if isinstance(e, DataMissing) else 2)
     print(f"{dataset}: {len(train_x)} training and {len(test_x)} test images of shape "
-          f"{tuple(train_x.shape[1:])} in {data_dir}")
+          f"{tuple(train_x.shape[1:])} in {data_dir}" + (f"; labels {spec.key} of {spec.file}" if spec.kind == "human"
+                                                           else ""))
     return 0
 
 
@@ -343,7 +349,8 @@ def write_run_files(run, data):
     os.makedirs(run.folder, exist_ok=True)
     meta = dict(run=run.name, command=" ".join(shlex.quote(a) for a in sys.argv), config=run.config,
                 flip_rate=data.record["flip_rate"], label_hash=data.record["label_hash"],
-                **({"noise_file": data.record["file"]} if "file" in data.record else {}), versions=versions(), code=results.code_version(), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                **({"noise_file": data.record["file"]} if "file" in data.record else {}),  # human noise's file
+                versions=versions(), code=results.code_version(), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     results.write_atomic(os.path.join(run.folder, "config.json"), lambda f: json.dump(meta, f, indent=1))
     counts = data.record["transitions"]
     results.write_csv(os.path.join(run.folder, "noise_transitions.csv"),

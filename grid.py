@@ -117,15 +117,19 @@ def memorisation_rows():
     return [*report_rows("mnist")[:4], *ph, report_rows("mnist")[5]]
 
 
-def choose_tau(rows, dataset, loss, candidates=None):
+def choose_tau(rows, dataset, loss, candidates=None, logit_clip=None):
     """The tau whose runs have the best mean final noisy-validation accuracy at the highest rho.
 
     Reads only val_acc: the test set never takes part in the choice. With `candidates`, only they
-    count, and every one of them must have a run, or there is no choice yet (None). Returns
+    count, and every one of them must have a run, or there is no choice yet (None). The loss behind
+    LogitClip (logit_clip, a float) is another loss: its runs are chosen among apart. Returns
     (tau, {tau: score}).
     """
+    def clip(r):
+        return float(r["logit_clip"]) if r.get("logit_clip") not in ("", None) else None
     runs = [r for r in rows if r["dataset"] == dataset and r["loss"] == loss and r.get("val_acc") not in ("", None)
-            and r.get("tau") not in ("", None) and (not candidates or float(r["tau"]) in candidates)]
+            and r.get("tau") not in ("", None) and r.get("rho") not in ("", None) and clip(r) == logit_clip
+            and (not candidates or float(r["tau"]) in candidates)]
     if not runs:
         return None, {}
     top = max(float(r["rho"]) for r in runs)

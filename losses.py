@@ -47,8 +47,9 @@ PARAMS = {
               "tex": r"$\alpha$"},
     "beta": {"range": "(0, inf)", "help": "sce / nce_rce weight of the RCE term", "symbol": "β",
              "tex": r"$\beta$"},
-    # Every loss takes it, off (None) by default: a wrapper, named in tables as "+ LogitClip δ = 1".
-    "logit_clip": {"range": "(0, inf)", "help": "LogitClip (Wei et al., ICML 2023): each sample's logit vector "
+    # Every loss takes it, off (None) by default: a wrapper, named in tables as "+ LogitClip δ = 1". Its
+    # range keeps float32 sound: below 1e-6 every logit is ~0, above 1e6 no trained network is clipped.
+    "logit_clip": {"range": "[1e-06, 1e+06]", "help": "LogitClip (Wei et al., ICML 2023): each sample's logit vector "
                    "is scaled down to this L2 norm where it is longer, before the loss; any loss", "symbol": "δ",
                    "tex": r"$\delta$", "wrapper": "LogitClip"},
 }

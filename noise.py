@@ -24,7 +24,7 @@ class Spec:
     rho: float = 0.0         # flip probability; instance: the mean of the per-sample rates
     seed: int = 0            # --noise-seed: the noise's generator (and the validation split's)
     key: str = None          # human: the file's key (aggre_label, worse_label, noisy_label, ...)
-    file: str = None         # human: --noise-file (default: the project's file name in --data-dir)
+    file: str = None         # human: the label file (--noise-file, or the project's file name in --data-dir)
 
 
 def flip_map(flips, num_classes):
@@ -52,22 +52,22 @@ def add_label_noise(labels, rho, num_classes, noise, target, generator):
 # Instance-dependent noise (Xia et al., 2020, "Part-dependent label noise", their generator).
 
 def truncated_normal(n, mean, std, generator):
-    """n draws of N(mean, std^2) truncated to [0, 1], by the inverse CDF of uniforms from `generator`
-    (float64). The window is mirrored into the lower tail, where the CDF is not rounded to 1."""
-    a, b = (0 - mean) / std, (1 - mean) / std
-    mirror = a > 0
-    if mirror:
-        a, b = -b, -a
+    """n draws of N(mean, std^2) truncated to [0, 1], for a mean in [0, 1], by the inverse CDF of
+    uniforms from `generator` (float64). The window's lower end is at or below the mean, so its CDF
+    values are not rounded to 1 (where the inverse would lose the tail)."""
     cdf = lambda z: 0.5 * math.erfc(-z / math.sqrt(2))  # noqa: E731
+    low, high = cdf((0 - mean) / std), cdf((1 - mean) / std)
     u = torch.rand(n, generator=generator, dtype=torch.float64)
-    z = torch.special.ndtri(cdf(a) + u * (cdf(b) - cdf(a)))
-    return (mean + std * (-z if mirror else z)).clamp(0, 1)
+    return (mean + std * torch.special.ndtri(low + u * (high - low))).clamp(0, 1)
 
 
 def instance_noise(images, labels, num_classes, rho, generator, std=0.1):
     """Xia et al.'s instance-dependent noise on `images` (N, d) float, as normalised for training:
     sample i gets a flip rate q_i ~ N(rho, std^2) truncated to [0, 1] (their std 0.1), then
-    instance_flips. Returns the noisy labels."""
+    instance_flips. Returns the noisy labels. rho = 0 is clean labels: the truncated normal's mean
+    would be 0.08 (a table's rho = 0 column is the clean baseline)."""
+    if rho == 0:
+        return labels.clone()
     return instance_flips(images, labels, num_classes, truncated_normal(len(labels), rho, std, generator), generator)
 
 

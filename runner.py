@@ -42,7 +42,8 @@ def resolve(cell, opts):
         summary = os.path.join(opts.out, "tuning", "summary.csv")
         runs = {run_name(c, opts) for c in opts.cells if c.tuning and c.dataset == cell.dataset}
         rows = [r for r in (results.read_csv(summary) if os.path.exists(summary) else []) if r.get("run") in runs]
-        tau, _ = grid.choose_tau(rows, cell.dataset, cell.tuned, opts.selection["candidates"])
+        tau, _ = grid.choose_tau(rows, cell.dataset, cell.tuned, opts.selection["candidates"],
+                                 opts.selection["logit_clip"])
         if tau is None:
             return None, False
         argv[argv.index("TUNED")] = f"{tau:g}"
@@ -62,7 +63,7 @@ class Tally:
 
     def __init__(self, cells, workers=1):
         self.cells, self.workers, self.lock, self.start = cells, workers, threading.Lock(), time.monotonic()
-        self.outcomes, self.durations, self.failures, self.begun = {}, {}, [], 0
+        self.outcomes, self.durations, self.failures, self.begun = {}, {}, [], set()
 
     def record(self, cell, outcome, seconds=None, why=""):
         with self.lock:
@@ -85,8 +86,8 @@ class Tally:
     def line(self, cell):
         """'cell k/N: id (counts; elapsed, ETA)', k counting every cell begun or settled so far."""
         with self.lock:
-            self.begun += 1
-            k = self.begun + sum(v in ("done", "skipped") for v in self.outcomes.values())
+            self.begun.add(cell.id)  # k: the cells begun or settled, each once
+            k = len(self.begun | {c for c, v in self.outcomes.items() if v in ("done", "skipped")})
             durations = self.durations.get(cell.dataset)
             left = sum(c.dataset == cell.dataset and c.id not in self.outcomes for c in self.cells)
             # the dataset's cells left (this one too), at the mean duration so far, shared by the workers

@@ -100,7 +100,7 @@ def check_run(row):
     real(row, "memorised", 0, 100, optional=True)
     if row.get("noise") == "human":
         if not NAME.fullmatch(row.get("noise_key") or ""):
-            raise ValueError(f"noise_key {row.get('noise_key')!r} is not a CIFAR-N key (letters, digits, _)")
+            raise ValueError(f"noise_key {row.get('noise_key')!r} is not a CIFAR-N key (letters, digits, _ . + -)")
     else:
         real(row, "rho", 0, 1)
     integer(row, "seed")

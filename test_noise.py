@@ -45,11 +45,18 @@ def test_instance_noise_rate_is_within_sampling_error_of_rho():
 
 
 def test_truncated_normal_has_the_right_distribution():
-    for mean in (0.05, 0.4, 0.97):  # truncation at 0, none to speak of, truncation at 1 (mirrored)
+    for mean in (0.05, 0.4, 0.97):  # truncation at 0, none to speak of, truncation at 1
         q = noise.truncated_normal(20_000, mean, 0.1, torch.Generator().manual_seed(0)).numpy()
         assert q.min() >= 0 and q.max() <= 1
         law = stats.truncnorm((0 - mean) / 0.1, (1 - mean) / 0.1, loc=mean, scale=0.1)
         assert stats.kstest(q, law.cdf).pvalue > 1e-3, mean
+
+
+def test_instance_noise_at_rho_zero_is_clean():
+    images, labels, _ = clustered()
+    assert torch.equal(noise.instance_noise(images, labels, 10, 0.0, torch.Generator().manual_seed(0)), labels)
+    low = noise.instance_noise(images, labels, 10, 0.05, torch.Generator().manual_seed(0))
+    assert 0.06 < (low != labels).double().mean() < 0.11  # the truncated normal's mean, 0.08, not 0.05
 
 
 def test_instance_noise_never_flips_a_sample_whose_rate_is_zero():
@@ -195,7 +202,9 @@ def test_human_noise_refuses_a_file_of_other_labels(cifar_dir, tmp_path, capsys)
 @pytest.mark.parametrize("content,message", [
     ([1, 2, 3], "holds a list"), ({"clean_label": np.zeros(3)}, "has no worse_label"),
     ({"clean_label": np.zeros(250), "worse_label": np.zeros(250)}, "float64 values"),
-    (b"not a torch file", "not a CIFAR-N label file"),
+    ({"clean_label": np.zeros(250, bool), "worse_label": np.zeros(250, bool)}, "torch.bool values"),
+    ({"clean_label": np.zeros((125, 2), int), "worse_label": np.zeros((125, 2), int)}, "has shape (125, 2)"),
+    (b"not a torch file", "not a CIFAR-N label file"), (b"", "not a CIFAR-N label file"),
 ])
 def test_human_noise_malformed_files_are_one_line(cifar_dir, tmp_path, capsys, content, message):
     path = tmp_path / "f.pt"
@@ -224,6 +233,32 @@ def test_human_noise_file_cannot_run_code(cifar_dir, tmp_path, capsys, monkeypat
 def test_missing_human_file_says_where_to_get_it_and_where_to_put_it(cifar_dir, tmp_path, capsys):
     err = one_line_exit(capsys, 3, cifar_dir, tmp_path / "out", "--noise", "human", "--dataset", "cifar100")
     assert os.path.join(cifar_dir, "CIFAR-100_human.pt") in err and data.CIFAR_N in err and "--noise-file" in err
+    err = one_line_exit(capsys, 2, cifar_dir, tmp_path / "out", "--noise", "human", "--noise-file", str(tmp_path))
+    assert "is a folder" in err
+
+
+def test_another_label_file_is_another_run(cifar_dir, tmp_path):
+    clean = cifar_labels(cifar_dir)
+    first, second = tmp_path / "a.pt", tmp_path / "b.pt"
+    write_human_file(first, clean, {"worse_label": flipped(clean, 0.4, 1)})
+    write_human_file(second, clean, {"worse_label": flipped(clean, 0.4, 2)})
+    for path in (first, second, first):  # the third is the first run again: already finished
+        assert cifar(cifar_dir, tmp_path / "out", "--noise", "human", "--noise-file", str(path)) == 0
+    rows = read_csv(tmp_path / "out" / "summary.csv")
+    assert len(rows) == 2 and len({r["run"] for r in rows}) == 2 and len({r["label_hash"] for r in rows}) == 2
+    assert {r["noise_file_sha256"] for r in rows} == {hashlib.sha256(p.read_bytes()).hexdigest() for p in (first, second)}
+
+
+def test_human_noise_grid_checks_the_file_before_any_cell(cifar_dir, tmp_path):
+    grid_flags = ["--human-noise", "--datasets", "cifar10", "--losses", "ce", "--trials", "1", "--out",
+                  str(tmp_path / "out"), "--", "--data-dir", cifar_dir, "--model", "resnet18", "--epochs", "1"]
+    missing = conftest.run_all(*grid_flags, "--noise-file", str(tmp_path / "none.pt"), check=False)
+    assert "skipping cifar10:" in missing.stdout and data.CIFAR_N in missing.stdout
+    assert "0 ran, 0 already finished, 3 skipped" in missing.stdout and "cell 1/3" not in missing.stdout
+    bad = tmp_path / "bad.pt"
+    write_human_file(bad, cifar_labels(cifar_dir)[:10], {"aggre_label": cifar_labels(cifar_dir)[:10]})
+    refused = conftest.run_all(*grid_flags, "--noise-file", str(bad), check=False)
+    assert refused.returncode == 2 and "holds 10 clean" in refused.stderr and "cell 1/3" not in refused.stdout
 
 
 @pytest.mark.parametrize("flags,message", [
@@ -232,8 +267,10 @@ def test_missing_human_file_says_where_to_get_it_and_where_to_put_it(cifar_dir, 
     (["--noise", "human", "--dataset", "cifar100", "--noise-key", "worse_label"], "noisy_label"),
     (["--noise-key", "worse_label"], "without --noise human"),
     (["--noise-file", "x.pt"], "without --noise human"),
+    (["--noise", "human", "--noise-file", ""], "--noise-file '' is not allowed (empty)"),
+    (["--noise", "human", "--noise-key", ""], "--noise-key '' is not allowed (empty)"),
     (["--noise", "instance", "--rho", "1"], "--rho 1.0"),
-    (["--loss", "ce", "--logit-clip", "0"], "logit_clip=0.0"),
+    (["--loss", "ce", "--logit-clip", "0"], "logit_clip=0.0"), (["--logit-clip", "1e39"], "logit_clip=1e+39"),
 ])
 def test_bad_noise_flags_are_one_line(cifar_dir, tmp_path, capsys, flags, message):
     assert message in one_line_exit(capsys, 2, cifar_dir, tmp_path / "out", *flags)

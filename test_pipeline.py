@@ -119,7 +119,8 @@ def test_cpu_workers_share_cells_without_overlap(data_root, tmp_path):
     assert "2 ran, 0 already finished" in result.stdout
     assert sorted(r["rho"] for r in read_csv(tmp_path / "summary.csv")) == ["0.0", "0.2"]
     assert all(r["device"] == "cpu" for r in read_csv(tmp_path / "summary.csv"))
-    for bad in (["--cpu-workers", "0"], ["--cpu-workers", "two"], ["--cpu-workers", "2", "--gpus", "0"]):
+    for bad in (["--cpu-workers", "0"], ["--cpu-workers", "two"], ["--cpu-workers", "99999999999999"],
+                ["--cpu-workers", "2", "--gpus", "0"], ["--cpu-workers", "1", "--slurm"]):
         refused = run_all(*bad, "--datasets", "mnist", check=False, env={"CUDA_VISIBLE_DEVICES": "0"})
         assert refused.returncode == 2 and "--cpu-workers" in refused.stderr
 
