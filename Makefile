@@ -2,8 +2,8 @@
 # (torch's CUDA build: about 5.5 GB, 2 minutes).
 #
 #   make figure1     the synthetic experiments of the report's Figure 1 (about 5 s on 2 CPU cores)
-#   make test        the whole test suite, as CI runs it (about 4 minutes on 2 CPU cores)
-#   make test-fast   the tests without the end-to-end runs (under a minute)
+#   make test        the whole test suite, as CI runs it (about 7 minutes on 2 CPU cores)
+#   make test-fast   the tests without the end-to-end runs (about a minute)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
