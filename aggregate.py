@@ -217,11 +217,11 @@ def tau_choices(rows):
     """{(dataset, loss, logit_clip): tau} for every partially Huberised loss (alone, or behind
     LogitClip at one norm) with noisy-validation runs."""
     choices = {}
-    for dataset, loss, clip in sorted({(r["dataset"], r["loss"], number(r.get("logit_clip")) or 0.0) for r in rows
-                                       if r["loss"] in grid.BASE}):
-        tau, _ = grid.choose_tau(rows, dataset, loss, logit_clip=clip or None)
+    keys = {(r["dataset"], r["loss"], number(r.get("logit_clip"))) for r in rows if r["loss"] in grid.BASE}
+    for dataset, loss, clip in sorted(keys, key=lambda k: (k[0], k[1], k[2] or 0)):  # None (no LogitClip) first
+        tau, _ = grid.choose_tau(rows, dataset, loss, logit_clip=clip)
         if tau is not None:
-            choices[(dataset, loss, clip or None)] = tau
+            choices[(dataset, loss, clip)] = tau
     return choices
 
 

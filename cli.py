@@ -317,8 +317,11 @@ def parse_grid(argv):
     for d in datasets if opts.human_noise else ():
         if d not in grid.HUMAN_NOISE:
             p.error(f"--datasets: {d!r} is not allowed with --human-noise: use {', '.join(grid.HUMAN_NOISE)}")
-    logit_clip = numbers("--logit-clip", opts.logit_clip, lambda d: 0 < d < float("inf") and "," not in opts.logit_clip,
-                         "one norm > 0, e.g. 1")[0] if opts.logit_clip else None
+    clips = numbers("--logit-clip", opts.logit_clip, lambda d: 0 < d < float("inf"), "one norm > 0, e.g. 1") \
+        if opts.logit_clip else [None]
+    if len(clips) > 1:
+        p.error(f"--logit-clip {opts.logit_clip!r} is not allowed: one norm > 0, e.g. 1")
+    logit_clip = clips[0]
     taus = numbers("--taus", opts.taus, lambda t: 1 < t < float("inf"), "each tau > 1") if opts.taus else None
     candidates = numbers("--tau-candidates", opts.tau_candidates, lambda t: 1 < t < float("inf"), "each tau > 1")
     val_split = numbers("--val-split", opts.val_split, lambda v: 0 < v < 1, "a fraction in (0, 1)")[0]

@@ -1,7 +1,7 @@
 """Data for the training scripts: datasets, the split, augmentation (label noise: noise.py).
 
     load_dataset      the four arrays of a dataset as uint8 / int64 tensors (torchvision downloads)
-    read_human_labels a CIFAR-10N / CIFAR-100N label file, checked against the dataset
+    load_with_labels  load_dataset, plus a CIFAR-10N / CIFAR-100N label file checked against it
     prepare           all of it for one run: noise, noisy validation split, limits, on the device
     normalise, random_crop_flip   per batch, on the device (one gather for crop + flip)
 
@@ -23,7 +23,6 @@ import torch.nn.functional as F
 
 import grid
 import noise
-from noise import label_hash
 
 # Datasets. The asymmetric flip maps are data (class -> class it is flipped to), the common
 # definitions of Patrini et al. (2017) / Zhang & Sabuncu (2018); see docs/noise.md.
@@ -277,8 +276,8 @@ def fingerprint(train_x, train_y, test_x, test_y, noisy_hash, train_size, val_si
     images = hashlib.sha256()
     for x in (train_x, test_x):
         images.update(x.numpy().data)  # a view of the uint8 tensor's memory: no copy
-    return dict(images=images.hexdigest()[:16], clean_labels=label_hash(train_y), noisy_labels=noisy_hash,
-                test_labels=label_hash(test_y), train_size=train_size, val_size=val_size, test_size=test_size)
+    return dict(images=images.hexdigest()[:16], clean_labels=noise.label_hash(train_y), noisy_labels=noisy_hash,
+                test_labels=noise.label_hash(test_y), train_size=train_size, val_size=val_size, test_size=test_size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,19 +302,29 @@ class Data:
     fingerprint: dict = field(default_factory=dict)  # what the run trains and tests on (fingerprint())
 
 
+def load_with_labels(dataset, data_dir, download, spec):
+    """load_dataset, and for human noise (noise.Spec) the label file's labels checked against it:
+    (arrays, (noisy labels, file SHA-256) or None). The file is read first, so that its errors come
+    before the dataset's load."""
+    if spec.kind == "human":
+        clean, noisy, sha256 = read_human_labels(spec.file, dataset, spec.key)
+    arrays = load_dataset(dataset, data_dir, download)
+    if spec.kind != "human":
+        return arrays, None
+    check_human_labels(spec.file, dataset, clean, noisy, arrays[1], DATASETS[dataset]["classes"])
+    return arrays, (noisy, sha256)
+
+
 def prepare(dataset, data_dir, download, spec, val_split, limit_train, limit_test, device):
     """Load, add label noise (noise.Spec), hold out the noisy validation split, limit sizes, move to
     the device."""
     k = DATASETS[dataset]["classes"]
-    if spec.kind == "human":  # the label file first: its errors come before the dataset's load
-        path = spec.file
-        file_clean, noisy_y, sha256 = read_human_labels(path, dataset, spec.key)
-    train_x, train_y, test_x, test_y = load_dataset(dataset, data_dir, download)
+    (train_x, train_y, test_x, test_y), human = load_with_labels(dataset, data_dir, download, spec)
     mean, std = channel_stats(train_x)
     mean, std = mean.float().view(1, -1, 1, 1), std.float().view(1, -1, 1, 1)
     noise_gen = torch.Generator().manual_seed(derived_seed(spec.seed, 0))
-    if spec.kind == "human":
-        check_human_labels(path, dataset, file_clean, noisy_y, train_y, k)
+    if human:
+        noisy_y = human[0]
     elif spec.kind == "instance":  # on the images as the network sees them (Xia et al.'s code)
         noisy_y = noise.instance_noise(normalise(train_x, mean, std).flatten(1), train_y, k, spec.rho, noise_gen)
     else:
@@ -332,8 +341,8 @@ def prepare(dataset, data_dir, download, spec, val_split, limit_train, limit_tes
         train_idx = train_idx[:limit_train]
     test_n = len(test_y) if limit_test is None else min(limit_test, len(test_y))
     record = noise.noise_record(train_y, noisy_y, k)
-    if spec.kind == "human":
-        record["file"] = dict(name=os.path.basename(path), sha256=sha256)
+    if human:
+        record["file"] = dict(name=os.path.basename(spec.file), sha256=human[1])
     on = lambda t: t.to(device, non_blocking=True)  # noqa: E731
     return Data(
         classes=k, channels=train_x.shape[1], record=record,

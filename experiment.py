@@ -25,7 +25,7 @@ import models
 import noise
 import results
 from cli import fail
-from data import DATASETS, DataError, DataMissing, check_human_labels, load_dataset, prepare, read_human_labels
+from data import DataError, DataMissing, load_with_labels, prepare
 from training import Model, Step, evaluate, train_epoch
 
 
@@ -193,11 +193,7 @@ def describe_data(dataset, data_dir, download, spec):
     """--prepare-data: load (downloading if needed) and describe the dataset, and check a human-noise
     label file against it (run_all.sh checks each dataset this way before any cell runs)."""
     try:
-        if spec.kind == "human":
-            clean, noisy, _ = read_human_labels(spec.file, dataset, spec.key)
-        train_x, train_y, test_x, _ = load_dataset(dataset, data_dir, download)
-        if spec.kind == "human":
-            check_human_labels(spec.file, dataset, clean, noisy, train_y, DATASETS[dataset]["classes"])
+        (train_x, _, test_x, _), _ = load_with_labels(dataset, data_dir, download, spec)
     except DataError as e:
         fail(str(e), code=3 if isinstance(e, DataMissing) else 2)
     print(f"{dataset}: {len(train_x)} training and {len(test_x)} test images of shape "

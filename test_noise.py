@@ -12,6 +12,7 @@ import pytest
 import torch
 from scipy import stats
 
+import aggregate
 import conftest
 import data
 import grid
@@ -320,7 +321,6 @@ def test_run_names_without_logit_clip_are_unchanged():
 
 
 def test_aggregate_lays_out_human_noise_by_key(tmp_path, capsys):
-    import aggregate  # torch-free: imported here only to keep this file's imports about noise
     rows = [conftest.summary_row("cifar10", "ce", "", seed, acc, run=f"h-{key}-{seed}", noise="human", noise_key=key)
             for key, accs in (("aggre_label", (80.0, 82.0, 84.0)), ("worse_label", (60.0, 61.0, 62.0)))
             for seed, acc in enumerate(accs)]
