@@ -49,7 +49,7 @@ import results
 from cli import Parser
 from tables import (LOSS_KEYS, describe_settings, fmt_cell, load_epochs, load_reference, load_runs, loss_key,
                     loss_label, loss_sort, mean_se, neutralise, number, paired_interval, peak, read_rows,
-                    reference_key, setting_of, summary_table, table_entries, warn, write_table)
+                    reference_key, setting_of, shared_deviations, summary_table, table_entries, warn, write_table)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -81,8 +81,10 @@ def dataset_table(dataset, rows, out, expected, chosen, other_noise_seeds=0, lay
     records = [dict(dataset=dataset, label=e["label"], **dict(zip(LOSS_KEYS, e["key"])), **{by: rho},
                     mean=e["cells"][rho][0], se=e["cells"][rho][1], n=e["cells"][rho][2], best=is_best(e, rho))
                for e in table for rho in rhos]
+    differ = shared_deviations([(dataset, e["setting"]) for e in table])  # instance noise, say: in the title
     write_table(os.path.join(out, "tables", stem or dataset),
-                f"{dataset}: test accuracy (%), mean ± standard error over trials (n shown when below {expected})",
+                f"{dataset}{', ' + differ if differ else ''}: test accuracy (%), mean ± standard error over trials "
+                f"(n shown when below {expected})",
                 ["Loss"] + [f"ρ = {rho:g}" if by == "rho" else rho for rho in rhos],
                 [[e["label"]] + [fmt_cell(*e["cells"][rho], expected) for rho in rhos] for e in table],
                 records, ["dataset", "label", *LOSS_KEYS, by, "mean", "se", "n", "best"],
@@ -104,7 +106,7 @@ def comparison(dataset, table, rhos, refs, out):
     rows = []
     for e in table:
         for rho in rhos:
-            ref = refs.get(reference_key(dataset, e["key"], rho), {})
+            ref = refs.get(reference_key(dataset, e["key"], rho, e["setting"]), {})
             mean, se, n = e["cells"][rho]
             if mean is None and not ref:
                 continue
@@ -152,8 +154,9 @@ def noise_seed_table(rows, refs, out, expected):
         labels.update({(dataset, s): text for s, text in describe_settings({k[2] for k in order
                                                                            if k[1] == dataset}).items()})
     table, records = [], []
-    for rho, dataset, setting, key in order:
-        original = refs.get(reference_key(dataset, key, rho), {}).get("original", (None, None, None))
+    for rho, dataset, setting, key in order:  # the seeds are the columns: any is the published runs'
+        original = refs.get(reference_key(dataset, key, rho, setting, ignore=("noise_seed",)), {}).get(
+            "original", (None, None, None))
         label = loss_label(key, grid.report_rows(dataset)) + labels[dataset, setting]
         cells = []
         for seed in seeds:
@@ -165,9 +168,10 @@ def noise_seed_table(rows, refs, out, expected):
         records.append(dict(rho=rho, dataset=dataset, loss=label, noise_seed="original paper", mean=original[0],
                             se=original[1], n=None))
         table.append([f"ρ = {rho:g}", dataset, label, *cells, fmt_cell(*original[:2])])
+    differ = shared_deviations([(dataset, setting) for _, dataset, setting, _ in order], ignore=("noise_seed",))
     write_table(os.path.join(out, "tables", "noise_seeds"),
-                f"Impact of the label noise seed (the report's Table 3): test accuracy (%), mean ± standard error "
-                f"over trials (n shown when below {expected})",
+                f"Impact of the label noise seed (the report's Table 3){', ' + differ if differ else ''}: test "
+                f"accuracy (%), mean ± standard error over trials (n shown when below {expected})",
                 ["Label noise", "Dataset", "Loss", *[f"Seed {s}" for s in seeds], "Original paper"], table,
                 records, before=smoke_banner(rows), latex=True)
 
@@ -335,7 +339,7 @@ def main(argv=None):
     try:
         return aggregate(args, out, candidates)
     except OSError as e:  # a full disk, a folder that became read-only: one line, not a traceback
-        warn(f"cannot write {e.filename}: {e.strerror}")
+        warn(f"cannot write the tables to {out}: {e.strerror or e}" + (f" ({e.filename})" if e.filename else ""))
         return 1
 
 

@@ -14,7 +14,9 @@ import argparse
 import hashlib
 import math
 import os
+import re
 import shlex
+import stat
 import subprocess
 import sys
 
@@ -29,10 +31,25 @@ SCRIPTS = {"train_mnist.py": ["mnist", "fashion-mnist"], "train_cifar.py": ["cif
 
 
 class Parser(argparse.ArgumentParser):
-    """Bad input: one line naming the value and what is allowed, exit status 2 (no usage dump)."""
+    """Bad input: one line naming the value and what is allowed, exit status 2 (no usage dump). An
+    empty value ('--out ""') is bad input too, unless empty is the option's default: it would
+    otherwise read as the default, or as the current folder."""
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        found, rest = super().parse_known_args(args, namespace)
+        for action in self._actions:
+            if action.option_strings and getattr(found, action.dest, None) == "" and action.default != "":
+                self.error(f"{action.option_strings[0]} '' is not allowed (empty)")
+        return found, rest
+
+
+def whole_number(text):
+    """int(text) for ASCII digits only, else None: str.isdigit() also says yes to '²', which int() rejects,
+    and to '٣', which it reads as 3."""
+    return int(text) if isinstance(text, str) and re.fullmatch("[0-9]+", text) else None
 
 
 def fail(message, code=2):
@@ -120,8 +137,10 @@ def training_parser(script, doc=None):
     g = p.add_argument_group("run scale, hardware and files")
     g.add_argument("--limit-train", type=int, help="train on the first N training samples only (smoke runs)")
     g.add_argument("--limit-test", type=int, help="evaluate on the first N test samples only (smoke runs)")
-    g.add_argument("--data-dir", default="data", help="dataset folder; may also be the folder holding the four "
-                   "IDX files directly (default: %(default)s)")
+    g.add_argument("--data-dir", default="data", help=(
+        "dataset folder: MNIST/raw/ or FashionMNIST/raw/ (torchvision's layout), or the four IDX files themselves"
+        if script == "train_mnist.py" else "dataset folder: cifar-10-batches-py/ or cifar-100-python/ (torchvision's "
+        "layout), and the CIFAR-N label files for --noise human") + " (default: %(default)s)")
     g.add_argument("--download", action="store_true", help="fetch the dataset with torchvision first")
     g.add_argument("--prepare-data", action="store_true",
                    help="only load (downloading if needed) and describe the dataset, then exit")
@@ -220,9 +239,8 @@ def check_noise(parser, args):
         parser.error(f"--rho {args.rho!r} is not allowed: the flip probability must be in [0, 1)")
     for flag in ("noise_key", "noise_file"):
         value = getattr(args, flag, None)
-        if value is not None and (not human or not value):
-            parser.error(f"--{flag.replace('_', '-')} {value!r} is not allowed " + ("without --noise human" if value
-                                                                                     else "(empty)"))
+        if value is not None and not human:
+            parser.error(f"--{flag.replace('_', '-')} {value!r} is not allowed without --noise human")
     if human:
         spec = grid.HUMAN_NOISE[args.dataset]
         args.noise_key = args.noise_key or spec["default"]
@@ -234,10 +252,12 @@ def check_noise(parser, args):
 
 
 def file_sha256(path):
-    """The file's SHA-256, or None where it cannot be read (the data loader then says why, in one line)."""
+    """The SHA-256 of a regular file, or None for anything else (the data loader then says why, in one
+    line): a FIFO or a device would block or never end. The run checks that the bytes it parses have it."""
     try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a FIFO must not wait for a writer
+        with open(fd, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest() if stat.S_ISREG(os.fstat(fd).st_mode) else None
     except OSError:
         return None
 
@@ -311,12 +331,16 @@ def parse_grid(argv):
     for loss in losses or ():
         if loss not in grid.known_losses():
             p.error(f"--losses: {loss!r} is not allowed: use {', '.join(grid.known_losses())}")
-    if not opts.trials.isdigit() or int(opts.trials) < 1:
+    if not whole_number(opts.trials):
         p.error(f"--trials {opts.trials!r} is not allowed: a positive integer")
     rhos = numbers("--rhos", opts.rhos, lambda r: 0 <= r < 1, "noise rates in [0, 1)") if opts.rhos else ()
-    for d in datasets if opts.human_noise else ():
-        if d not in grid.HUMAN_NOISE:
-            p.error(f"--datasets: {d!r} is not allowed with --human-noise: use {', '.join(grid.HUMAN_NOISE)}")
+    setting = "--human-noise" if opts.human_noise else "--memorisation" if opts.memorisation else "--table3" \
+        if opts.table3 else None
+    for d in datasets if setting else ():  # each setting is defined for its own datasets (and none is synthetic's)
+        allowed = {"--human-noise": tuple(grid.HUMAN_NOISE), "--memorisation": grid.MEMORISATION["datasets"],
+                   "--table3": tuple(grid.DATASETS)}[setting]
+        if d not in allowed:
+            p.error(f"--datasets: {d!r} is not allowed with {setting}: use {', '.join(sorted(allowed))}")
     clips = numbers("--logit-clip", opts.logit_clip, lambda d: 0 < d < float("inf"), "one norm > 0, e.g. 1") \
         if opts.logit_clip else [None]
     if len(clips) > 1:
@@ -343,14 +367,20 @@ def parse_grid(argv):
     opts.cells = grid.cells(**opts.selection)
     if not opts.cells:
         p.error("the filters select no cell")
-    if opts.task is not None and not (opts.task.isdigit() and int(opts.task) < len(opts.cells)):
+    if opts.task is not None and not (whole_number(opts.task) is not None and int(opts.task) < len(opts.cells)):
         p.error(f"--task {opts.task!r} is not allowed: 0 to {len(opts.cells) - 1}")
     opts.gpus = check_gpus(p, opts.gpus) if opts.gpus else None
     cores = os.cpu_count() or 1
-    if opts.cpu_workers is not None and (opts.gpus or opts.slurm or not opts.cpu_workers.isdigit()
-                                         or not 1 <= int(opts.cpu_workers) <= cores):
+    if opts.cpu_workers is not None and (opts.gpus or opts.slurm or not 1 <= (whole_number(opts.cpu_workers) or 0)
+                                         <= cores):
         p.error(f"--cpu-workers {opts.cpu_workers!r} is not allowed: 1 to {cores} (the CPU cores here), "
                 "without --gpus or --slurm")
+    if opts.cpu_workers is not None:  # a CPU worker sees no GPU: a cell told to use one would fail
+        passed = Parser(prog="run_all.sh", add_help=False)
+        passed.add_argument("--device", default="cpu")
+        device = passed.parse_known_args(opts.extra)[0].device  # as the training scripts will read it
+        if device.split(":")[0] != "cpu":
+            p.error(f"--device {device!r} is not allowed with --cpu-workers: its cells run on the CPU (-- --device cpu)")
     # each worker's CUDA_VISIBLE_DEVICES: a GPU; "" for a CPU worker (no GPU); None: leave it as it is
     opts.workers = opts.gpus or [""] * int(opts.cpu_workers or 0) or [None]
     return opts
@@ -360,7 +390,7 @@ def check_gpus(parser, text):
     """The CUDA_VISIBLE_DEVICES value of each worker: ids index the visible GPUs (CUDA_VISIBLE_DEVICES
     of the caller if set, as SLURM sets it, else every GPU torch sees)."""
     ids = text.split(",")
-    if not all(i.isdigit() for i in ids) or len(set(ids)) < len(ids):
+    if not all(whole_number(i) is not None for i in ids) or len(set(ids)) < len(ids):
         parser.error(f"--gpus {text!r} is not allowed: distinct integer GPU ids, e.g. 0,1,2,3")
     visible = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
     if "CUDA_VISIBLE_DEVICES" not in os.environ:

@@ -14,6 +14,9 @@ import sys
 import numpy as np
 import pytest
 
+import grid
+import results
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
 TIMING = {"epoch_seconds", "images_per_second", "wall_seconds", "finished"}
 
@@ -38,10 +41,12 @@ def write_csv_rows(path, rows):
 
 
 def summary_row(dataset, loss, rho, seed, acc, **extra):
-    """A summary.csv row as the training scripts write it, for aggregate.py's tests."""
+    """A summary.csv row as the training scripts write it, for aggregate.py's tests: the report's
+    settings for the dataset (grid.DATASETS) unless `extra` changes them."""
+    report = {k: results.format_value(v) for k, v in grid.DATASETS.get(dataset, grid.MNIST).items() if k != "script"}
     row = dict(run=f"{dataset}-{loss}-{'-'.join(f'{k}{v}' for k, v in sorted(extra.items()))}-{rho}-{seed}",
-               dataset=dataset, model="lenet", loss=loss, tau="", q="", alpha="", beta="", clip_norm="",
-               clip_mode="global", rho=rho, seed=seed, noise="symmetric", noise_seed=0, epochs=20,
+               dataset=dataset, **report, loss=loss, tau="", q="", alpha="", beta="", clip_norm="",
+               clip_mode="global", rho=rho, seed=seed, noise="symmetric", noise_seed=0, val_split=0.0,
                test_acc=acc, finished="2026-01-01T00:00:00")
     row.update({k: v for k, v in extra.items()})
     return row

@@ -13,6 +13,7 @@ import io
 import math
 import os
 import pickle
+import re
 import struct
 import warnings
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 
 import grid
 import noise
+import results
 
 # Datasets. The asymmetric flip maps are data (class -> class it is flipped to), the common
 # definitions of Patrini et al. (2017) / Zhang & Sabuncu (2018); see docs/noise.md.
@@ -55,6 +57,7 @@ DATASETS = {  # shape: of one image; the models are built for it (LeNet's 28 x 2
                      train_files=["train"], test_files=["test"], flips=next_within_superclass(CIFAR100_COARSE)),
 }
 CIFAR_N = "https://github.com/UCSC-REAL/cifar-10-100n"  # the human label files (grid.HUMAN_NOISE)
+LABEL_FILE_LIMIT = 64 << 20  # they are 2.4 MB and less (CIFAR-10N: six arrays of 50,000 int64 labels)
 IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 TORCHVISION_CLASS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100"}
 
@@ -127,7 +130,16 @@ def read_cifar(path, label_key):
     if labels.shape != (len(data),) or labels.dtype.kind not in "iu":
         raise DataError(f"{path}: {label_key!r} is {labels.dtype} of shape {labels.shape}, expected {len(data)} "
                         "integer labels")
-    return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels.astype(np.int64))
+    return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(int64_labels(path, label_key, labels))
+
+
+def int64_labels(path, key, labels):
+    """Integer labels as int64, or DataError naming a value int64 cannot hold: converted, the uint64
+    2^64 - 1 would read as -1. Arrays of other kinds pass unchanged (the callers say what they are)."""
+    if labels.dtype.kind == "u" and labels.size and labels.max() > np.iinfo(np.int64).max:
+        i = int(np.argmax(labels > np.iinfo(np.int64).max))
+        raise DataError(f"{path}: {key} holds {int(labels[i])} at index {i}, not a class index")
+    return labels.astype(np.int64) if labels.dtype.kind in "iu" else labels
 
 
 def check_labels(path, labels, classes):
@@ -204,20 +216,23 @@ def read_human_labels(path, dataset, key):
     name = grid.HUMAN_NOISE[dataset]["file"]
     if os.path.isdir(path):
         raise DataError(f"{path}: is a folder; --noise-file names the CIFAR-N label file itself ({name})")
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise DataMissing(f"{path}: CIFAR-N label file not found. Get {name} from {CIFAR_N} (its data/ folder) "
                           f"and put it there, or give its path with --noise-file")
-    with open(path, "rb") as f:
-        raw = f.read()
+    try:  # the bytes parsed are the bytes hashed: the run's name carries their hash (experiment.setup)
+        raw = results.read_file(path, LABEL_FILE_LIMIT)
+    except (OSError, results.BadFile) as e:
+        raise DataError(str(e) if isinstance(e, results.BadFile) else f"{path}: cannot read it ({e.strerror})")
     try:  # torch's warnings about odd files would be more lines: the error below says it all
         with torch.serialization.safe_globals(numpy_globals()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             content = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 -- any unreadable file is the user's input: one line
-        first = (str(e).strip().splitlines() or ["no message"])[0]
-        if "weights_only" in first:  # torch's advice to switch the check off is not for untrusted files
-            first = "it holds objects other than tensors and numpy arrays of numbers"
-        raise DataError(f"{path}: not a CIFAR-N label file ({type(e).__name__}: {first[:200]})")
+        text = " ".join(str(e).split())  # torch's message is many lines, some in terminal colours
+        unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        why = f"it holds {unsupported[1]}, not only tensors and numpy arrays of numbers" if unsupported else \
+            "".join(c for c in text if c.isprintable())[:200] or "no message"
+        raise DataError(f"{path}: not a CIFAR-N label file ({type(e).__name__}: {why})")
     if not isinstance(content, dict):
         raise DataError(f"{path}: not a CIFAR-N label file: holds a {type(content).__name__}, not a dict of labels")
     missing = [k for k in ("clean_label", key) if k not in content]
@@ -229,17 +244,23 @@ def read_human_labels(path, dataset, key):
 
 def numpy_globals():
     """What numpy arrays need to unpickle under torch.load(weights_only=True), under numpy 2's
-    module names and numpy 1's (files saved with either)."""
+    module names and numpy 1's (files saved with either). An empty array pickles its data as bytes():
+    that call only, as bytes(n) would allocate what a file asks for."""
     core = np._core.multiarray._reconstruct
     dtypes = [type(np.dtype(t)) for t in ("int64", "int32", "int16", "int8", "uint8", "uint16", "uint32", "uint64",
                                           "float64", "float32", "float16", "bool")]  # to say they are not labels
-    return [core, (core, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype, *dtypes]
+    return [core, (core, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype, *dtypes,
+            (no_bytes, "builtins.bytes"), (no_bytes, "__builtin__.bytes")]
+
+
+def no_bytes():
+    return b""
 
 
 def as_labels(path, key, value):
     """The labels under `key` as an int64 vector; anything else is a one-line DataError."""
     try:
-        labels = torch.as_tensor(np.asarray(value))
+        labels = torch.as_tensor(int64_labels(path, key, np.asarray(value)))
     except (TypeError, ValueError, RuntimeError) as e:
         raise DataError(f"{path}: {key} is not a label array ({e})")
     if labels.dim() != 1:

@@ -7,6 +7,7 @@ A run is identified by its settings (results.run_name); a finished run is not ru
 interrupted one continues from the checkpoint of its last epoch with every random state restored.
 """
 import contextlib
+import io
 import json
 import math
 import os
@@ -56,8 +57,11 @@ def run(args, config, make_optimizer, lr_factor, augment):
     run = Run(results.run_name(config), config, args.out, device)
     if results.lock_holder(run.folder):  # checked before the data are loaded, and again under the lock
         fail(f"run {run.name} is in progress (pid {results.lock_holder(run.folder)})")
-    if already_finished(run, args.force):
-        return 0
+    try:  # a summary it cannot read whole it could not add to either: said before any work
+        if already_finished(run, args.force):
+            return 0
+    except results.BadFile as e:
+        fail(str(e))
     check_resume(run, args.resume, args.force)
 
     data, model, step, generator = setup(run, criterion, args.data_dir, args.download, spec, args.compile, make_optimizer,
@@ -70,7 +74,7 @@ def run(args, config, make_optimizer, lr_factor, augment):
             resuming = check_resume(run, args.resume, args.force)
             results.remove_temporaries(run.folder)  # what a kill during an atomic write left
             if resuming:
-                history, elapsed = resume(run.checkpoint, model, step, generator, data.fingerprint)
+                history, elapsed = resume(run, model, step, generator, data.fingerprint)
                 print(f"{run.name}: resuming after epoch {len(history)}")
             else:
                 elapsed = 0.0
@@ -84,8 +88,12 @@ def run(args, config, make_optimizer, lr_factor, augment):
         fail(f"run {run.name} is in progress (pid {e})")
     except KeyboardInterrupt:
         fail(f"{run.name}: interrupted; its last checkpoint is epoch {len(history)}: rerun with --resume", code=130)
-    except OSError as e:
-        fail(f"{run.name}: cannot write its results: {e.strerror} ({e.filename})", code=1)
+    except OSError as e:  # a full disk names no file: the results folder then says where
+        fail(f"{run.name}: cannot write its results in {args.out}: {e.strerror or e}"
+             + (f" ({e.filename})" if e.filename else ""), code=1)
+    except results.BadFile as e:  # the summary went bad while it ran
+        fail(f"{run.name}: cannot add its row to the summary: {e}; its checkpoint is kept: rerun with --resume "
+             "once the file is repaired", code=1)
     return 0
 
 
@@ -162,14 +170,16 @@ def check_resume(run, resume_asked, force):
     return False
 
 
+CONFIG_LIMIT = 1 << 20  # a run's config.json is about 2 kB
+
+
 def interrupted_sibling(runs_dir, config):
     """(name, differences) of an interrupted run of the same grid cell with other settings, or None."""
     cell = [k for k in results.CELL if k in config]
     for name in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else ():
         folder = os.path.join(runs_dir, name)
-        try:
-            with open(os.path.join(folder, "config.json")) as f:
-                theirs = json.load(f)["config"]
+        try:  # another run's file: bounded, a regular file (read_file), well-formed, or passed over
+            theirs = json.loads(results.read_file(os.path.join(folder, "config.json"), CONFIG_LIMIT))["config"]
         except (OSError, ValueError, KeyError, TypeError):
             continue
         if os.path.exists(os.path.join(folder, "checkpoint.pt")) and all(theirs.get(k) == config[k] for k in cell):
@@ -212,6 +222,10 @@ def setup(run, criterion, data_dir, download, spec, compile_model, make_optimize
                        config["limit_test"], device)
     except DataError as e:
         fail(str(e), code=3 if isinstance(e, DataMissing) else 2)
+    parsed = data.record.get("file", {}).get("sha256")  # of the very bytes whose labels it trains on
+    if config["noise"] == "human" and parsed != config["noise_file_sha256"]:  # replaced since cli.parse named it
+        fail(f"{spec.file} changed while the run started: the run is named for SHA-256 {config['noise_file_sha256']}, "
+             f"its labels are now {parsed}: start it again")
     if config["noise"] == "symmetric" and config["rho"] > (data.classes - 1) / data.classes:
         warnings.warn(f"--rho {config['rho']} exceeds (K-1)/K = {(data.classes - 1) / data.classes:.3f}: "
                       "noisy labels are then anti-correlated with the true ones")
@@ -229,9 +243,12 @@ def setup(run, criterion, data_dir, download, spec, compile_model, make_optimize
     return data, model, step, torch.Generator(device).manual_seed(config["seed"])
 
 
-def resume(checkpoint_path, model, step, generator, fingerprint):
+def resume(run, model, step, generator, fingerprint):
     """Restore every state of an interrupted run; returns its history and elapsed seconds. Refuses,
-    in one line, a checkpoint it cannot read or one made on other data."""
+    in one line, a checkpoint it cannot read, one made on other data, or on the CPU one made with
+    another number of threads (the order of a float sum depends on it: the same run with 1 and 2
+    threads ends at other numbers, so a resume would make a run that is neither)."""
+    checkpoint_path = run.checkpoint
     try:  # a checkpoint is untrusted input: tensors and plain values only (weights_only)
         # on the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest to the device
         state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
@@ -243,6 +260,11 @@ def resume(checkpoint_path, model, step, generator, fingerprint):
         differ = ", ".join(k for k in sorted(set(made_on) | set(fingerprint)) if made_on.get(k) != fingerprint.get(k))
         fail(f"{checkpoint_path} was made on other data ({differ} differ): resume with the --data-dir it was "
              "made with, or pass --force to start over")
+    threads = state.get("threads")  # None: made before checkpoints kept it
+    if run.device.type == "cpu" and threads not in (None, torch.get_num_threads()):
+        fail(f"{checkpoint_path} was made with {threads} CPU threads, this process has {torch.get_num_threads()}: "
+             f"resume it with OMP_NUM_THREADS={threads} (run_all.sh: the --cpu-workers it ran with), or pass --force "
+             "to start over")
     model.net.load_state_dict(state["model"])
     step.optimizer.load_state_dict(state["optimizer"])
     step.scheduler.load_state_dict(state["scheduler"])
@@ -274,7 +296,8 @@ def fit(run, model, step, data, generator, history, elapsed, augment):
         save_checkpoint(run.checkpoint, dict(
             model=model.net.state_dict(), optimizer=step.optimizer.state_dict(),
             scheduler=step.scheduler.state_dict(), scaler=step.scaler.state_dict(), generator=generator.get_state(),
-            torch_rng=torch.get_rng_state(), epoch=epoch, history=history, elapsed=elapsed, data=data.fingerprint))
+            torch_rng=torch.get_rng_state(), epoch=epoch, history=history, elapsed=elapsed, data=data.fingerprint,
+            threads=torch.get_num_threads()))
         results.write_csv(os.path.join(run.folder, "epochs.csv"), history)
         print(epoch_line(history[-1], config["epochs"]), flush=True)
     return elapsed
@@ -286,7 +309,8 @@ def finish(run, model, data, history, elapsed, save_model):
     row = dict(run=run.name, **run.config, **{k: final[k] for k in final if k not in ("epoch", "lr")},
                train_size=len(data.train_y), val_size=len(data.val_y), test_size=len(data.test_y),
                flip_rate=data.record["flip_rate"], label_hash=data.record["label_hash"], wall_seconds=elapsed,
-               device=str(device), device_name=device_name(device), **versions(), code=results.code_version(),
+               device=str(device), device_name=device_name(device), threads=torch.get_num_threads(), **versions(),
+               code=results.code_version(),
                finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     results.record_summary(run.summary, row)
     if save_model:
@@ -327,7 +351,11 @@ def epoch_line(row, epochs):
 
 
 def save_checkpoint(path, state):
-    results.write_atomic(path, lambda f: torch.save(state, f), binary=True)
+    """torch.save into memory first, then write: on a full disk torch.save into a file raises a
+    RuntimeError of many lines, a write the one-line OSError the run reports."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    results.write_atomic(path, lambda f: f.write(buffer.getbuffer()), binary=True)
 
 
 def versions():
@@ -346,7 +374,8 @@ def write_run_files(run, data):
     meta = dict(run=run.name, command=" ".join(shlex.quote(a) for a in sys.argv), config=run.config,
                 flip_rate=data.record["flip_rate"], label_hash=data.record["label_hash"],
                 **({"noise_file": data.record["file"]} if "file" in data.record else {}),  # human noise's file
-                versions=versions(), code=results.code_version(), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                threads=torch.get_num_threads(), versions=versions(), code=results.code_version(),
+                started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
     results.write_atomic(os.path.join(run.folder, "config.json"), lambda f: json.dump(meta, f, indent=1))
     counts = data.record["transitions"]
     results.write_csv(os.path.join(run.folder, "noise_transitions.csv"),

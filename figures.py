@@ -21,7 +21,7 @@ def accuracy_figure(dataset, table, rhos, refs, out, plt):
         ax.errorbar(xs, ys, yerr=errs, color=color, marker="o", ms=4, capsize=3, label=e["label"])
         for source, marker in (("reproduction", "s"), ("original", "x")):
             pts = [(rho, *refs[k][source]) for rho in rhos
-                   if (k := reference_key(dataset, e["key"], rho)) in refs and source in refs[k]]
+                   if (k := reference_key(dataset, e["key"], rho, e["setting"])) in refs and source in refs[k]]
             if pts:
                 wheres[source] |= {where for *_, where in pts}
                 ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] or 0 for p in pts], color=color,

@@ -4,9 +4,11 @@
                     used by the writer and by aggregate.py)
     run_name        a run's folder name: readable settings plus a hash of all of them
     write_atomic    write a file so that a reader, or a kill, never sees half of it
+    read_file, read_csv   files from outside: regular files of bounded size; a CSV as this code wrote
+                    it or as a spreadsheet saved it, bad rows named (BadFile)
     run_lock        one process per run folder
     check_writable  whether results can go to a folder, checked before any work
-    write_csv, read_csv, record_summary, finished_row, locked
+    write_csv, record_summary, finished_row, locked
     versions, pyplot, save_figure
 """
 import contextlib
@@ -14,9 +16,12 @@ import csv
 import fcntl
 import hashlib
 import importlib.metadata
+import io
 import json
 import os
 import platform
+import re
+import stat
 import subprocess
 import sys
 import tempfile
@@ -40,8 +45,8 @@ METRICS = ("train_loss", "train_acc", "train_clean_acc", "memorised", "corrupted
            "test_nll", "test_ece", "test_acc", "val_acc", "val_clean_acc", "clipped_clean", "clipped_corrupted",
            "grad_norm_clean", "grad_norm_corrupted")
 PROVENANCE = ("run", "step", "epoch_seconds", "images_per_second", "train_size", "val_size", "test_size",
-              "flip_rate", "label_hash", "wall_seconds", "device", "device_name", "python", "torch", "torchvision",
-              "numpy", "code", "finished")
+              "flip_rate", "label_hash", "wall_seconds", "device", "device_name", "threads", "python", "torch",
+              "torchvision", "numpy", "code", "finished")
 # The settings that make a cell of the grid: two runs that agree on these and differ in others are
 # the same cell run with changed settings (say --lr), which --resume must not mix up.
 CELL = LOSS_SETTINGS + ("dataset", "model", "rho", "noise", "noise_key", "noise_seed", "seed")
@@ -113,9 +118,88 @@ def format_value(v):
     return v
 
 
-def read_csv(path):
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+class BadFile(ValueError):
+    """A file from outside that cannot be used as it is: the message names it (and the line)."""
+
+
+# What is read whole into memory from a file that comes from outside is bounded. A summary row is
+# about 1.5 kB: 64 MiB holds some 40,000 runs (the report's grid has 230); an epochs.csv row 0.5 kB.
+CSV_LIMIT = 64 << 20
+
+
+def read_file(path, limit):
+    """The bytes of the regular file `path` (links followed): BadFile for a folder, a device, a FIFO
+    (which could block or never end) or a file of more than `limit` bytes; OSError if unreadable."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a FIFO must not wait for a writer
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BadFile(f"{path}: not a regular file")
+        content = f.read(limit + 1)
+    if len(content) > limit:
+        raise BadFile(f"{path}: more than {limit >> 20} MiB, more than such a file can be")
+    return content
+
+
+# In a field: a byte that is not UTF-8 (decoded as U+DC80-U+DCFF) or a control character other than
+# tab and line ends, as a crash (NUL blocks) or a binary file leaves them.
+NOT_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\udc80-\udcff]")
+
+
+def read_csv(path, required=(), check=None, bad=None):
+    """The rows (dicts) of a CSV as this code writes it or as a spreadsheet or editor saved it since: a
+    UTF-8 byte-order mark, CRLF line ends and fields of any length are read. A row that is not one
+    text value per column of the header (too few or too many fields, bytes that are not UTF-8, a
+    NUL), or has an empty `required` value, or that check(row) rejects (ValueError), is bad:
+    bad(line, why) is called and the row left out; without `bad`, the first raises BadFile. A column
+    named twice (as an old writer could leave it) is one column where the two agree or one is empty.
+    BadFile also for a file without the `required` columns or as read_file refuses it."""
+    def problem(line, why):
+        if bad is None:
+            raise BadFile(f"{path} line {line}: {why}")
+        bad(line, why)
+    text = read_file(path, CSV_LIMIT).decode("utf-8-sig", errors="surrogateescape")  # a bad byte: a bad row
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_LIMIT))  # no field is longer than its file
+    reader, header, rows = csv.reader(io.StringIO(text, newline="")), None, []
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return rows
+        except csv.Error as e:  # the reader starts afresh on the next line
+            problem(reader.line_num, str(e))
+            continue
+        if not fields:
+            continue  # a blank line
+        if header is None:
+            header, missing = fields, [c for c in required if c not in fields]
+            if missing or NOT_TEXT.search("".join(fields)):
+                raise BadFile(f"{path}: " + (f"no column {', '.join(missing)}" if missing else "its header is not text"))
+            continue
+        try:
+            rows.append(csv_row(header, fields, required, check))
+        except ValueError as e:
+            problem(reader.line_num, str(e))
+
+
+def csv_row(header, fields, required, check):
+    """The row of `fields` under `header`, or ValueError saying why it is not one (read_csv)."""
+    if len(fields) != len(header):
+        raise ValueError(f"{len(fields)} fields, the header has {len(header)}")
+    odd = NOT_TEXT.search("".join(fields))
+    if odd:
+        raise ValueError("not UTF-8" if odd.group() >= "\udc80" else "a NUL byte" if odd.group() == "\0" else
+                         f"a control character (U+{ord(odd.group()):04X})")
+    row = {}
+    for name, value in zip(header, fields):
+        if value and row.get(name) and row[name] != value:
+            raise ValueError(f"{name} is {row[name]!r} and {value!r}")
+        row[name] = value or row.get(name, "")
+    empty = [c for c in required if not row[c]]
+    if empty:
+        raise ValueError(f"no {', '.join(empty)}")
+    if check:
+        check(row)
+    return row
 
 
 @contextlib.contextmanager
@@ -192,12 +276,18 @@ def check_writable(folder, summary="summary.csv"):
         raise ValueError(f"{folder!r} cannot hold results: {os.path.join(path, summary)} is a folder")
 
 
+def summary_rows(summary_path):
+    """Every row of a summary file that runs add to (none if there is none yet). Strict, because the
+    file is rewritten whole when a run finishes: a bad row (BadFile) stops the writer, never vanishes."""
+    return read_csv(summary_path, ("run",)) if os.path.exists(summary_path) else []
+
+
 def finished_row(summary_path, name):
-    """The summary row of run `name`, or None if it has not finished."""
+    """The summary row of run `name`, or None if it has not finished; BadFile if the file is bad."""
     if not os.path.exists(summary_path):
         return None
     with locked(summary_path):
-        return next((row for row in read_csv(summary_path) if row.get("run") == name), None)
+        return next((row for row in summary_rows(summary_path) if row["run"] == name), None)
 
 
 def record_summary(summary_path, row):
@@ -207,8 +297,7 @@ def record_summary(summary_path, row):
         raise ValueError(f"summary columns {unknown} are not in results.SCHEMA")
     with locked(summary_path):
         remove_temporaries(os.path.dirname(summary_path) or ".", os.path.basename(summary_path))
-        rows = read_csv(summary_path) if os.path.exists(summary_path) else []
-        rows = [r for r in rows if r.get("run") != row["run"]] + [row]
+        rows = [r for r in summary_rows(summary_path) if r["run"] != row["run"]] + [row]
         write_csv(summary_path, rows)
 
 

@@ -41,7 +41,7 @@ def resolve(cell, opts):
     if cell.tuned:  # chosen among exactly this selection's tuning runs (a tuning folder may hold others)
         summary = os.path.join(opts.out, "tuning", "summary.csv")
         runs = {run_name(c, opts) for c in opts.cells if c.tuning and c.dataset == cell.dataset}
-        rows = [r for r in (results.read_csv(summary) if os.path.exists(summary) else []) if r.get("run") in runs]
+        rows = [r for r in results.summary_rows(summary) if r["run"] in runs]
         tau, _ = grid.choose_tau(rows, cell.dataset, cell.tuned, opts.selection["candidates"],
                                  opts.selection["logit_clip"])
         if tau is None:
@@ -189,6 +189,12 @@ class Workers:
             return tally.record(cell, "failed", why="no tau chosen: its tuning cells have not all finished")
         if done:
             return tally.record(cell, "done")
+        busy = cell.dataset != "synthetic" and results.lock_holder(
+            os.path.join(opts.out, cell.folder, "runs", run_name(cell, opts, argv)))
+        if busy:  # a cell a killed runner left running: its log is still being written, by it
+            why = f"its run is in progress in another process (pid {busy}); not started"
+            tally.say(f"    FAILED: {cell.id}: {why}")
+            return tally.record(cell, "failed", why=why)
         tally.say(tally.line(cell))
         log = os.path.join(opts.out, "logs", f"{cell.id}.log")
         env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}))
@@ -224,11 +230,16 @@ def check_flags(cells, opts):
 
 
 def preflight(cells, opts, stopper):
-    """Check each dataset's files (and the device) with the training scripts themselves, before any
-    cell runs. Returns {dataset: why it is unavailable}; exits on bad input."""
-    unavailable = {}
-    for dataset in dict.fromkeys(c.dataset for c in cells if c.dataset != "synthetic"):
-        cell = next(c for c in cells if c.dataset == dataset)
+    """Check every input of the cells (each dataset's files, each CIFAR-N label set the cells train on)
+    and the device with the training scripts themselves, before any cell runs. Returns {dataset: why
+    it is unavailable}; exits on bad input."""
+    unavailable, inputs = {}, {}
+    for cell in cells:  # one check per dataset and label set: --noise-key picks the labels of a CIFAR-N file
+        key = cell.argv[cell.argv.index("--noise-key") + 1] if "--noise-key" in cell.argv else None
+        inputs.setdefault((cell.dataset, key), cell)
+    for (dataset, key), cell in inputs.items():
+        if dataset == "synthetic" or dataset in unavailable:
+            continue
         argv = [a if a != "TUNED" else repr(opts.selection["candidates"][0]) for a in cell.argv]
         code, out, err = stopper.run([*command(cell, opts, argv), "--prepare-data"])
         why = last_line_of(err or out).removeprefix("error: ")
@@ -238,7 +249,7 @@ def preflight(cells, opts, stopper):
             unavailable[dataset] = why
             print(f"skipping {dataset}: {why}", flush=True)
         elif code == BAD_INPUT:
-            cli.fail(f"{dataset}: {why}")
+            cli.fail(f"{dataset}{' ' + key if key else ''}: {why}")
         elif code != 0:
             cli.fail(f"{dataset}: the training script cannot start (exit {code}): {why}", code=1)
     return unavailable
@@ -249,10 +260,22 @@ def last_line_of(text):
     return lines[-1].strip() if lines else "(no output)"
 
 
+def check_summaries(cells, opts):
+    """The summary files the cells look up and add to: a bad row stops the grid before any cell runs
+    (a run that finishes rewrites its summary whole, and never drops a row it cannot read)."""
+    folders = {c.folder for c in cells} | ({"tuning"} if any(c.tuned for c in cells) else set())
+    for folder in sorted(folders):
+        try:
+            results.summary_rows(os.path.join(opts.out, folder, "summary.csv"))
+        except (results.BadFile, OSError) as e:
+            cli.fail(str(e) if isinstance(e, results.BadFile) else f"{e.filename}: {e.strerror}")
+
+
 def run_here(opts, stopper):
     """All cells (or --task's one) in this shell session; then aggregate.py. Returns the exit status."""
     cells = [opts.cells[int(opts.task)]] if opts.task is not None else opts.cells
     check_flags(cells, opts)
+    check_summaries(cells, opts)
     unavailable = preflight(cells, opts, stopper) if opts.task is None else {}
     tally = Tally(cells, len(opts.workers))
     os.makedirs(os.path.join(opts.out, "logs"), exist_ok=True)  # only now: bad input writes nothing
@@ -295,10 +318,16 @@ def main(argv=None):
         if opts.memorisation:  # on stderr: stdout stays one line per cell
             print(grid.memorisation_estimate(opts.cells), file=sys.stderr)
         return 0
-    if opts.dry_run:
-        for cell in [opts.cells[int(opts.task)]] if opts.task is not None else opts.cells:
-            print(shlex.join(command(cell, opts)))
+    if opts.dry_run:  # a tuned cell's tau as chosen, once its tuning cells have finished (else TUNED)
+        cells = [opts.cells[int(opts.task)]] if opts.task is not None else opts.cells
+        check_summaries(cells, opts)
+        for cell in cells:
+            print(shlex.join(command(cell, opts, cell.tuned and resolve(cell, opts)[0])))
         return 0
+    try:  # before the pre-flight checks: what they take long to check must be writable
+        results.check_writable(opts.out)
+    except ValueError as e:
+        cli.fail(f"--out {e}")
     if opts.slurm:
         if subprocess.run(["sh", "-c", "command -v sbatch"], capture_output=True).returncode != 0:
             cli.fail("--slurm: sbatch not found")

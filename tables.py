@@ -7,11 +7,11 @@
                              the column rho, the trials the seeds; rows ordered and labelled as a
                              layout (grid.report_rows, grid.memorisation_rows) has them
     peak                     a run's best test accuracy over its epochs (reported, never chosen on)
-    load_reference, reference_key   the published numbers (reference_results.csv) and their keys
+    load_reference, reference_key   the published numbers (reference_results.csv) and their keys, for
+                             runs of the published settings only (deviations, shared_deviations)
     mean_se, paired_interval statistics
     write_table              one table as Markdown, LaTeX and CSV; summary_table, one of table_entries
 """
-import csv
 import math
 import os
 import re
@@ -21,6 +21,7 @@ from collections import defaultdict
 import numpy as np
 from scipy import stats
 
+import cli
 import grid
 import registry
 import results
@@ -42,28 +43,12 @@ def number(value):
 
 
 def read_rows(path, required, check=None):
-    """Rows of a CSV from outside, or None if the file is malformed: rows with an empty required
-    field, or that check(row) rejects (ValueError), are reported with file and line and dropped."""
+    """Rows of a CSV from outside (results.read_csv), or None if the file is unusable: bad rows, and
+    rows with an empty required field or that check(row) rejects, are named on stderr and dropped."""
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            missing = [c for c in required if c not in (reader.fieldnames or [])]
-            if missing:
-                warn(f"skipping {path}: no column {', '.join(missing)}")
-                return None
-            rows = []
-            for line, row in enumerate(reader, start=2):
-                try:
-                    if None in row or any(row[c] in (None, "") for c in required):
-                        raise ValueError("truncated or empty required field")
-                    if check:
-                        check(row)
-                    rows.append(row)
-                except ValueError as e:
-                    warn(f"skipping {path} line {line}: {e}")
-            return rows
-    except (OSError, csv.Error, UnicodeDecodeError) as e:
-        warn(f"skipping {path}: {e}")
+        return results.read_csv(path, required, check, bad=lambda line, why: warn(f"skipping {path} line {line}: {why}"))
+    except (OSError, results.BadFile) as e:
+        warn(f"skipping {e}" if isinstance(e, results.BadFile) else f"skipping {path}: {e.strerror or e}")
         return None
 
 
@@ -88,7 +73,7 @@ def integer(row, column, optional=False):
     text = row.get(column)
     if optional and text in ("", None):
         return None
-    if not isinstance(text, str) or not text.isdigit():
+    if cli.whole_number(text) is None:
         raise ValueError(f"{column} {text!r} is not an integer >= 0")
     return int(text)
 
@@ -155,15 +140,24 @@ def load_epochs(root, run):
     return rows or None
 
 
+def canonical(text):
+    """A CSV cell as a value to compare: a number by its value, in its shortest exact form ('10.0', '10'
+    and '1e1' are '10'), TRUE as True: what a spreadsheet rewrites when it saves a file."""
+    try:
+        return grid.num(float(text))
+    except ValueError:
+        return text.capitalize() if text.lower() in ("true", "false") else text
+
+
 def setting_of(row, ignore=()):
     """The settings (results.SCHEMA) beyond the table's row and column (and `ignore`) that a run was
     made with: runs are pooled as trials of one cell only when these agree."""
-    return tuple(sorted((k, v) for k, v in row.items() if results.SCHEMA.get(k) == "setting"
+    return tuple(sorted((k, canonical(v)) for k, v in row.items() if results.SCHEMA.get(k) == "setting"
                         and k not in LOSS_KEYS and k not in GRID_KEYS and k not in ignore and v not in ("", None)))
 
 
 def loss_key(row):
-    key = {k: row.get(k, "") or "" for k in LOSS_KEYS}
+    key = {k: canonical(row.get(k, "") or "") for k in LOSS_KEYS}
     if not key["clip_norm"]:
         key["clip_mode"] = ""  # the mode means nothing without clipping
     return tuple(key[k] for k in LOSS_KEYS)
@@ -284,9 +278,45 @@ def load_reference(path):
     return refs
 
 
-def reference_key(dataset, key, rho):
+# A run is set against a published number only when each of its settings is the published runs': the
+# report's for the dataset (grid.DATASETS), symmetric noise of seed 0 (the noise-seed table: any
+# seed), no held-out split, no subset, every other setting unset. Two settings have more than one
+# published value: --init, the report's words and its authors' code, which made the numbers; and
+# --amp, as the report trained in fp16 mixed precision and found it as accurate as float32 (its
+# section 5.2.2). --amp bf16 is neither: not compared. channels_last is no setting of the experiment:
+# it changes the memory layout, as another GPU changes the order of float operations.
+PUBLISHED_ALSO, LAYOUT_ONLY = {"init": ("report", "authors-code"), "amp": ("fp16",)}, ("channels_last",)
+NOISE = {"instance": "instance-dependent noise", "asymmetric": "asymmetric noise", "human": "human label noise"}
+
+
+def deviations(dataset, setting, ignore=()):
+    """{setting: value} of those of `setting` (setting_of) that are not the published runs' on
+    `dataset`; {} for a dataset outside grid.DATASETS (no published settings to differ from)."""
+    if dataset not in grid.DATASETS:
+        return {}
+    published = {k: canonical(results.format_value(v)) for k, v in grid.DATASETS[dataset].items() if k != "script"}
+    published.update(noise="symmetric", noise_seed="0", val_split="0")
+    have = dict(setting)
+    return {k: have.get(k, "unset") for k in sorted(set(have) | set(published)) if k not in (*ignore, *LAYOUT_ONLY)
+            and have.get(k, "") != published.get(k, "") and have.get(k) not in PUBLISHED_ALSO.get(k, ())}
+
+
+def shared_deviations(settings, ignore=()):
+    """'instance-dependent noise, epochs 5': the deviations that every (dataset, setting) of `settings`
+    has, in words (a CIFAR-N file's key and hash are its noise's)."""
+    shared = set.intersection(*(set(deviations(d, s, ignore).items()) for d, s in settings)) if settings else ()
+    return ", ".join(NOISE.get(v, f"{v} noise") if k == "noise" else f"{k} {v}" for k, v in sorted(shared)
+                     if k not in ("noise_key", "noise_file_sha256"))
+
+
+def reference_key(dataset, key, rho, setting, ignore=()):
+    """The key of the published number for a table cell (load_reference), or None when a setting of
+    the loss (per-example clipping, LogitClip, a peer loss's parameter) or of the run (deviations, but
+    for `ignore`) is not the published runs'."""
     row = dict(zip(LOSS_KEYS, key))
-    if row["clip_mode"] == "per-example":
+    unpublished = [k for k in registry.param_names() if k not in ("tau", "q") and row[k]]
+    if row["clip_mode"] == "per-example" or unpublished or deviations(dataset, setting, ignore) \
+            or dataset not in grid.DATASETS:
         return None
     return (dataset, row["loss"], number(row["tau"]), number(row["q"]) if row["loss"] in ("gce", "phuber_gce") else None,
             number(row["clip_norm"]), rho)

@@ -15,6 +15,7 @@ from scipy import stats
 import aggregate
 import conftest
 import data
+import experiment
 import grid
 import noise
 import results
@@ -206,6 +207,9 @@ def test_human_noise_refuses_a_file_of_other_labels(cifar_dir, tmp_path, capsys)
     ({"clean_label": np.zeros(250, bool), "worse_label": np.zeros(250, bool)}, "torch.bool values"),
     ({"clean_label": np.zeros((125, 2), int), "worse_label": np.zeros((125, 2), int)}, "has shape (125, 2)"),
     (b"not a torch file", "not a CIFAR-N label file"), (b"", "not a CIFAR-N label file"),
+    ({"clean_label": np.zeros(0, np.int64), "worse_label": np.zeros(0, np.int64)}, "holds 0 clean and 0 noisy"),
+    ({"clean_label": np.zeros(250, np.uint64), "worse_label": np.full(250, 2 ** 64 - 1, np.uint64)},
+     "worse_label holds 18446744073709551615 at index 0"),
 ])
 def test_human_noise_malformed_files_are_one_line(cifar_dir, tmp_path, capsys, content, message):
     path = tmp_path / "f.pt"
@@ -214,7 +218,7 @@ def test_human_noise_malformed_files_are_one_line(cifar_dir, tmp_path, capsys, c
     else:
         torch.save(content, path)
     err = one_line_exit(capsys, 2, cifar_dir, tmp_path / "out", "--noise", "human", "--noise-file", str(path))
-    assert message in err
+    assert message in err and err.strip().isprintable()  # no terminal colour codes
 
 
 class Evil:
@@ -260,6 +264,46 @@ def test_human_noise_grid_checks_the_file_before_any_cell(cifar_dir, tmp_path):
     write_human_file(bad, cifar_labels(cifar_dir)[:10], {"aggre_label": cifar_labels(cifar_dir)[:10]})
     refused = conftest.run_all(*grid_flags, "--noise-file", str(bad), check=False)
     assert refused.returncode == 2 and "holds 10 clean" in refused.stderr and "cell 1/3" not in refused.stdout
+
+
+def test_human_noise_grid_checks_every_label_set_before_any_cell(cifar_dir, tmp_path):
+    clean = cifar_labels(cifar_dir)
+    broken = clean.clone()
+    broken[3] = 10
+    path = tmp_path / "f.pt"  # aggre_label is fine; random_label1, the grid's second label set, is not
+    write_human_file(path, clean, {"aggre_label": flipped(clean, 0.1, 1), "random_label1": broken,
+                                   "worse_label": flipped(clean, 0.4, 2)})
+    refused = conftest.run_all("--human-noise", "--datasets", "cifar10", "--losses", "ce", "--trials", "1", "--out",
+                               str(tmp_path / "out"), "--", "--data-dir", cifar_dir, "--model", "resnet18",
+                               "--epochs", "1", "--noise-file", str(path), check=False)
+    assert refused.returncode == 2 and "cell 1/3" not in refused.stdout and not (tmp_path / "out").exists()
+    assert "random_label1" in refused.stderr and "noisy label 10 at index 3" in refused.stderr
+
+
+def test_a_label_file_that_changes_while_the_run_starts_is_refused(cifar_dir, tmp_path, monkeypatch, capsys):
+    clean = cifar_labels(cifar_dir)
+    path = tmp_path / "CIFAR-10_human.pt"
+    named = write_human_file(path, clean, {"worse_label": flipped(clean, 0.4, 1)})
+    prepare, replaced = experiment.prepare, []
+
+    def replaced_meanwhile(*args, **kwargs):  # after the run was named from the file's hash, before it is read
+        replaced.append(write_human_file(path, clean, {"worse_label": flipped(clean, 0.4, 2)}))
+        return prepare(*args, **kwargs)
+    monkeypatch.setattr(experiment, "prepare", replaced_meanwhile)
+    err = one_line_exit(capsys, 2, cifar_dir, tmp_path / "out", "--noise", "human", "--noise-file", str(path))
+    assert f"named for SHA-256 {named}" in err and f"now {replaced[0]}" in err and str(path) in err
+    assert not (tmp_path / "out" / "summary.csv").exists()
+
+
+def test_a_cifar_batch_label_int64_cannot_hold_is_named_as_it_is(tmp_path, capsys):
+    root = conftest.make_cifar_dataset(str(tmp_path / "data"), "cifar10")
+    path = os.path.join(root, "cifar-10-batches-py", "data_batch_2")
+    with open(path, "rb") as f:
+        batch = pickle.load(f)
+    with open(path, "wb") as f:
+        pickle.dump({**batch, "labels": np.full(len(batch["labels"]), 2 ** 64 - 1, np.uint64)}, f)
+    with pytest.raises(data.DataError, match=f"{path}: labels holds 18446744073709551615 at index 0"):
+        data.load_dataset("cifar10", root)
 
 
 @pytest.mark.parametrize("flags,message", [

@@ -1,25 +1,34 @@
 """Reliability (issue 12): the grid runner never reports success it did not have, signals stop
 everything, paths are the caller's, one process per run, a resumed run is the same run, and every
 bad input, from flags or from files, gets one line."""
+import csv
 import datetime
 import errno
+import json
 import os
 import pickle
+import re
+import resource
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
 import pytest
+import torch
 
 import aggregate
+import cli
 import conftest
 import grid
 import results
+import runner
 import synthetic_ding
 import synthetic_long_servedio
+import tables
 import train_cifar
 import train_mnist
 from conftest import only_run_dir, run_all, write_csv_rows
@@ -497,3 +506,335 @@ def test_disk_full_is_one_line(mnist_dir, tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert e.value.code == 1 and "No space left on device" in err and len(err.splitlines()) == 1
     assert not list(tmp_path.rglob(conftest.TEMPORARY))  # the failed writes left no temporary file
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. Issue 20: results files as a spreadsheet or an editor leaves them, settings that must not mix,
+#    special files, and every failure one line.
+
+def mnist_run(mnist_dir, out, *extra):
+    return ["--data-dir", mnist_dir, "--out", str(out), "--epochs", "1", *extra]
+
+
+def as_a_spreadsheet_saves_it(path):
+    """What Excel's "CSV UTF-8" does to a file it opened and saved: a byte-order mark, CRLF line ends,
+    whole numbers without their '.0' (10000.0 -> 10000) and TRUE / FALSE for booleans."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    cell = lambda text: text.upper() if text in ("True", "False") else re.sub(r"^(-?\d+)\.0$", r"\1", text)  # noqa
+    with open(path, "w", newline="", encoding="utf-8-sig") as f:
+        csv.writer(f, lineterminator="\r\n").writerows([[cell(c) for c in row] for row in rows])
+
+
+def test_a_summary_saved_by_a_spreadsheet_keeps_its_runs(mnist_dir, tmp_path, capsys):
+    assert train_mnist.main(mnist_run(mnist_dir, tmp_path)) == 0
+    as_a_spreadsheet_saves_it(tmp_path / "summary.csv")
+    capsys.readouterr()
+    assert train_mnist.main(mnist_run(mnist_dir, tmp_path)) == 0
+    assert "already finished" in capsys.readouterr().out  # recognised, not trained again
+    assert train_mnist.main(mnist_run(mnist_dir, tmp_path, "--seed", "1")) == 0  # rewrites the summary
+    with open(tmp_path / "summary.csv", encoding="utf-8") as f:
+        header = f.readline().rstrip("\n").split(",")
+    assert header[0] == "run" and len(header) == len(set(header))  # one run column, no byte-order mark
+    assert [r["seed"] for r in read_csv(tmp_path / "summary.csv")] == ["0", "1"]
+    assert aggregate.main(["--results", str(tmp_path), "--no-plot"]) == 0
+    (cell,) = read_csv(tmp_path / "tables" / "mnist.csv")
+    assert cell["n"] == "2"  # the spreadsheet's row (10000, FALSE) and the new one (10000.0, False): one cell
+    assert "skipping" not in capsys.readouterr().err
+
+
+DAMAGED = {  # a row as an editor, a copy or a crash can leave it, and what its warning names
+    "not UTF-8": (b"r9,mnist,lenet,ce,,,,0.2,9,0,20,9\xe9.0\n", "not UTF-8"),
+    "a field short": (b"r9,mnist,lenet,ce,,,,0.2,9,0,20\n", "11 fields, the header has 12"),
+    "a field too many": (b"r9,mnist,lenet,ce,,,,0.2,9,0,20,90.0,x\n", "13 fields, the header has 12"),
+    "a NUL byte": (b"r9,mnist,lenet,ce,,,,0.2,9,0\x00,20,90.0\n", "NUL"),
+    "cut inside a quote": (b'r9,mnist,"len', "3 fields, the header has 12"),
+}
+
+
+def damaged_summary(folder, damage):
+    rows = [good_row(run=f"r{s}", seed=str(s), test_acc=str(90 + s)) for s in (0, 1, 2)]
+    write_csv_rows(folder / "summary.csv", rows)
+    with open(folder / "summary.csv", "ab") as f:
+        f.write(DAMAGED[damage][0])
+    return folder / "summary.csv"
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED))
+def test_a_damaged_row_is_skipped_by_name_and_never_rewritten(damage, mnist_dir, tmp_path, capsys):
+    path = damaged_summary(tmp_path, damage)
+    before = path.read_bytes()
+    assert aggregate.main(["--results", str(tmp_path), "--no-plot"]) == 0
+    err = capsys.readouterr().err
+    assert "summary.csv line 5: " in err and DAMAGED[damage][1] in err and len(err.strip().splitlines()) == 1, err
+    (cell,) = read_csv(tmp_path / "tables" / "mnist.csv")
+    assert cell["n"] == "3" and float(cell["mean"]) == 91.0  # the three good rows
+    # a run would rewrite the summary: it refuses to start, naming the row, and leaves the file alone
+    with pytest.raises(SystemExit) as e:
+        train_mnist.main(mnist_run(mnist_dir, tmp_path))
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "summary.csv line 5: " in err and len(err.splitlines()) == 1, err
+    assert path.read_bytes() == before and not (tmp_path / "runs").exists()
+
+
+def test_the_grid_refuses_a_summary_with_a_bad_row_before_any_cell(tmp_path, data_root):
+    path = damaged_summary(tmp_path, "not UTF-8")
+    before = path.read_bytes()
+    result = run_all(*QUICK_MNIST, "--out", str(tmp_path), "--", "--data-dir", data_root, check=False)
+    assert result.returncode == 2 and "summary.csv line 5: not UTF-8" in result.stderr and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1 and path.read_bytes() == before
+
+
+def test_a_long_field_is_a_field(mnist_dir, tmp_path, capsys):
+    rows = [good_row(run=f"r{s}", seed=str(s), test_acc=str(90 + s), code="x" * (200_000 if s == 0 else 12))
+            for s in (0, 1, 2)]
+    write_csv_rows(tmp_path / "summary.csv", rows)
+    assert aggregate.main(["--results", str(tmp_path), "--no-plot"]) == 0
+    assert read_csv(tmp_path / "tables" / "mnist.csv")[0]["n"] == "3" and "skipping" not in capsys.readouterr().err
+    assert train_mnist.main(mnist_run(mnist_dir, tmp_path)) == 0  # rewrites the summary, every field kept
+    assert [len(r["code"]) for r in read_csv(tmp_path / "summary.csv")[:3]] == [200_000, 12, 12]
+
+
+def test_a_header_doubled_by_the_old_writer_is_read_as_one_column(tmp_path):
+    path = tmp_path / "summary.csv"  # what the runner wrote after a spreadsheet's byte-order mark
+    path.write_text("\ufeffrun,seed,run\nold,0,\n,1,new\nx,2,y\n", encoding="utf-8")
+    found = []
+    assert results.read_csv(path, bad=lambda line, why: found.append((line, why))) == [
+        dict(run="old", seed="0"), dict(run="new", seed="1")]
+    assert found == [(4, "run is 'x' and 'y'")]
+
+
+@pytest.mark.parametrize("changes,compared,title", [
+    ({}, True, "mnist: test accuracy"),
+    (dict(amp="fp16"), True, "mnist: test accuracy"), (dict(channels_last="True"), True, "mnist: test accuracy"),
+    (dict(init="authors-code"), True, "mnist: test accuracy"),
+    (dict(noise="instance"), False, "mnist, instance-dependent noise: test accuracy"),
+    (dict(noise="asymmetric"), False, "mnist, asymmetric noise: test accuracy"),
+    (dict(logit_clip="1.0"), False, "mnist: test accuracy"),  # the row says it: CE + LogitClip δ = 1
+    (dict(amp="bf16"), False, "mnist, amp bf16: test accuracy"),
+    (dict(val_split="0.1"), False, "mnist, val_split 0.1: test accuracy"),
+    (dict(epochs="5"), False, "mnist, epochs 5: test accuracy"),
+    (dict(lr="0.01"), False, "mnist, lr 0.01: test accuracy"),
+    (dict(noise_seed="1"), False, "mnist, noise_seed 1: test accuracy"),
+    (dict(limit_train="256"), False, "mnist, limit_train 256: test accuracy"),
+])
+def test_published_numbers_only_beside_runs_of_the_published_settings(changes, compared, title, tmp_path):
+    rows = [conftest.summary_row("mnist", "ce", 0.6, s, 90.0 + s, run=f"r{s}", **changes) for s in (0, 1, 2)]
+    write_csv_rows(tmp_path / "summary.csv", rows)
+    assert aggregate.main(["--results", str(tmp_path)]) == 0
+    assert (tmp_path / "tables" / "mnist_comparison.md").exists() == compared
+    assert (tmp_path / "tables" / "mnist.md").read_text().splitlines()[0].startswith(f"# {title}")
+    (entry,), _ = tables.table_entries(tables.load_runs(tmp_path), grid.report_rows("mnist"))
+    published = tables.load_reference(os.path.join(conftest.ROOT, "reference_results.csv"))
+    key = tables.reference_key("mnist", entry["key"], 0.6, entry["setting"])  # the figure's markers too
+    assert (key in published) == compared
+
+
+def test_the_noise_seed_table_compares_only_the_published_settings(tmp_path):
+    rows = [conftest.summary_row("mnist", "ce", 0.6, s, 90.0 + s + ns, run=f"r{noise}{s}{ns}", noise=noise, noise_seed=ns)
+            for noise in ("symmetric", "instance") for ns in (0, 1) for s in (0, 1, 2)]
+    write_csv_rows(tmp_path / "summary.csv", rows)
+    assert aggregate.main(["--results", str(tmp_path), "--no-plot"]) == 0
+    table = {r["loss"]: r for r in read_csv(tmp_path / "tables" / "noise_seeds.csv") if r["noise_seed"] == "original paper"}
+    assert table["CE [noise=symmetric]"]["mean"] == "91.1" and table["CE [noise=instance]"]["mean"] == ""
+
+
+def test_cpu_thread_count_is_recorded_and_a_resume_across_counts_refused(mnist_dir, tmp_path, monkeypatch, capsys):
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        run_dir = interrupted(mnist_dir, tmp_path, monkeypatch)
+        assert json.load(open(os.path.join(run_dir, "config.json")))["threads"] == 2
+        torch.set_num_threads(1)
+        capsys.readouterr()
+        argv = ["--data-dir", mnist_dir, "--out", str(tmp_path), "--epochs", "3", "--resume"]
+        with pytest.raises(SystemExit) as e:
+            train_mnist.main(argv)
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and "made with 2 CPU threads, this process has 1" in err and len(err.splitlines()) == 1
+        torch.set_num_threads(2)
+        assert train_mnist.main(argv) == 0
+        (row,) = read_csv(tmp_path / "summary.csv")
+        assert row["threads"] == "2" and results.SCHEMA["threads"] == "provenance"
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--memorisation", "--datasets", "cifar10"], "--datasets: 'cifar10' is not allowed with --memorisation: use "
+                                                  "fashion-mnist, mnist"),
+    (["--memorisation", "--datasets", "synthetic"], "'synthetic' is not allowed with --memorisation"),
+    (["--table3", "--datasets", "synthetic"], "'synthetic' is not allowed with --table3"),
+    (["--cpu-workers", "1", "--datasets", "mnist", "--", "--device", "cuda"],
+     "--device 'cuda' is not allowed with --cpu-workers"),
+])
+@pytest.mark.parametrize("mode", [["--list"], ["--dry-run"], []])
+def test_settings_that_cannot_combine_are_refused_up_front(args, message, mode, tmp_path):
+    selection = [*mode, *args] if "--" not in args else [*mode, *args[:args.index("--")], "--out", str(tmp_path / "out"),
+                                                         *args[args.index("--"):]]
+    result = run_all(*selection, check=False)
+    assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert result.stdout == "" and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("flag", ["--logit-clip", "--taus", "--rhos", "--datasets", "--losses", "--out", "--gpus",
+                                  "--cpu-workers", "--trials", "--task", "--tau-candidates", "--val-split"])
+def test_an_empty_grid_option_is_refused(flag):
+    result = run_all("--datasets", "mnist", flag, "", "--list", check=False)
+    assert result.returncode == 2 and f"{flag} '' is not allowed" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
+
+
+@pytest.mark.parametrize("script,flag", [(train_mnist, "--out"), (train_mnist, "--data-dir"), (train_mnist, "--device"),
+                                         (aggregate, "--out"), (aggregate, "--reference"), (aggregate, "--candidates")])
+def test_an_empty_script_option_is_refused(script, flag, tmp_path, capsys):
+    write_csv_rows(tmp_path / "summary.csv", [good_row()])
+    with pytest.raises(SystemExit) as e:
+        script.main(["--results" if script is aggregate else "--out", str(tmp_path), flag, ""])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and f"{flag} '' is not allowed (empty)" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "tables").exists() and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("args", [["--cpu-workers", "²"], ["--trials", "²"], ["--task", "²"], ["--gpus", "²"],
+                                  ["--trials", "٣"]])
+def test_digits_that_are_not_ascii_are_one_line(args):
+    result = run_all("--datasets", "mnist", *args, "--list", check=False, env={"CUDA_VISIBLE_DEVICES": "0"})
+    assert result.returncode == 2 and f"{args[0]} '{args[1]}' is not allowed" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_result_row_with_unicode_digits_is_named(tmp_path, capsys):
+    write_csv_rows(tmp_path / "summary.csv", [good_row(run=f"r{s}", seed=s) for s in ("0", "1", "²", "٣")])
+    assert aggregate.main(["--results", str(tmp_path), "--no-plot"]) == 0
+    err = capsys.readouterr().err
+    assert "line 4: seed '²' is not an integer" in err and "line 5: seed '٣' is not an integer" in err
+    assert read_csv(tmp_path / "tables" / "mnist.csv")[0]["n"] == "2"
+
+
+@pytest.mark.parametrize("place", ["a file", "read-only"])
+def test_an_unwritable_grid_out_is_one_line_before_the_preflight(place, tmp_path, data_root, request):
+    out = tmp_path / "out"
+    if place == "a file":
+        out.write_text("")
+    else:
+        out = request.getfixturevalue("read_only") / "out"
+    result = run_all(*QUICK_MNIST, "--out", str(out), "--", "--data-dir", data_root, check=False)
+    assert result.returncode == 2 and "cannot hold results" in result.stderr and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A folder on a file system of 256 kB, to fill: a tmpfs mount (root only)."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_disk_during_training_is_one_line(mnist_dir, small_disk, capsys):
+    with pytest.raises(SystemExit) as e:  # the checkpoint (LeNet and Adam's moments, 0.7 MB) does not fit
+        train_mnist.main(mnist_run(mnist_dir, small_disk))
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 1 and "No space left on device" in err and len(err.splitlines()) == 1, err
+    assert str(small_disk) in err and "None" not in err
+    assert not list(small_disk.rglob(conftest.TEMPORARY))
+
+
+def test_aggregate_on_a_full_disk_names_the_folder(small_disk, tmp_path, capsys):
+    # 30 table rows, each named by 30 kB: their tables do not fit in 256 kB
+    write_csv_rows(tmp_path / "summary.csv", [good_row(run=f"r{s}", loss=f"{s}" + "x" * 30_000) for s in range(30)])
+    assert aggregate.main(["--results", str(tmp_path), "--out", str(small_disk), "--no-plot"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert f"cannot write the tables to {small_disk}: No space left on device" in err and "None" not in err
+
+
+def limited(seconds=120):
+    """subprocess.run's arguments for a child that must end in time and within 4 GB (not take 23 GB)."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+    return dict(cwd=conftest.ROOT, capture_output=True, text=True, timeout=seconds, preexec_fn=limit)
+
+
+def test_result_files_that_are_not_regular_files_are_skipped_by_name(tmp_path):
+    folder = tmp_path / "memorisation"  # where every run's epochs.csv is read (peak accuracy)
+    write_csv_rows(folder / "summary.csv", [good_row(run=f"r{s}", seed=str(s)) for s in range(3)])
+    for run in ("r0", "r1"):
+        (folder / "runs" / run).mkdir(parents=True)
+    os.symlink("/dev/zero", folder / "runs" / "r0" / "epochs.csv")
+    os.mkfifo(folder / "runs" / "r1" / "epochs.csv")
+    os.symlink("/dev/zero", tmp_path / "summary_zero.csv")
+    os.mkfifo(tmp_path / "summary_fifo.csv")
+    result = subprocess.run([sys.executable, "aggregate.py", "--results", str(tmp_path), "--no-plot"], **limited())
+    assert result.returncode == 0 and "memorisation mnist (3 runs)" in result.stdout, result.stderr
+    for name in ("r0/epochs.csv", "r1/epochs.csv", "summary_zero.csv", "summary_fifo.csv"):
+        assert f"{name}: not a regular file" in result.stderr, name
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "fifo"])
+def test_a_label_file_that_is_not_a_regular_file_is_one_line(special, cifar_dir, tmp_path):
+    if special == "fifo":
+        special = str(tmp_path / "fifo")
+        os.mkfifo(special)
+    result = subprocess.run([sys.executable, "train_cifar.py", "--data-dir", cifar_dir, "--out", str(tmp_path / "out"),
+                             "--noise", "human", "--noise-file", special], **limited())
+    assert result.returncode == 2 and f"{special}: not a regular file" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_a_sibling_config_that_is_not_a_regular_file_is_passed_over(mnist_dir, tmp_path):
+    other = tmp_path / "runs" / "other"
+    other.mkdir(parents=True)
+    os.symlink("/dev/zero", other / "config.json")
+    (other / "checkpoint.pt").write_bytes(b"")
+    result = subprocess.run([sys.executable, "train_mnist.py", *mnist_run(mnist_dir, tmp_path), "--resume"], **limited())
+    assert result.returncode == 0 and "final test accuracy" in result.stdout, result.stderr
+
+
+def test_a_cell_running_elsewhere_is_reported_as_such(tmp_path, data_root):
+    selection = [*QUICK_MNIST, "--out", str(tmp_path), "--", "--data-dir", data_root]
+    opts = cli.parse_grid(selection)
+    (cell,) = opts.cells
+    log, stop = tmp_path / "logs" / f"{cell.id}.log", threading.Event()
+
+    def the_other_process_logs():  # what a cell left running by a killed runner keeps writing
+        while not stop.is_set():
+            if log.parent.exists():
+                with open(log, "a") as f:
+                    f.write("epoch 3/20 lr 1.00e-03 loss 0.1 (the other process)\n")
+            time.sleep(0.005)
+    writer = threading.Thread(target=the_other_process_logs)
+    with results.run_lock(os.path.join(tmp_path, "runs", runner.run_name(cell, opts))):
+        writer.start()
+        try:
+            result = run_all(*selection, check=False)
+        finally:
+            stop.set()
+            writer.join()
+    failed = [line for line in result.stdout.splitlines() if "failed" in line.lower()]
+    assert result.returncode == 1 and any(f"in progress in another process (pid {os.getpid()})" in line
+                                          for line in failed), result.stdout
+    assert not any("the other process" in line for line in failed)
+
+
+def test_dry_run_shows_the_tau_that_tuning_chose(tmp_path):
+    selection = ["--tune-tau", "--datasets", "mnist", "--losses", "phuber_ce", "--rhos", "0.6", "--trials", "1",
+                 "--out", str(tmp_path)]
+    assert "--tau TUNED" in run_all(*selection, "--dry-run").stdout  # tuning has not run yet
+    opts = cli.parse_grid(selection)
+    tuning = [c for c in opts.cells if c.tuning]
+    write_csv_rows(tmp_path / "tuning" / "summary.csv", [
+        dict(run=runner.run_name(c, opts), dataset="mnist", loss="phuber_ce", tau=c.argv[c.argv.index("--tau") + 1],
+             rho="0.6", seed="0", val_acc="70.0" if c.argv[c.argv.index("--tau") + 1] == "2" else "60.0")
+        for c in tuning])
+    lines = run_all(*selection, "--dry-run").stdout.splitlines()
+    assert "TUNED" not in "".join(lines) and "--tau 2 " in lines[-1]
+
+
+def test_train_cifar_help_describes_its_own_data_folder():
+    (line,) = [h for h in cli.training_parser("train_cifar.py").format_help().split("\n  --")
+               if h.startswith("data-dir")]
+    assert "IDX" not in line and "cifar-10-batches-py" in line
