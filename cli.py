@@ -268,6 +268,7 @@ def parse_grid(argv):
     p.add_argument("--sbatch", default="")
     p.add_argument("--taus")
     p.add_argument("--tune-tau", action="store_true")
+    p.add_argument("--tune", action="store_true")
     p.add_argument("--tau-candidates", default=",".join(f"{t:g}" for t in grid.TAU_CANDIDATES))
     p.add_argument("--val-split", default=f"{grid.VAL_SPLIT:g}")
     argv = list(argv)
@@ -279,13 +280,20 @@ def parse_grid(argv):
     opts = p.parse_args(argv)
     opts.extra = extra
     # --table3 and --memorisation select a named setting of grid.py; the filters can narrow it
-    named = grid.TABLE3 if opts.table3 else dict(grid.MEMORISATION, losses=None) if opts.memorisation else \
-        dict(datasets=tuple(grid.HUMAN_NOISE), losses=None, rhos=()) if opts.human_noise else \
+    named = dict(grid.TUNE_STUDY, losses=None) if opts.tune and opts.memorisation else \
+        dict(datasets=tuple(d for d in grid.DEFAULT_DATASETS if d != "synthetic"), losses=None, rhos=grid.RHOS) \
+        if opts.tune else grid.TABLE3 if opts.table3 else dict(grid.MEMORISATION, losses=None) if opts.memorisation \
+        else dict(datasets=tuple(grid.HUMAN_NOISE), losses=None, rhos=()) if opts.human_noise else \
         dict(datasets=grid.DEFAULT_DATASETS, losses=None, rhos=grid.RHOS)
     if opts.table3 + opts.memorisation + opts.human_noise > 1:
         p.error("--table3, --memorisation and --human-noise are three settings: choose one")
     if opts.human_noise and (opts.rhos or opts.tune_tau):
         p.error(f"--human-noise takes no {'--rhos' if opts.rhos else '--tune-tau'}: the noise is the CIFAR-N files'")
+    clash = [f for f, on in (("--tune-tau", opts.tune_tau), ("--taus", opts.taus), ("--table3", opts.table3),
+                             ("--human-noise", opts.human_noise), ("--logit-clip", opts.logit_clip)) if on]
+    if opts.tune and clash:  # its candidates are the grid: tau, LogitClip and the noise are chosen or swept there
+        p.error(f"--tune takes no {clash[0]}: the fair comparison tries every candidate of grid.TUNE "
+                "(tau and LogitClip's delta among them) at each rho")
     opts.datasets = opts.datasets or ",".join(named["datasets"])
     opts.losses = opts.losses or (",".join(named["losses"]) if named["losses"] else None)
     opts.rhos = opts.rhos or ",".join(f"{r:g}" for r in named["rhos"])
@@ -309,8 +317,9 @@ def parse_grid(argv):
             p.error(f"--datasets: {d!r} is not allowed: use synthetic, {', '.join(grid.DATASETS)}")
     losses = distinct("--losses", opts.losses.split(",")) if opts.losses else None
     for loss in losses or ():
-        if loss not in grid.known_losses():
-            p.error(f"--losses: {loss!r} is not allowed: use {', '.join(grid.known_losses())}")
+        if loss not in grid.known_losses(opts.tune):
+            p.error(f"--losses: {loss!r} is not allowed{' with --tune' if opts.tune else ''}: use "
+                    f"{', '.join(grid.known_losses(opts.tune))}")
     if not opts.trials.isdigit() or int(opts.trials) < 1:
         p.error(f"--trials {opts.trials!r} is not allowed: a positive integer")
     rhos = numbers("--rhos", opts.rhos, lambda r: 0 <= r < 1, "noise rates in [0, 1)") if opts.rhos else ()
@@ -334,10 +343,12 @@ def parse_grid(argv):
         opts.sbatch = shlex.split(opts.sbatch)
     except ValueError as e:
         p.error(f"--sbatch {opts.sbatch!r} is not allowed: {e}")
+    if opts.tune and "synthetic" in datasets:
+        p.error("--datasets: 'synthetic' is not allowed with --tune: its losses have no noisy validation data")
     opts.selection = dict(datasets=datasets, losses=losses, rhos=rhos, trials=1 if opts.quick else int(opts.trials),
-                          taus=taus, tune=opts.tune_tau, candidates=candidates, val_split=val_split, quick=opts.quick,
-                          noise_seeds=grid.TABLE3["noise_seeds"] if opts.table3 else (0,), memorisation=opts.memorisation,
-                          human=opts.human_noise, logit_clip=logit_clip)
+                          taus=taus, tune_tau=opts.tune_tau, candidates=candidates, val_split=val_split,
+                          quick=opts.quick, noise_seeds=grid.TABLE3["noise_seeds"] if opts.table3 else (0,),
+                          memorisation=opts.memorisation, human=opts.human_noise, logit_clip=logit_clip, tune=opts.tune)
     # Paths are the caller's: relative ones resolve against the directory run_all.sh was started in.
     opts.out = os.path.abspath(opts.out or ("results/quick" if opts.quick else "results"))
     opts.cells = grid.cells(**opts.selection)
