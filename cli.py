@@ -61,13 +61,20 @@ def training_parser(script, doc=None):
             g.add_argument(f"--{name.replace('_', '-')}", type=float,
                            help=f"{meta['help']}, in {meta['range']} (default: off)")
             continue
-        takes = ", ".join(f"{loss} {d[name]:g}" for loss, d in losses.items() if name in d)
-        report = "; ".join(f"{loss} {v:g} on {dataset}" for dataset in datasets for loss in losses
-                           if (v := grid.loss_defaults(dataset, loss).get(name, losses[loss].get(name))) is not None
+        # a peer loss's value on each dataset (grid.PEER_DEFAULTS); any other loss's default, and the report's
+        # value where it differs per dataset
+        peers = [loss for loss in losses if any(name in grid.PEER_DEFAULTS[d].get(loss, {}) for d in datasets)]
+        takes = ", ".join(f"{loss} {d[name]:g}" for loss, d in losses.items() if name in d and loss not in peers)
+        report = "; ".join(f"{loss} {v:g} on {dataset}" for dataset in datasets for loss in losses if loss not in peers
+                           and (v := grid.loss_defaults(dataset, loss).get(name, losses[loss].get(name))) is not None
                            and v != losses[loss].get(name))
+        authors = "; ".join(f"{loss} " + ", ".join(f"{grid.loss_defaults(d, loss)[name]:g} on {d}" for d in datasets)
+                            for loss in peers)
+        default = "; ".join(filter(None, (
+            takes and f"the loss's: {takes}", report and f"the report's {report}", authors and "per dataset, as their "
+            f"authors' official configs set them (HanxunH/Active-Passive-Losses configs/; docs/peer-losses.md): {authors}")))
         g.add_argument(f"--{name.replace('_', '-')}", type=float,
-                       help=f"{meta['help']}, in {meta['range']} (default: the loss's: {takes}"
-                       + (f"; the report's {report})" if report else ")"))
+                       help=f"{meta['help']}, in {meta['range']} (default: {default})")
     g.add_argument("--clip-norm", type=float, help="clip gradients to this L2 norm; 0.1 is the paper's "
                    "'CE + clipping' (default: no clipping)")
     g.add_argument("--clip-mode", choices=["global", "per-example"], default="global",
@@ -81,9 +88,14 @@ def training_parser(script, doc=None):
                    "asymmetric: flip along the dataset's class map; instance: Xia et al. (2020)'s instance-dependent "
                    "noise" + ("; human: the CIFAR-10N / CIFAR-100N annotators' labels (Wei et al., 2022) from "
                               "--noise-file" if script == "train_cifar.py" else "") + " (default: %(default)s)")
+    g.add_argument("--noise-features", choices=["raw", "normalised"],
+                   help="--noise instance: what Xia et al.'s generator multiplies by its random matrix. raw: the "
+                   "pixel values 0-255, flattened (their code's); normalised: the images as the network sees them "
+                   "(default: raw; docs/noise.md)")
     if script == "train_cifar.py":
-        g.add_argument("--noise-key", help="--noise human: the label set of the file; cifar10: "
-                       + ", ".join(grid.HUMAN_NOISE["cifar10"]["keys"]) + "; cifar100: noisy_label (default: "
+        g.add_argument("--noise-key", help="--noise human: the label set of the file; "
+                       + "; ".join(f"{d}: {', '.join(v['keys'])} (or the official code's names: "
+                                   f"{', '.join(v['aliases'])})" for d, v in grid.HUMAN_NOISE.items()) + " (default: "
                        + ", ".join(f"{d} {v['default']}" for d, v in grid.HUMAN_NOISE.items()) + ")")
         g.add_argument("--noise-file", help="--noise human: the CIFAR-N label file (default: "
                        + ", ".join(f"DATA_DIR/{v['file']} for {d}" for d, v in grid.HUMAN_NOISE.items()) + ")")
@@ -210,7 +222,8 @@ def check(parser, args):
 
 
 def check_noise(parser, args):
-    """--rho for every noise but human; the CIFAR-N key (and its default) for human noise only."""
+    """--rho for every noise but human; the CIFAR-N key (and its default) for human noise only; the
+    features (and their default) for instance noise only."""
     human = args.noise == "human"
     if human and args.rho is not None:
         parser.error(f"--rho {args.rho} is not allowed with --noise human: the noise is the annotators' (--noise-key)")
@@ -223,12 +236,17 @@ def check_noise(parser, args):
         if value is not None and (not human or not value):
             parser.error(f"--{flag.replace('_', '-')} {value!r} is not allowed " + ("without --noise human" if value
                                                                                      else "(empty)"))
+    if args.noise_features is not None and args.noise != "instance":
+        parser.error(f"--noise-features {args.noise_features!r} is not allowed without --noise instance")
+    if args.noise == "instance":  # part of the run's identity for instance noise only: None otherwise
+        args.noise_features = args.noise_features or "raw"
     if human:
         spec = grid.HUMAN_NOISE[args.dataset]
-        args.noise_key = args.noise_key or spec["default"]
+        # the official code's name is the same run as the file's key it stands for
+        args.noise_key = spec["aliases"].get(args.noise_key, args.noise_key or spec["default"])
         if args.noise_key not in spec["keys"]:
             parser.error(f"--noise-key {args.noise_key!r} is not allowed: {args.dataset}'s CIFAR-N file has "
-                         f"{', '.join(spec['keys'])}")
+                         f"{', '.join(spec['keys'])} (or {', '.join(spec['aliases'])}); clean labels: --rho 0")
         args.noise_file = args.noise_file or os.path.join(args.data_dir, spec["file"])
         args.noise_file_sha256 = file_sha256(args.noise_file)  # the labels are part of the run's identity
 

@@ -6,7 +6,8 @@ order, and the training scripts take their per-dataset defaults from it:
     DATASETS        each dataset's script and the report's training settings (section 5)
     report_rows     the loss settings of a dataset's table, in its order
     NAMES, BASE     how tables name each loss; which base loss each partially Huberised loss is paired with
-    loss_defaults   a loss's parameters on a dataset, as the report set them (a single run's defaults)
+    PEER_DEFAULTS   the peer losses' alpha and beta per dataset, as their authors' official configs set them
+    loss_defaults   a loss's parameters on a dataset, as the report or PEER_DEFAULTS set them (a single run's defaults)
     RHOS, TRIALS    the noise rates and trials of every table; TABLE3, the noise-seed study
     TAU_CANDIDATES, VAL_SPLIT, choose_tau   the original paper's tau protocol
     TUNE            the fair comparison (run_all.sh --tune): each loss's candidate parameters
@@ -76,22 +77,50 @@ def report_rows(dataset):
     return rows
 
 
+# The peer losses as their authors ran them: alpha and beta per dataset from the official configs,
+# HanxunH/Active-Passive-Losses configs/<dataset>/{sym,asym}/<loss>.yaml (the code of Ma et al., 2020, which
+# also runs SCE). Its sym and asym configs set the same values, so one entry serves every noise kind
+# (instance and human noise have no config there: the dataset's values). RCE's constant A: losses.py.
+MNIST_PEERS = {
+    "sce": dict(alpha=0.01, beta=1.0),     # configs/mnist/{sym,asym}/sce.yaml; the same in YisenWang/
+                                           # symmetric_cross_entropy_for_noisy_labels train_models.py (MNIST)
+    "nce_rce": dict(alpha=1.0, beta=10.0),  # configs/mnist/{sym,asym}/nce+rce.yaml
+}
+PEER_DEFAULTS = {
+    "mnist": MNIST_PEERS,
+    "fashion-mnist": MNIST_PEERS,  # no official config: MNIST's, as for the training settings (DATASETS)
+    "cifar10": {
+        "sce": dict(alpha=0.1, beta=1.0),    # configs/cifar10/{sym,asym}/sce.yaml; SCE repo train_models.py (CIFAR-10)
+        "nce_rce": dict(alpha=1.0, beta=1.0),  # configs/cifar10/{sym,asym}/nce+rce.yaml
+    },
+    "cifar100": {
+        "sce": dict(alpha=6.0, beta=0.1),     # configs/cifar100/{sym,asym}/sce.yaml; SCE repo train_models.py (CIFAR-100)
+        "nce_rce": dict(alpha=10.0, beta=0.1),  # configs/cifar100/{sym,asym}/nce+rce.yaml
+    },
+}
+
+
 def loss_defaults(dataset, loss):
-    """The report's parameters of `loss` on `dataset` ({'tau': 2.0} for PHuber-CE on CIFAR-10): the
-    defaults of a single run, so that it is the same run as the grid's cell."""
+    """The parameters of `loss` on `dataset` where the report ({'tau': 2.0} for PHuber-CE on CIFAR-10) or,
+    for a peer loss, its authors' configs (PEER_DEFAULTS) set them: the defaults of a single run, so that
+    it is the same run as the grid's cell."""
     row = next((r for r in report_rows(dataset) if r.flags["loss"] == loss and "clip_norm" not in r.flags), None)
-    return {k: v for k, v in row.flags.items() if k != "loss"} if row else {}
+    return {k: v for k, v in row.flags.items() if k != "loss"} if row else dict(PEER_DEFAULTS[dataset].get(loss, {}))
 
 
 # The report's Table 3: CE and PHuber-GCE at rho = 0.6 on MNIST and CIFAR-100, label noise seeds 0-3.
 TABLE3 = dict(datasets=("mnist", "cifar100"), losses=("ce", "phuber_gce"), rhos=(0.6,), noise_seeds=(0, 1, 2, 3))
 
 # Human label noise (Wei et al., ICLR 2022): each CIFAR-N label file, the keys it holds for the
-# dataset's fine labels, the default, and the keys of run_all.sh --human-noise (docs/noise.md).
+# dataset's fine labels, the default, the keys of run_all.sh --human-noise (docs/noise.md), and the names
+# the official training code gives them (UCSC-REAL/cifar-10-100n main.py, noise_type_map), accepted as aliases.
 HUMAN_NOISE = {
     "cifar10": dict(file="CIFAR-10_human.pt", default="worse_label", grid=("aggre_label", "random_label1", "worse_label"),
-                    keys=("aggre_label", "random_label1", "random_label2", "random_label3", "worse_label")),
-    "cifar100": dict(file="CIFAR-100_human.pt", default="noisy_label", grid=("noisy_label",), keys=("noisy_label",)),
+                    keys=("aggre_label", "random_label1", "random_label2", "random_label3", "worse_label"),
+                    aliases=dict(aggre="aggre_label", rand1="random_label1", rand2="random_label2",
+                                 rand3="random_label3", worst="worse_label")),
+    "cifar100": dict(file="CIFAR-100_human.pt", default="noisy_label", grid=("noisy_label",), keys=("noisy_label",),
+                     aliases=dict(noisy100="noisy_label")),
 }
 
 # Not the report's: the paper's mechanism on a 2-core CPU (docs/memorisation.md). With the report's
