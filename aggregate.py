@@ -36,7 +36,6 @@ original paper's protocol; test accuracy is never read).
 import argparse
 import glob
 import os
-import shutil
 import sys
 from collections import defaultdict
 
@@ -50,9 +49,11 @@ import selection
 from cli import Parser
 from tables import (LOSS_KEYS, describe_settings, smoke_banner, fmt_cell, load_epochs, load_reference, load_runs, loss_key,
                     loss_label, loss_sort, mean_se, neutralise, number, paired_interval, peak, read_rows,
-                    reference_key, setting_of, shared_deviations, summary_table, table_entries, warn, write_table)
+                    reference_key, setting_of, shared_deviations, summary_table, table_entries, unreadable, warn,
+                    write_table)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+FIGURE_LIMIT = 64 << 20  # the synthetic experiments' figures are 20-70 kB
 
 
 def dataset_table(dataset, rows, out, expected, chosen, other_noise_seeds=0, layout=None, stem=None, note=(),
@@ -256,9 +257,13 @@ def synthetic(root, out):
                                   [{k: neutralise(v) for k, v in r.items()} for r in rows])
                 copied.append(os.path.basename(path))
     for path in sorted(glob.glob(os.path.join(folder, "*.png")) + glob.glob(os.path.join(folder, "*.pdf"))):
-        with open(path, "rb") as src:
-            results.write_atomic(os.path.join(out, "figures", "synthetic_" + os.path.basename(path)),
-                                 lambda f: shutil.copyfileobj(src, f), binary=True)
+        try:  # a link to /dev/zero would be copied until the disk is full
+            content = results.read_file(path, FIGURE_LIMIT)
+        except (OSError, results.BadFile) as e:
+            unreadable(path, e)
+            continue
+        results.write_atomic(os.path.join(out, "figures", "synthetic_" + os.path.basename(path)),
+                             lambda f: f.write(content), binary=True)
         copied.append(os.path.basename(path))
     return copied
 

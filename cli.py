@@ -16,12 +16,12 @@ import math
 import os
 import re
 import shlex
-import stat
 import subprocess
 import sys
 
 import grid
 import registry
+import results
 
 # Flags that change how fast a run goes or where files go, never its numbers: not part of the
 # run's identity, so a run can be resumed with a different --device or --out.
@@ -274,10 +274,9 @@ def file_sha256(path):
     """The SHA-256 of a regular file, or None for anything else (the data loader then says why, in one
     line): a FIFO or a device would block or never end. The run checks that the bytes it parses have it."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a FIFO must not wait for a writer
-        with open(fd, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest() if stat.S_ISREG(os.fstat(fd).st_mode) else None
-    except OSError:
+        with results.open_regular(path) as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except (OSError, results.BadFile):
         return None
 
 

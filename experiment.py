@@ -251,10 +251,12 @@ def resume(run, model, step, generator, fingerprint):
     checkpoint_path = run.checkpoint
     try:  # a checkpoint is untrusted input: tensors and plain values only (weights_only)
         # on the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest to the device
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        with results.open_regular(checkpoint_path) as f:  # a FIFO or a link to /dev/zero would never end
+            state = torch.load(f, map_location="cpu", weights_only=True)
         made_on = state["data"]
     except Exception as e:  # a truncated or foreign file fails in many ways; each means unreadable
-        fail(f"{checkpoint_path} is not a readable checkpoint of this code ({type(e).__name__}): delete it, "
+        why = "not a regular file" if isinstance(e, results.BadFile) else type(e).__name__
+        fail(f"{checkpoint_path} is not a readable checkpoint of this code ({why}): delete it, "
              "or pass --force to start over")
     if made_on != fingerprint:
         differ = ", ".join(k for k in sorted(set(made_on) | set(fingerprint)) if made_on.get(k) != fingerprint.get(k))

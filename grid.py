@@ -153,17 +153,20 @@ CPU = dict(train_rate=2900, eval_rate=13000, start_seconds=6, workers=2)
 
 
 def flag_value(argv, flag, default=None):
-    """The value a script takes for `flag` from argv (its last occurrence), else default."""
-    values = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == flag]
+    """The value a script takes for `flag` from argv (its last occurrence, as `flag V` or `flag=V`), else default."""
+    values = [v for i, a in enumerate(argv) for v in ([argv[i + 1]] if a == flag and i + 1 < len(argv) else
+                                                   [a.split("=", 1)[1]] if a.startswith(flag + "=") else [])]
     return values[-1] if values else default
 
 
-def cell_cost(cell, cpu):
-    """Seconds of one training cell: on the CPU of CPU, or on the report's GPU."""
+def cell_cost(cell, cpu, extra=()):
+    """Seconds of one training cell (with the pass-through flags `extra`): on the CPU of CPU, or on the
+    report's GPU. ValueError for a value the script would refuse."""
+    argv = [*cell.argv, *extra]
     train, test = SIZES[cell.dataset]
-    epochs = int(flag_value(cell.argv, "--epochs", DATASETS[cell.dataset]["epochs"]))
-    val = round(float(flag_value(cell.argv, "--val-split", 0)) * train)
-    limit_train, limit_test = (flag_value(cell.argv, f) for f in ("--limit-train", "--limit-test"))
+    epochs = int(flag_value(argv, "--epochs", DATASETS[cell.dataset]["epochs"]))
+    val = round(float(flag_value(argv, "--val-split", 0)) * train)
+    limit_train, limit_test = (flag_value(argv, f) for f in ("--limit-train", "--limit-test"))
     trained = min(int(limit_train or train), train - val)
     tested = min(int(limit_test or test), test)
     if cpu:
@@ -171,10 +174,14 @@ def cell_cost(cell, cpu):
     return epochs * GPU_EPOCH_SECONDS[cell.dataset] * trained / train
 
 
-def estimate(cells, cpu=False):
-    """One line: the time the training cells of a selection take, and on what it was measured."""
+def estimate(cells, cpu=False, extra=()):
+    """One line: the time the training cells of a selection take (with the pass-through flags `extra`,
+    e.g. `-- --epochs 5`), and on what it was measured."""
     training = [c for c in cells if c.dataset != "synthetic"]
-    seconds = sum(cell_cost(c, cpu) for c in training)
+    try:
+        seconds = sum(cell_cost(c, cpu, extra) for c in training)
+    except ValueError:  # a value the script will refuse, in its own words
+        return "time estimate: none (a flag's value is not a number the scripts take)"
     if cpu:
         return (f"time estimate: {len(training)} training cells, {CPU['workers']} at a time on a 2-core CPU "
                 f"(run_all.sh --cpu-workers {CPU['workers']}): about {hours(seconds / CPU['workers'])}, "

@@ -4,8 +4,8 @@
                     used by the writer and by aggregate.py)
     run_name        a run's folder name: readable settings plus a hash of all of them
     write_atomic    write a file so that a reader, or a kill, never sees half of it
-    read_file, read_csv   files from outside: regular files of bounded size; a CSV as this code wrote
-                    it or as a spreadsheet saved it, bad rows named (BadFile)
+    open_regular, read_file, read_csv   files from outside: regular files (of bounded size); a CSV as
+                    this code wrote it or as a spreadsheet saved it, bad rows named (BadFile)
     run_lock        one process per run folder
     check_writable  whether results can go to a folder, checked before any work
     write_csv, record_summary, finished_row, locked
@@ -127,13 +127,21 @@ class BadFile(ValueError):
 CSV_LIMIT = 64 << 20
 
 
-def read_file(path, limit):
-    """The bytes of the regular file `path` (links followed): BadFile for a folder, a device, a FIFO
-    (which could block or never end) or a file of more than `limit` bytes; OSError if unreadable."""
+def open_regular(path):
+    """The regular file `path` (links followed) open for reading in binary: BadFile for a folder, a
+    device or a FIFO, which could block or never end (/dev/zero); OSError if it cannot be opened."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # opening a FIFO must not wait for a writer
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise BadFile(f"{path}: not a regular file")
+    f = os.fdopen(fd, "rb")
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        f.close()
+        raise BadFile(f"{path}: not a regular file")
+    return f
+
+
+def read_file(path, limit):
+    """The bytes of the regular file `path` (open_regular): BadFile also for a file of more than
+    `limit` bytes."""
+    with open_regular(path) as f:
         content = f.read(limit + 1)
     if len(content) > limit:
         raise BadFile(f"{path}: more than {limit >> 20} MiB, more than such a file can be")
@@ -168,8 +176,8 @@ def read_csv(path, required=(), check=None, bad=None):
         except csv.Error as e:  # the reader starts afresh on the next line
             problem(reader.line_num, str(e))
             continue
-        if not fields:
-            continue  # a blank line
+        if not any(fields):
+            continue  # a blank line, or one of empty fields (",,,") that a spreadsheet leaves for a cleared row
         if header is None:
             header, missing = fields, [c for c in required if c not in fields]
             if missing or NOT_TEXT.search("".join(fields)):

@@ -48,8 +48,12 @@ def read_rows(path, required, check=None):
     try:
         return results.read_csv(path, required, check, bad=lambda line, why: warn(f"skipping {path} line {line}: {why}"))
     except (OSError, results.BadFile) as e:
-        warn(f"skipping {e}" if isinstance(e, results.BadFile) else f"skipping {path}: {e.strerror or e}")
-        return None
+        return unreadable(path, e)
+
+
+def unreadable(path, e):
+    """Say that the file `path` from outside is skipped, and why (OSError, or BadFile, which names it)."""
+    warn(f"skipping {e}" if isinstance(e, results.BadFile) else f"skipping {path}: {e.strerror or e}")
 
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")  # a dataset name: it names output files, so no path

@@ -9,6 +9,7 @@ import shlex
 import pytest
 
 import aggregate
+import cli
 import conftest
 import grid
 from conftest import run_all, summary_row
@@ -49,6 +50,15 @@ def test_the_listing_ends_with_a_time_estimate():
     others = [line for line in (result.stdout + result.stderr).splitlines()
               if not re.fullmatch(r"\s*\d+\s+memorisation-\S+", line)]
     assert any(re.search(r"\d+\s*(h|hours?|m|min|minutes?)\b", line) for line in others)
+
+
+def test_the_time_estimate_counts_the_pass_through_flags():
+    (cell, *_) = cli.parse_grid(["--memorisation"]).cells  # 30 epochs
+    start = grid.CPU["start_seconds"]
+    five = grid.cell_cost(cell, True, ["--epochs", "5"])
+    assert five == grid.cell_cost(cell, True, ["--epochs=5"]) != grid.cell_cost(cell, True)
+    assert (five - start) * 6 == pytest.approx(grid.cell_cost(cell, True) - start)
+    assert "time estimate: none" in run_all("--memorisation", "--list", "--", "--epochs", "x").stderr
 
 
 # ---------------------------------------------------------------------------------------------

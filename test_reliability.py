@@ -23,6 +23,7 @@ import torch
 import aggregate
 import cli
 import conftest
+import experiment
 import grid
 import results
 import runner
@@ -518,12 +519,13 @@ def mnist_run(mnist_dir, out, *extra):
 
 def as_a_spreadsheet_saves_it(path):
     """What Excel's "CSV UTF-8" does to a file it opened and saved: a byte-order mark, CRLF line ends,
-    whole numbers without their '.0' (10000.0 -> 10000) and TRUE / FALSE for booleans."""
+    whole numbers without their '.0' (10000.0 -> 10000), TRUE / FALSE for booleans, and a row of
+    empty fields where a row's cells were cleared."""
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
     cell = lambda text: text.upper() if text in ("True", "False") else re.sub(r"^(-?\d+)\.0$", r"\1", text)  # noqa
     with open(path, "w", newline="", encoding="utf-8-sig") as f:
-        csv.writer(f, lineterminator="\r\n").writerows([[cell(c) for c in row] for row in rows])
+        csv.writer(f, lineterminator="\r\n").writerows([[cell(c) for c in row] for row in rows] + [[""] * len(rows[0])])
 
 
 def test_a_summary_saved_by_a_spreadsheet_keeps_its_runs(mnist_dir, tmp_path, capsys):
@@ -541,6 +543,18 @@ def test_a_summary_saved_by_a_spreadsheet_keeps_its_runs(mnist_dir, tmp_path, ca
     (cell,) = read_csv(tmp_path / "tables" / "mnist.csv")
     assert cell["n"] == "2"  # the spreadsheet's row (10000, FALSE) and the new one (10000.0, False): one cell
     assert "skipping" not in capsys.readouterr().err
+
+
+def test_the_grid_recognises_the_runs_of_a_summary_a_spreadsheet_saved(tmp_path, data_root):
+    selection = [*QUICK_MNIST, "--out", str(tmp_path), "--", "--data-dir", data_root]
+    opts = cli.parse_grid(selection)
+    (cell,) = opts.cells
+    write_csv_rows(tmp_path / "summary.csv", [good_row(run=runner.run_name(cell, opts), rho="0.0", epochs="1")])
+    as_a_spreadsheet_saves_it(tmp_path / "summary.csv")
+    before = (tmp_path / "summary.csv").read_bytes()
+    result = run_all(*selection)
+    assert "0 ran, 1 already finished" in result.stdout and not (tmp_path / "runs").exists(), result.stdout
+    assert (tmp_path / "summary.csv").read_bytes() == before and (tmp_path / "tables" / "mnist.md").exists()
 
 
 DAMAGED = {  # a row as an editor, a copy or a crash can leave it, and what its warning names
@@ -656,6 +670,7 @@ def test_cpu_thread_count_is_recorded_and_a_resume_across_counts_refused(mnist_d
         assert train_mnist.main(argv) == 0
         (row,) = read_csv(tmp_path / "summary.csv")
         assert row["threads"] == "2" and results.SCHEMA["threads"] == "provenance"
+        assert row["run"] == os.path.basename(run_dir)  # provenance: not in the name, which runs are known by
     finally:
         torch.set_num_threads(threads)
 
@@ -744,6 +759,12 @@ def test_a_full_disk_during_training_is_one_line(mnist_dir, small_disk, capsys):
     assert not list(small_disk.rglob(conftest.TEMPORARY))
 
 
+def test_a_checkpoint_on_a_full_disk_is_an_oserror(small_disk):
+    with pytest.raises(OSError) as e:  # 0.8 MB: torch.save into the file raised RuntimeError (inline_container.cc)
+        experiment.save_checkpoint(str(small_disk / "checkpoint.pt"), dict(model=torch.zeros(200_000)))
+    assert e.value.errno == errno.ENOSPC and not list(small_disk.iterdir())
+
+
 def test_aggregate_on_a_full_disk_names_the_folder(small_disk, tmp_path, capsys):
     # 30 table rows, each named by 30 kB: their tables do not fit in 256 kB
     write_csv_rows(tmp_path / "summary.csv", [good_row(run=f"r{s}", loss=f"{s}" + "x" * 30_000) for s in range(30)])
@@ -756,6 +777,7 @@ def limited(seconds=120):
     """subprocess.run's arguments for a child that must end in time and within 4 GB (not take 23 GB)."""
     def limit():
         resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 20, 256 << 20))  # nor copy /dev/zero until a disk is full
     return dict(cwd=conftest.ROOT, capture_output=True, text=True, timeout=seconds, preexec_fn=limit)
 
 
@@ -768,9 +790,13 @@ def test_result_files_that_are_not_regular_files_are_skipped_by_name(tmp_path):
     os.mkfifo(folder / "runs" / "r1" / "epochs.csv")
     os.symlink("/dev/zero", tmp_path / "summary_zero.csv")
     os.mkfifo(tmp_path / "summary_fifo.csv")
+    (tmp_path / "synthetic").mkdir()  # the synthetic experiments' figures are copied
+    os.symlink("/dev/zero", tmp_path / "synthetic" / "ding.png")
+    os.mkfifo(tmp_path / "synthetic" / "long_servedio.pdf")
     result = subprocess.run([sys.executable, "aggregate.py", "--results", str(tmp_path), "--no-plot"], **limited())
     assert result.returncode == 0 and "memorisation mnist (3 runs)" in result.stdout, result.stderr
-    for name in ("r0/epochs.csv", "r1/epochs.csv", "summary_zero.csv", "summary_fifo.csv"):
+    for name in ("r0/epochs.csv", "r1/epochs.csv", "summary_zero.csv", "summary_fifo.csv", "ding.png",
+                 "long_servedio.pdf"):
         assert f"{name}: not a regular file" in result.stderr, name
 
 
@@ -783,6 +809,20 @@ def test_a_label_file_that_is_not_a_regular_file_is_one_line(special, cifar_dir,
                              "--noise", "human", "--noise-file", special], **limited())
     assert result.returncode == 2 and f"{special}: not a regular file" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "fifo"])
+def test_a_checkpoint_that_is_not_a_regular_file_is_one_line(special, mnist_dir, tmp_path, monkeypatch):
+    checkpoint = os.path.join(interrupted(mnist_dir, tmp_path, monkeypatch), "checkpoint.pt")
+    os.remove(checkpoint)
+    if special == "fifo":
+        os.mkfifo(checkpoint)
+    else:
+        os.symlink(special, checkpoint)
+    result = subprocess.run([sys.executable, "train_mnist.py", "--data-dir", mnist_dir, "--out", str(tmp_path),
+                             "--epochs", "3", "--resume"], **limited())
+    assert result.returncode == 2 and f"{checkpoint} is not a readable checkpoint of this code (not a regular file)" \
+        in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 def test_a_sibling_config_that_is_not_a_regular_file_is_passed_over(mnist_dir, tmp_path):
