@@ -1,6 +1,7 @@
 """The training loop shared by train_mnist.py and train_cifar.py (experiment.py runs it).
 
     Model, Step     what is trained, and how one optimisation step is taken (small dataclasses)
+    fused           which optimiser kernels a device gets
     train_epoch     the one loop: forward, loss, backward, optional clip, step, lr step
     evaluate        accuracy, loss, NLL and calibration error of a labelled set
 
@@ -40,6 +41,14 @@ class Model:
         """uint8 images as the network's normalised float input."""
         x = normalise(images, mean, std)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+def fused(device):
+    """The optimisers' `fused` flag on `device`: torch's fused kernels on CUDA, with which the fp16
+    gradient scaler skips a step with inf/NaN gradients on the device (with the default kernels
+    GradScaler.step reads that flag back every step: a host sync); the default kernels elsewhere, so
+    that CPU results stay as they were."""
+    return True if device.type == "cuda" else None
 
 
 @dataclass
