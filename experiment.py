@@ -26,7 +26,7 @@ import noise
 import results
 from cli import fail
 from data import DataError, DataMissing, load_with_labels, prepare
-from training import Model, Step, evaluate, fused, train_epoch
+from training import AMP, Model, Step, evaluate, fused, train_epoch
 
 
 def criterion_for(config):
@@ -219,8 +219,8 @@ def setup(run, criterion, data_dir, download, spec, compile_model, make_optimize
     net = models.make_model(config["model"], data.classes, data.channels, config.get("init")).to(device)
     if config["channels_last"]:
         net = net.to(memory_format=torch.channels_last)
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[config["amp"]]
-    model = Model(net, criterion, torch.compile(net) if compile_model else net, amp, config["channels_last"])
+    model = Model(net, criterion, torch.compile(net) if compile_model else net, AMP[config["amp"]],
+                  config["channels_last"])
     optimizer = make_optimizer(net.parameters(), fused=fused(device))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_factor(math.ceil(len(data.train_y) / config["batch_size"])))

@@ -1,7 +1,7 @@
 """The training loop shared by train_mnist.py and train_cifar.py (experiment.py runs it).
 
     Model, Step     what is trained, and how one optimisation step is taken (small dataclasses)
-    fused           which optimiser kernels a device gets
+    AMP, fused      the autocast dtype of each --amp; which optimiser kernels a device gets
     train_epoch     the one loop: forward, loss, backward, optional clip, step, lr step
     evaluate        accuracy, loss, NLL and calibration error of a labelled set
 
@@ -41,6 +41,9 @@ class Model:
         """uint8 images as the network's normalised float input."""
         x = normalise(images, mean, std)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+AMP = {"fp16": torch.float16, "bf16": torch.bfloat16, None: None}  # --amp: the autocast dtype (None: float32)
 
 
 def fused(device):
