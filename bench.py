@@ -79,16 +79,16 @@ def setup(model_name, classes, channels, device, *, amp=None, channels_last=Fals
           per_example=False):
     """(Model, Step) as experiment.setup builds a run's: the report's optimiser for the network (Adam
     for LeNet as in train_mnist.py, SGD with Nesterov momentum for the ResNets as in train_cifar.py, with
-    grid.py's settings), fused kernels on CUDA, the gradient scaler for fp16; a constant learning rate."""
+    grid.py's settings), their kernels (training.fused), the gradient scaler for fp16; a constant learning rate."""
     torch.manual_seed(0)
     net = models.make_model(model_name, classes, channels).to(device)
     net = net.to(memory_format=torch.channels_last) if channels_last else net
-    s = grid.DATASETS["mnist" if model_name == "lenet" else "cifar100"]
+    s, kernels = grid.DATASETS["mnist" if model_name == "lenet" else "cifar100"], fused(device, compile)
     if model_name == "lenet":
-        optimizer = torch.optim.Adam(net.parameters(), lr=s["lr"], weight_decay=s["weight_decay"], fused=fused(device))
+        optimizer = torch.optim.Adam(net.parameters(), lr=s["lr"], weight_decay=s["weight_decay"], fused=kernels)
     else:
         optimizer = torch.optim.SGD(net.parameters(), lr=s["lr"], momentum=s["momentum"], nesterov=True,
-                                    weight_decay=s["weight_decay"], fused=fused(device))
+                                    weight_decay=s["weight_decay"], fused=kernels)
     step = training.Step(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: 1.0),
                          torch.amp.GradScaler(device.type, enabled=amp == "fp16"), clip_norm, per_example)
     return training.Model(net, losses.CrossEntropy(), torch.compile(net) if compile else net, training.AMP[amp],

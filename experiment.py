@@ -221,7 +221,7 @@ def setup(run, criterion, data_dir, download, spec, compile_model, make_optimize
         net = net.to(memory_format=torch.channels_last)
     model = Model(net, criterion, torch.compile(net) if compile_model else net, AMP[config["amp"]],
                   config["channels_last"])
-    optimizer = make_optimizer(net.parameters(), fused=fused(device))
+    optimizer = make_optimizer(net.parameters(), fused=fused(device, compile_model))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_factor(math.ceil(len(data.train_y) / config["batch_size"])))
     step = Step(optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=config["amp"] == "fp16"),

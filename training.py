@@ -46,12 +46,13 @@ class Model:
 AMP = {"fp16": torch.float16, "bf16": torch.bfloat16, None: None}  # --amp: the autocast dtype (None: float32)
 
 
-def fused(device):
-    """The optimisers' `fused` flag on `device`: torch's fused kernels on CUDA, with which the fp16
-    gradient scaler skips a step with inf/NaN gradients on the device (with the default kernels
-    GradScaler.step reads that flag back every step: a host sync); the default kernels elsewhere, so
-    that CPU results stay as they were."""
-    return True if device.type == "cuda" else None
+def fused(device, compiled=False):
+    """The optimisers' `fused` flag: torch's fused kernels on CUDA, with which the fp16 gradient
+    scaler skips a step with inf/NaN gradients on the device (with the default kernels GradScaler.step
+    reads that flag back every step: a host sync). Not for a compiled model, whose gradients inductor
+    may lay out otherwise than their weights, which the fused kernels refuse (pytorch/pytorch#126585),
+    nor off CUDA, so that CPU results stay as they were: there torch's default (None)."""
+    return True if device.type == "cuda" and not compiled else None
 
 
 @dataclass
@@ -91,8 +92,8 @@ def per_example_clipped_backward(model, x, y, clip_norm):
     norms = torch.sqrt(sum(g.flatten(1).float().pow(2).sum(1) for g in grads.values()))
     scale = (clip_norm / (norms + 1e-6)).clamp(max=1.0)
     for name, p in net.named_parameters():
-        g = grads[name]
-        p.grad = (g * scale.view(-1, *[1] * (g.dim() - 1)).to(g.dtype)).mean(0)
+        g = grads[name]  # the mean laid out as its weight (channels-last): fused optimisers need that
+        p.grad = torch.empty_like(p).copy_((g * scale.view(-1, *[1] * (g.dim() - 1)).to(g.dtype)).mean(0))
     return logits, sample_losses.mean(), norms
 
 
