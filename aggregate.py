@@ -46,8 +46,9 @@ import figures
 import grid
 import registry
 import results
+import selection
 from cli import Parser
-from tables import (LOSS_KEYS, describe_settings, fmt_cell, load_epochs, load_reference, load_runs, loss_key,
+from tables import (LOSS_KEYS, describe_settings, smoke_banner, fmt_cell, load_epochs, load_reference, load_runs, loss_key,
                     loss_label, loss_sort, mean_se, neutralise, number, paired_interval, peak, read_rows,
                     reference_key, setting_of, summary_table, table_entries, warn, write_table)
 
@@ -89,14 +90,6 @@ def dataset_table(dataset, rows, out, expected, chosen, other_noise_seeds=0, lay
                 bold={(i, j + 1) for i, e in enumerate(table) for j, rho in enumerate(rhos) if is_best(e, rho)},
                 before=before, after=after, latex=True)
     return table, rhos
-
-
-def smoke_banner(rows):
-    """The lines that say a table of smoke runs (--limit-train / --limit-test) is not a result."""
-    if any(r.get("limit_train") or r.get("limit_test") for r in rows):
-        return ["**Smoke runs on a subset of the data (--limit-train / --limit-test, e.g. run_all.sh --quick): "
-                "these numbers check the pipeline and are not results.**", ""]
-    return []
 
 
 def comparison(dataset, table, rhos, refs, out):
@@ -301,6 +294,18 @@ def memorisation(root, out, plt):
     return written
 
 
+def tuned(root, out, plt, stem=""):
+    """The fair comparison (run_all.sh --tune; its runs in root/tune, never in the tables above):
+    tables/<stem><dataset>_tuned.{md,csv} and figures/<stem><dataset>_tuned.{png,pdf}."""
+    folder = os.path.join(root, "tune")
+    if not os.path.isdir(folder):
+        return []
+    written = selection.tuned_tables(folder, out, stem)
+    for name, title, records in written if plt else ():
+        figures.tuned_figure(os.path.join(out, "figures", f"{name}_tuned"), title, records, plt)
+    return [f"{name}_tuned ({len(records)} loss x rho)" for name, _, records in written]
+
+
 # ---------------------------------------------------------------------------------------------
 
 def main(argv=None):
@@ -382,6 +387,7 @@ def aggregate(args, out, candidates):
     benchmark = os.path.join(args.results, grid.MEMORISATION["folder"])  # its runs: not in the tables above
     if os.path.isdir(benchmark):
         written += memorisation(benchmark, out, plt)
+    written += tuned(args.results, out, plt) + tuned(benchmark, out, plt, "memorisation_")
     copied = synthetic(args.results, out)
     if not written and not copied:
         warn(f"no results found under {args.results}")

@@ -61,13 +61,20 @@ def training_parser(script, doc=None):
             g.add_argument(f"--{name.replace('_', '-')}", type=float,
                            help=f"{meta['help']}, in {meta['range']} (default: off)")
             continue
-        takes = ", ".join(f"{loss} {d[name]:g}" for loss, d in losses.items() if name in d)
-        report = "; ".join(f"{loss} {v:g} on {dataset}" for dataset in datasets for loss in losses
-                           if (v := grid.loss_defaults(dataset, loss).get(name, losses[loss].get(name))) is not None
+        # a peer loss's value on each dataset (grid.PEER_DEFAULTS); any other loss's default, and the report's
+        # value where it differs per dataset
+        peers = [loss for loss in losses if any(name in grid.PEER_DEFAULTS[d].get(loss, {}) for d in datasets)]
+        takes = ", ".join(f"{loss} {d[name]:g}" for loss, d in losses.items() if name in d and loss not in peers)
+        report = "; ".join(f"{loss} {v:g} on {dataset}" for dataset in datasets for loss in losses if loss not in peers
+                           and (v := grid.loss_defaults(dataset, loss).get(name, losses[loss].get(name))) is not None
                            and v != losses[loss].get(name))
+        authors = "; ".join(f"{loss} " + ", ".join(f"{grid.loss_defaults(d, loss)[name]:g} on {d}" for d in datasets)
+                            for loss in peers)
+        default = "; ".join(filter(None, (
+            takes and f"the loss's: {takes}", report and f"the report's {report}", authors and "per dataset, as their "
+            f"authors' official configs set them (HanxunH/Active-Passive-Losses configs/; docs/peer-losses.md): {authors}")))
         g.add_argument(f"--{name.replace('_', '-')}", type=float,
-                       help=f"{meta['help']}, in {meta['range']} (default: the loss's: {takes}"
-                       + (f"; the report's {report})" if report else ")"))
+                       help=f"{meta['help']}, in {meta['range']} (default: {default})")
     g.add_argument("--clip-norm", type=float, help="clip gradients to this L2 norm; 0.1 is the paper's "
                    "'CE + clipping' (default: no clipping)")
     g.add_argument("--clip-mode", choices=["global", "per-example"], default="global",
@@ -81,9 +88,14 @@ def training_parser(script, doc=None):
                    "asymmetric: flip along the dataset's class map; instance: Xia et al. (2020)'s instance-dependent "
                    "noise" + ("; human: the CIFAR-10N / CIFAR-100N annotators' labels (Wei et al., 2022) from "
                               "--noise-file" if script == "train_cifar.py" else "") + " (default: %(default)s)")
+    g.add_argument("--noise-features", choices=["raw", "normalised"],
+                   help="--noise instance: what Xia et al.'s generator multiplies by its random matrix. raw: the "
+                   "pixel values 0-255, flattened (their code's); normalised: the images as the network sees them "
+                   "(default: raw; docs/noise.md)")
     if script == "train_cifar.py":
-        g.add_argument("--noise-key", help="--noise human: the label set of the file; cifar10: "
-                       + ", ".join(grid.HUMAN_NOISE["cifar10"]["keys"]) + "; cifar100: noisy_label (default: "
+        g.add_argument("--noise-key", help="--noise human: the label set of the file; "
+                       + "; ".join(f"{d}: {', '.join(v['keys'])} (or the official code's names: "
+                                   f"{', '.join(v['aliases'])})" for d, v in grid.HUMAN_NOISE.items()) + " (default: "
                        + ", ".join(f"{d} {v['default']}" for d, v in grid.HUMAN_NOISE.items()) + ")")
         g.add_argument("--noise-file", help="--noise human: the CIFAR-N label file (default: "
                        + ", ".join(f"DATA_DIR/{v['file']} for {d}" for d, v in grid.HUMAN_NOISE.items()) + ")")
@@ -210,7 +222,8 @@ def check(parser, args):
 
 
 def check_noise(parser, args):
-    """--rho for every noise but human; the CIFAR-N key (and its default) for human noise only."""
+    """--rho for every noise but human; the CIFAR-N key (and its default) for human noise only; the
+    features (and their default) for instance noise only."""
     human = args.noise == "human"
     if human and args.rho is not None:
         parser.error(f"--rho {args.rho} is not allowed with --noise human: the noise is the annotators' (--noise-key)")
@@ -223,12 +236,17 @@ def check_noise(parser, args):
         if value is not None and (not human or not value):
             parser.error(f"--{flag.replace('_', '-')} {value!r} is not allowed " + ("without --noise human" if value
                                                                                      else "(empty)"))
+    if args.noise_features is not None and args.noise != "instance":
+        parser.error(f"--noise-features {args.noise_features!r} is not allowed without --noise instance")
+    if args.noise == "instance":  # part of the run's identity for instance noise only: None otherwise
+        args.noise_features = args.noise_features or "raw"
     if human:
         spec = grid.HUMAN_NOISE[args.dataset]
-        args.noise_key = args.noise_key or spec["default"]
+        # the official code's name is the same run as the file's key it stands for
+        args.noise_key = spec["aliases"].get(args.noise_key, args.noise_key or spec["default"])
         if args.noise_key not in spec["keys"]:
             parser.error(f"--noise-key {args.noise_key!r} is not allowed: {args.dataset}'s CIFAR-N file has "
-                         f"{', '.join(spec['keys'])}")
+                         f"{', '.join(spec['keys'])} (or {', '.join(spec['aliases'])}); clean labels: --rho 0")
         args.noise_file = args.noise_file or os.path.join(args.data_dir, spec["file"])
         args.noise_file_sha256 = file_sha256(args.noise_file)  # the labels are part of the run's identity
 
@@ -269,6 +287,7 @@ def parse_grid(argv):
     p.add_argument("--sbatch", default="")
     p.add_argument("--taus")
     p.add_argument("--tune-tau", action="store_true")
+    p.add_argument("--tune", action="store_true")
     p.add_argument("--tau-candidates", default=",".join(f"{t:g}" for t in grid.TAU_CANDIDATES))
     p.add_argument("--val-split", default=f"{grid.VAL_SPLIT:g}")
     argv = list(argv)
@@ -280,13 +299,20 @@ def parse_grid(argv):
     opts = p.parse_args(argv)
     opts.extra = extra
     # --table3 and --memorisation select a named setting of grid.py; the filters can narrow it
-    named = grid.TABLE3 if opts.table3 else dict(grid.MEMORISATION, losses=None) if opts.memorisation else \
-        dict(datasets=tuple(grid.HUMAN_NOISE), losses=None, rhos=()) if opts.human_noise else \
+    named = dict(grid.TUNE_STUDY, losses=None) if opts.tune and opts.memorisation else \
+        dict(datasets=tuple(d for d in grid.DEFAULT_DATASETS if d != "synthetic"), losses=None, rhos=grid.RHOS) \
+        if opts.tune else grid.TABLE3 if opts.table3 else dict(grid.MEMORISATION, losses=None) if opts.memorisation \
+        else dict(datasets=tuple(grid.HUMAN_NOISE), losses=None, rhos=()) if opts.human_noise else \
         dict(datasets=grid.DEFAULT_DATASETS, losses=None, rhos=grid.RHOS)
     if opts.table3 + opts.memorisation + opts.human_noise > 1:
         p.error("--table3, --memorisation and --human-noise are three settings: choose one")
     if opts.human_noise and (opts.rhos or opts.tune_tau):
         p.error(f"--human-noise takes no {'--rhos' if opts.rhos else '--tune-tau'}: the noise is the CIFAR-N files'")
+    clash = [f for f, on in (("--tune-tau", opts.tune_tau), ("--taus", opts.taus), ("--table3", opts.table3),
+                             ("--human-noise", opts.human_noise), ("--logit-clip", opts.logit_clip)) if on]
+    if opts.tune and clash:  # its candidates are the grid: tau, LogitClip and the noise are chosen or swept there
+        p.error(f"--tune takes no {clash[0]}: the fair comparison tries every candidate of grid.TUNE "
+                "(tau and LogitClip's delta among them) at each rho")
     opts.datasets = opts.datasets or ",".join(named["datasets"])
     opts.losses = opts.losses or (",".join(named["losses"]) if named["losses"] else None)
     opts.rhos = opts.rhos or ",".join(f"{r:g}" for r in named["rhos"])
@@ -310,8 +336,9 @@ def parse_grid(argv):
             p.error(f"--datasets: {d!r} is not allowed: use synthetic, {', '.join(grid.DATASETS)}")
     losses = distinct("--losses", opts.losses.split(",")) if opts.losses else None
     for loss in losses or ():
-        if loss not in grid.known_losses():
-            p.error(f"--losses: {loss!r} is not allowed: use {', '.join(grid.known_losses())}")
+        if loss not in grid.known_losses(opts.tune):
+            p.error(f"--losses: {loss!r} is not allowed{' with --tune' if opts.tune else ''}: use "
+                    f"{', '.join(grid.known_losses(opts.tune))}")
     if not opts.trials.isdigit() or int(opts.trials) < 1:
         p.error(f"--trials {opts.trials!r} is not allowed: a positive integer")
     rhos = numbers("--rhos", opts.rhos, lambda r: 0 <= r < 1, "noise rates in [0, 1)") if opts.rhos else ()
@@ -335,10 +362,12 @@ def parse_grid(argv):
         opts.sbatch = shlex.split(opts.sbatch)
     except ValueError as e:
         p.error(f"--sbatch {opts.sbatch!r} is not allowed: {e}")
+    if opts.tune and "synthetic" in datasets:
+        p.error("--datasets: 'synthetic' is not allowed with --tune: its losses have no noisy validation data")
     opts.selection = dict(datasets=datasets, losses=losses, rhos=rhos, trials=1 if opts.quick else int(opts.trials),
-                          taus=taus, tune=opts.tune_tau, candidates=candidates, val_split=val_split, quick=opts.quick,
-                          noise_seeds=grid.TABLE3["noise_seeds"] if opts.table3 else (0,), memorisation=opts.memorisation,
-                          human=opts.human_noise, logit_clip=logit_clip)
+                          taus=taus, tune_tau=opts.tune_tau, candidates=candidates, val_split=val_split,
+                          quick=opts.quick, noise_seeds=grid.TABLE3["noise_seeds"] if opts.table3 else (0,),
+                          memorisation=opts.memorisation, human=opts.human_noise, logit_clip=logit_clip, tune=opts.tune)
     # Paths are the caller's: relative ones resolve against the directory run_all.sh was started in.
     opts.out = os.path.abspath(opts.out or ("results/quick" if opts.quick else "results"))
     opts.cells = grid.cells(**opts.selection)

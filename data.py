@@ -326,8 +326,9 @@ def prepare(dataset, data_dir, download, spec, val_split, limit_train, limit_tes
     noise_gen = torch.Generator().manual_seed(derived_seed(spec.seed, 0))
     if human:
         noisy_y = human[0]
-    elif spec.kind == "instance":  # on the images as the network sees them (Xia et al.'s code)
-        noisy_y = noise.instance_noise(normalise(train_x, mean, std).flatten(1), train_y, k, spec.rho, noise_gen)
+    elif spec.kind == "instance":  # Xia et al.'s tools.py: raw pixels 0-255, flattened (normalised: docs/noise.md)
+        features = normalise(train_x, mean, std) if spec.features == "normalised" else train_x
+        noisy_y = noise.instance_noise(features.flatten(1), train_y, k, spec.rho, noise_gen)
     else:
         flips = DATASETS[dataset]["flips"] if spec.kind == "asymmetric" else {}
         noisy_y = noise.add_label_noise(train_y, spec.rho, k, spec.kind, noise.flip_map(flips, k), noise_gen)

@@ -46,7 +46,7 @@ def run(args, config, make_optimizer, lr_factor, augment):
     check_per_example(config)
     device = check_device(args.device)
     spec = noise.Spec(config["noise"], config["rho"], config["noise_seed"], config.get("noise_key"),
-                      getattr(args, "noise_file", None))
+                      getattr(args, "noise_file", None), features=config["noise_features"])
     if args.prepare_data:
         return describe_data(config["dataset"], args.data_dir, args.download, spec)
     try:

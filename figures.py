@@ -136,3 +136,54 @@ def tau_sweep_figure(dataset, rows, out, plt):
         ax.legend(fontsize=8)
     results.save_figure(fig, os.path.join(out, "figures", f"{dataset}_tau_sweep"))
     plt.close(fig)
+
+
+def tuned_figure(stem, title, records, plt):
+    """The fair comparison's sensitivity figure (stem.png/.pdf): per tuned loss (rows) and rho
+    (columns), test accuracy against the loss's parameter at the final epoch (solid) and stopped early
+    (dashed), mean ± s.e. over trials; the noisy-validation choices marked (filled star: final; open
+    star: stopped early); CE as horizontal lines. records: selection.outcomes of one dataset."""
+    tuned = [f for f in grid.TUNE if f.param and any(r["key"] == f.key for r in records)]
+    rhos = sorted({r["rho"] for r in records})
+    if not tuned or not rhos:
+        return
+    at = {(r["key"], r["rho"]): r for r in records}
+    fig, axes = plt.subplots(len(tuned), len(rhos), figsize=(3.2 * len(rhos), 2.5 * len(tuned)), squeeze=False,
+                             sharey="col")
+    for family, panels in zip(tuned, axes):
+        for ax, rho in zip(panels, rhos):
+            r, ce = at.get((family.key, rho)), at.get(("ce", rho))
+            for name, style, mark in (("final", "-", "index"), ("early", "--", "index_early")):
+                if ce and ce["curve"][0][name][0] is not None:
+                    ax.axhline(ce["curve"][0][name][0], color="gray", ls=style, lw=1)
+                if r is None:
+                    continue
+                points = [(c["value"], *c[name]) for c in r["curve"] if c[name][0] is not None]
+                if points:
+                    ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] or 0 for p in points],
+                                color="C0" if name == "final" else "C1", ls=style, marker="o", ms=3, capsize=2)
+                if r.get(mark) is not None:
+                    c = r["curve"][r[mark]]
+                    ax.plot([c["value"]], [c[name][0]], marker="*", ms=13, color="C0" if name == "final" else "C1",
+                            mfc="C0" if name == "final" else "none", ls="none")
+            if family.param != "q":
+                ax.set_xscale("log")
+            ax.set_xticks(family.values, [f"{v:g}" for v in family.values])  # the candidates, plainly
+            ax.minorticks_off()
+            ax.set_title(f"{family.label}, ρ = {rho:g}", fontsize=8)
+            ax.grid(alpha=0.3, which="both")
+            ax.tick_params(labelsize=7)
+        panels[0].set_ylabel("test accuracy (%)", fontsize=8)
+        for ax in panels:
+            ax.set_xlabel(family.param, fontsize=8)
+    handles = [plt.Line2D([], [], color="C0", marker="o", label="final epoch"),
+               plt.Line2D([], [], color="C1", ls="--", marker="o", label="stopped early (best noisy-val epoch)"),
+               plt.Line2D([], [], color="C0", marker="*", ms=12, ls="none", label="chosen on noisy validation (final)"),
+               plt.Line2D([], [], color="C1", marker="*", ms=12, mfc="none", ls="none",
+                          label="chosen on noisy validation (stopped early)"),
+               plt.Line2D([], [], color="gray", label="CE (final; dashed: stopped early)")]
+    fig.tight_layout()
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8)
+    fig.suptitle(title, y=1.01)
+    results.save_figure(fig, stem)
+    plt.close(fig)

@@ -6,10 +6,14 @@ order, and the training scripts take their per-dataset defaults from it:
     DATASETS        each dataset's script and the report's training settings (section 5)
     report_rows     the loss settings of a dataset's table, in its order
     NAMES, BASE     how tables name each loss; which base loss each partially Huberised loss is paired with
-    loss_defaults   a loss's parameters on a dataset, as the report set them (a single run's defaults)
+    PEER_DEFAULTS   the peer losses' alpha and beta per dataset, as their authors' official configs set them
+    loss_defaults   a loss's parameters on a dataset, as the report or PEER_DEFAULTS set them (a single run's defaults)
     RHOS, TRIALS    the noise rates and trials of every table; TABLE3, the noise-seed study
     TAU_CANDIDATES, VAL_SPLIT, choose_tau   the original paper's tau protocol
+    TUNE            the fair comparison (run_all.sh --tune): each loss's candidate parameters
+    MEMORISATION    the CPU-scale memorisation benchmark, and the tuning study in its regime
     cells           the numbered cells of a selection: what --list shows and --task I runs
+    estimate        what a selection costs, on the machine its timings were measured on
 """
 from dataclasses import dataclass, field
 
@@ -73,22 +77,50 @@ def report_rows(dataset):
     return rows
 
 
+# The peer losses as their authors ran them: alpha and beta per dataset from the official configs,
+# HanxunH/Active-Passive-Losses configs/<dataset>/{sym,asym}/<loss>.yaml (the code of Ma et al., 2020, which
+# also runs SCE). Its sym and asym configs set the same values, so one entry serves every noise kind
+# (instance and human noise have no config there: the dataset's values). RCE's constant A: losses.py.
+MNIST_PEERS = {
+    "sce": dict(alpha=0.01, beta=1.0),     # configs/mnist/{sym,asym}/sce.yaml; the same in YisenWang/
+                                           # symmetric_cross_entropy_for_noisy_labels train_models.py (MNIST)
+    "nce_rce": dict(alpha=1.0, beta=10.0),  # configs/mnist/{sym,asym}/nce+rce.yaml
+}
+PEER_DEFAULTS = {
+    "mnist": MNIST_PEERS,
+    "fashion-mnist": MNIST_PEERS,  # no official config: MNIST's, as for the training settings (DATASETS)
+    "cifar10": {
+        "sce": dict(alpha=0.1, beta=1.0),    # configs/cifar10/{sym,asym}/sce.yaml; SCE repo train_models.py (CIFAR-10)
+        "nce_rce": dict(alpha=1.0, beta=1.0),  # configs/cifar10/{sym,asym}/nce+rce.yaml
+    },
+    "cifar100": {
+        "sce": dict(alpha=6.0, beta=0.1),     # configs/cifar100/{sym,asym}/sce.yaml; SCE repo train_models.py (CIFAR-100)
+        "nce_rce": dict(alpha=10.0, beta=0.1),  # configs/cifar100/{sym,asym}/nce+rce.yaml
+    },
+}
+
+
 def loss_defaults(dataset, loss):
-    """The report's parameters of `loss` on `dataset` ({'tau': 2.0} for PHuber-CE on CIFAR-10): the
-    defaults of a single run, so that it is the same run as the grid's cell."""
+    """The parameters of `loss` on `dataset` where the report ({'tau': 2.0} for PHuber-CE on CIFAR-10) or,
+    for a peer loss, its authors' configs (PEER_DEFAULTS) set them: the defaults of a single run, so that
+    it is the same run as the grid's cell."""
     row = next((r for r in report_rows(dataset) if r.flags["loss"] == loss and "clip_norm" not in r.flags), None)
-    return {k: v for k, v in row.flags.items() if k != "loss"} if row else {}
+    return {k: v for k, v in row.flags.items() if k != "loss"} if row else dict(PEER_DEFAULTS[dataset].get(loss, {}))
 
 
 # The report's Table 3: CE and PHuber-GCE at rho = 0.6 on MNIST and CIFAR-100, label noise seeds 0-3.
 TABLE3 = dict(datasets=("mnist", "cifar100"), losses=("ce", "phuber_gce"), rhos=(0.6,), noise_seeds=(0, 1, 2, 3))
 
 # Human label noise (Wei et al., ICLR 2022): each CIFAR-N label file, the keys it holds for the
-# dataset's fine labels, the default, and the keys of run_all.sh --human-noise (docs/noise.md).
+# dataset's fine labels, the default, the keys of run_all.sh --human-noise (docs/noise.md), and the names
+# the official training code gives them (UCSC-REAL/cifar-10-100n main.py, noise_type_map), accepted as aliases.
 HUMAN_NOISE = {
     "cifar10": dict(file="CIFAR-10_human.pt", default="worse_label", grid=("aggre_label", "random_label1", "worse_label"),
-                    keys=("aggre_label", "random_label1", "random_label2", "random_label3", "worse_label")),
-    "cifar100": dict(file="CIFAR-100_human.pt", default="noisy_label", grid=("noisy_label",), keys=("noisy_label",)),
+                    keys=("aggre_label", "random_label1", "random_label2", "random_label3", "worse_label"),
+                    aliases=dict(aggre="aggre_label", rand1="random_label1", rand2="random_label2",
+                                 rand3="random_label3", worst="worse_label")),
+    "cifar100": dict(file="CIFAR-100_human.pt", default="noisy_label", grid=("noisy_label",), keys=("noisy_label",),
+                     aliases=dict(noisy100="noisy_label")),
 }
 
 # Not the report's: the paper's mechanism on a 2-core CPU (docs/memorisation.md). With the report's
@@ -98,17 +130,62 @@ HUMAN_NOISE = {
 # memorised); epochs 30-60 lost 10 more at twice the cost. Its own results folder (and log names).
 MEMORISATION = dict(datasets=("fashion-mnist", "mnist"), rhos=(0.0, 0.4, 0.6), trials=3, folder="memorisation",
                     flags=("--epochs", "30", "--lr-decay", "1", "--weight-decay", "0"),
-                    taus=(2.0, 5.0, 10.0, 50.0), epoch_seconds=9, workers=2)  # measured: see estimate
+                    taus=(2.0, 5.0, 10.0, 50.0))
+# The fair comparison in that regime, on the same CPU (run_all.sh --tune --memorisation,
+# docs/tuning.md): every candidate of TUNE x 4 rhos x 3 trials is 228 runs, so each run trains on
+# 5,000 of the noisy training samples for 20 epochs (a run takes about a minute). Pilot (rho = 0.6,
+# seed 0, docs/tuning.md): CE peaked at 75.6% test accuracy at epoch 6 and fell to 65.7% by epoch 20,
+# with 25% of the corrupted samples memorised; PHuber-CE tau = 2 was at 76.4% (5% memorised).
+TUNE_STUDY = dict(datasets=("fashion-mnist",), rhos=RHOS, trials=3,
+                  flags=("--epochs", "20", "--limit-train", "5000", "--lr-decay", "1", "--weight-decay", "0"))
 
 
-def memorisation_estimate(cells):
-    """The time of `cells` of the setting on the 2-core CPU it was measured on: two cells at a time
-    (run_all.sh --cpu-workers 2), 9 s per LeNet epoch each."""
-    epochs = int(MEMORISATION["flags"][MEMORISATION["flags"].index("--epochs") + 1])
-    seconds = len(cells) * epochs * MEMORISATION["epoch_seconds"] / MEMORISATION["workers"]
-    return (f"time estimate: {len(cells)} cells x {epochs} epochs x {MEMORISATION['epoch_seconds']} s, "
-            f"{MEMORISATION['workers']} cells at a time on a 2-core CPU: about {seconds / 3600:.1f} h "
-            "(run_all.sh --memorisation --cpu-workers 2)")
+# What cells cost, for --list (estimate). On a GPU: the report's own timings on an RTX 2080 Ti in
+# full precision (sections 5.1.2, 5.2.2): MNIST 2 minutes per 20-epoch run, CIFAR-10 12 hours per
+# 400 epochs, CIFAR-100 4 hours per 200 epochs, per epoch of the full training set. On the CPU (the
+# memorisation settings): measured on this project's 2-core machine with two cells at a time
+# (run_all.sh --cpu-workers 2, one thread each), pilot runs of TUNE_STUDY: LeNet trains about 2,900
+# and evaluates about 13,000 images/s per cell, and a run needs about 6 s to start.
+SIZES = {"mnist": (60000, 10000), "fashion-mnist": (60000, 10000), "cifar10": (50000, 10000),
+         "cifar100": (50000, 10000)}  # training and test images (report sections 5.1.1, 5.2.1)
+GPU_EPOCH_SECONDS = {"mnist": 6, "fashion-mnist": 6, "cifar10": 108, "cifar100": 72}
+CPU = dict(train_rate=2900, eval_rate=13000, start_seconds=6, workers=2)
+
+
+def flag_value(argv, flag, default=None):
+    """The value a script takes for `flag` from argv (its last occurrence), else default."""
+    values = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == flag]
+    return values[-1] if values else default
+
+
+def cell_cost(cell, cpu):
+    """Seconds of one training cell: on the CPU of CPU, or on the report's GPU."""
+    train, test = SIZES[cell.dataset]
+    epochs = int(flag_value(cell.argv, "--epochs", DATASETS[cell.dataset]["epochs"]))
+    val = round(float(flag_value(cell.argv, "--val-split", 0)) * train)
+    limit_train, limit_test = (flag_value(cell.argv, f) for f in ("--limit-train", "--limit-test"))
+    trained = min(int(limit_train or train), train - val)
+    tested = min(int(limit_test or test), test)
+    if cpu:
+        return CPU["start_seconds"] + epochs * (trained / CPU["train_rate"] + (val + tested) / CPU["eval_rate"])
+    return epochs * GPU_EPOCH_SECONDS[cell.dataset] * trained / train
+
+
+def estimate(cells, cpu=False):
+    """One line: the time the training cells of a selection take, and on what it was measured."""
+    training = [c for c in cells if c.dataset != "synthetic"]
+    seconds = sum(cell_cost(c, cpu) for c in training)
+    if cpu:
+        return (f"time estimate: {len(training)} training cells, {CPU['workers']} at a time on a 2-core CPU "
+                f"(run_all.sh --cpu-workers {CPU['workers']}): about {hours(seconds / CPU['workers'])}, "
+                "from timings measured on this project's machine (grid.CPU)")
+    return (f"time estimate: {len(training)} training cells, about {hours(seconds)} on one RTX 2080 Ti in full "
+            "precision, from the report's timings (grid.GPU_EPOCH_SECONDS); --amp fp16 about halves it, --gpus N "
+            "divides it by N")
+
+
+def hours(seconds):
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
 
 def memorisation_rows():
@@ -144,6 +221,48 @@ def choose_tau(rows, dataset, loss, candidates=None, logit_clip=None):
 
 
 # ---------------------------------------------------------------------------------------------
+# The fair comparison (run_all.sh --tune; docs/tuning.md): for each dataset, noise rate and loss,
+# every candidate value of the loss's parameter is trained for every trial with VAL_SPLIT of the
+# noisy training set held out; selection.py chooses, per rho, the candidate of best mean noisy-
+# validation accuracy, and reports the test accuracy of the chosen candidate's own runs.
+
+@dataclass(frozen=True)
+class Family:
+    """A loss of the comparison: fixed flags, and the one parameter whose candidates it tries."""
+    key: str               # names it in cell ids and --losses
+    label: str             # names it in tables
+    flags: dict            # the flags every candidate shares
+    param: str = None      # the tuned flag; None: untuned, one candidate
+    values: tuple = ()
+
+    def candidates(self):
+        """[(id part, grid.Row)] in the order of `values` (the order ties are broken in)."""
+        if self.param is None:
+            return [(self.key, Row(self.key, dict(self.flags), self.label))]
+        return [(f"{self.key}-{self.param}{num(v)}", Row(self.key, {**self.flags, self.param: v},
+                                                          f"{self.label} {SYMBOLS[self.param]} = {v:g}"))
+                for v in self.values]
+
+
+SYMBOLS = {"clip_norm": "clip", "q": "q", "tau": "τ", "logit_clip": "δ"}
+TUNE = (
+    Family("ce", "CE", {"loss": "ce"}),  # the untuned baseline
+    # 0.1 is the paper's (report section 5.1); 1 and 10 are the decades above it, up to a norm that
+    # a LeNet mini-batch gradient rarely reaches (per-sample norms are about 6, docs/clipping.md).
+    Family("ce+clip", "CE + clipping", {"loss": "ce"}, "clip_norm", (0.1, 1.0, 10.0)),
+    # q in (0, 1]: q -> 0 is CE, q = 1 the linear loss; 0.7 is Zhang & Sabuncu's (2018, section 4) and
+    # the report's; an even grid across the interval around it.
+    Family("gce", "GCE", {"loss": "gce"}, "q", (0.3, 0.5, 0.7, 0.9)),
+    # 2 and 10: the original paper's candidates (Menon et al., 2020, section 5: tau in {2, 10});
+    # 50: the report's additional CIFAR-100 experiment (section 5.2.1); 5 between them.
+    Family("phuber_ce", "PHuber-CE", {"loss": "phuber_ce"}, "tau", (2.0, 5.0, 10.0, 50.0)),
+    Family("phuber_gce", "PHuber-GCE", {"loss": "phuber_gce", "q": 0.7}, "tau", (2.0, 5.0, 10.0)),
+    # LogitClip's paper tunes delta = 1/temp over [0.1, 5] (docs/logitclip.md); its code's default is 1.
+    Family("ce+logitclip", "CE + LogitClip", {"loss": "ce"}, "logit_clip", (0.5, 1.0, 2.0, 5.0)),
+)
+
+
+# ---------------------------------------------------------------------------------------------
 # Cells.
 
 @dataclass(frozen=True)
@@ -159,7 +278,7 @@ class Cell:
     tuned: str = ""
 
 
-def rows_for(dataset, losses=None, taus=None, tune=False, memorisation=False, logit_clip=None):
+def rows_for(dataset, losses=None, taus=None, tune_tau=False, memorisation=False, logit_clip=None):
     """The rows of `dataset` selected by --losses (any other registry loss is added with its
     defaults), with --taus (a sweep: each tau instead) or --tune-tau (one row per loss, tau later);
     --logit-clip puts every row's loss behind LogitClip at that norm."""
@@ -175,7 +294,7 @@ def rows_for(dataset, losses=None, taus=None, tune=False, memorisation=False, lo
         variants = [row]
         if "tau" in row.flags and taus:
             variants = [Row(row.key, {**row.flags, "tau": t}) for t in taus]
-        elif "tau" in row.flags and tune:
+        elif "tau" in row.flags and tune_tau:
             variants = [Row(row.key, {**row.flags, "tau": "TUNED"}, row.label)]
         out += [v for v in variants if v not in out]
     return out
@@ -197,26 +316,30 @@ def noise_columns(dataset, rhos, human):
     return [(rho, ("--rho", num(rho))) for rho in rhos]
 
 
-def cells(datasets=DEFAULT_DATASETS, losses=None, rhos=RHOS, trials=TRIALS, taus=None, tune=False,
+def cells(datasets=DEFAULT_DATASETS, *, losses=None, rhos=RHOS, trials=TRIALS, taus=None, tune_tau=False,
           candidates=TAU_CANDIDATES, val_split=VAL_SPLIT, quick=False, noise_seeds=(0,), memorisation=False,
-          human=False, logit_clip=None):
+          human=False, logit_clip=None, tune=False):
     """The numbered cells of a selection. The order depends only on the selection, so that a SLURM
     array task given the same selection finds the same cell: tuning cells first (--tune-tau), then
     per dataset, row, rho (or human-noise key), label noise seed and seed. memorisation: that
-    setting's rows and flags; human: the CIFAR-N keys of HUMAN_NOISE instead of rhos."""
+    setting's rows and flags; human: the CIFAR-N keys of HUMAN_NOISE instead of rhos; tune: the fair
+    comparison's candidates (TUNE) instead of the rows, into the setting's tune/ folder."""
+    if tune:
+        return tune_cells(datasets, losses, rhos, trials, val_split=val_split, quick=quick, memorisation=memorisation)
     setting = MEMORISATION if memorisation else dict(flags=(), folder="")
     budget = [*setting["flags"], *(QUICK if quick else [])]
     prefix = "memorisation-" if memorisation else ""
     found = []
-    for dataset in datasets if tune else ():
+    for dataset in datasets if tune_tau else ():
         if dataset == "synthetic":
             continue
-        for row in rows_for(dataset, losses, tune=True, logit_clip=logit_clip):
+        for row in rows_for(dataset, losses, tune_tau=True, logit_clip=logit_clip):
             if row.flags.get("tau") != "TUNED":
                 continue
             for tau in candidates:
                 tuned = Row(row.key, {**row.flags, "tau": tau})
-                found.append(Cell(f"tune-{cell_id(dataset, tuned, max(rhos), 0)}", dataset, DATASETS[dataset]["script"],
+                found.append(Cell(f"tau-tuning-{cell_id(dataset, tuned, max(rhos), 0)}", dataset,
+                                  DATASETS[dataset]["script"],
                                   ("--dataset", dataset, *tuned.argv(), "--rho", num(max(rhos)), "--seed", "0",
                                    "--val-split", num(val_split), *budget), "tuning", tuning=True))
     for dataset in datasets:
@@ -226,7 +349,7 @@ def cells(datasets=DEFAULT_DATASETS, losses=None, rhos=RHOS, trials=TRIALS, taus
                               ("--trials", str(trials_ls)), "synthetic"))
             found.append(Cell("synthetic-ding", "synthetic", SYNTHETIC["ding"], (), "synthetic"))
             continue
-        for row in rows_for(dataset, losses, taus, tune, memorisation, logit_clip):
+        for row in rows_for(dataset, losses, taus, tune_tau, memorisation, logit_clip):
             tuned = row.flags["loss"] if row.flags.get("tau") == "TUNED" else ""
             for column, noise in noise_columns(dataset, rhos, human):
                 for noise_seed in noise_seeds:
@@ -239,6 +362,33 @@ def cells(datasets=DEFAULT_DATASETS, losses=None, rhos=RHOS, trials=TRIALS, taus
     return found
 
 
-def known_losses():
-    """The names --losses accepts: the report's row keys and every loss of the registry."""
-    return ["ce+clip"] + list(registry.read()[0])
+def tune_folder(memorisation):
+    """Where the fair comparison's runs go: tune/ below its setting's results folder."""
+    return f"{MEMORISATION['folder']}/tune" if memorisation else "tune"
+
+
+def tune_cells(datasets, losses, rhos, trials, *, val_split, quick, memorisation):
+    """The fair comparison's cells: per dataset, rho (in the order given: a rho's choices are complete
+    before the next rho starts), family (TUNE order), candidate and seed; in the memorisation regime
+    with TUNE_STUDY's budget. Every cell holds out val_split of the training set (noisy labels)."""
+    budget = [*(TUNE_STUDY["flags"] if memorisation else ()), *(QUICK if quick else [])]
+    prefix = "memorisation-tune-" if memorisation else "tune-"
+    found = []
+    for dataset in datasets:
+        for rho in rhos:
+            for family in TUNE:
+                if losses is not None and family.key not in losses:
+                    continue
+                for part, row in family.candidates():
+                    for seed in range(trials):
+                        found.append(Cell(f"{prefix}{dataset}-{part}-rho{num(rho)}-seed{seed}", dataset,
+                                          DATASETS[dataset]["script"],
+                                          ("--dataset", dataset, *row.argv(), "--rho", num(rho), "--seed", str(seed),
+                                           "--val-split", num(val_split), *budget), tune_folder(memorisation)))
+    return found
+
+
+def known_losses(tune=False):
+    """The names --losses accepts: the report's row keys and every loss of the registry; with --tune,
+    the families of TUNE."""
+    return [f.key for f in TUNE] if tune else ["ce+clip"] + list(registry.read()[0])

@@ -8,8 +8,11 @@ nn.Modules with torch's `reduction` in {'mean', 'sum', 'none'}:
     gce         (1 - p_y^q) / q,  q in (0, 1]             (Zhang & Sabuncu, 2018)
     phuber_ce   -tau p_y + log tau + 1  if p_y <= 1/tau,  else -log p_y          (eq. 1, tau > 1)
     phuber_gce  GCE linearised where its slope in p exceeds tau, i.e. below p* = tau^(1/(q-1))
-    sce         alpha CE + beta RCE, RCE = -A (1 - p_y), A = -4   (Wang et al., 2019)
+    sce         alpha CE + beta RCE, RCE = -A (1 - p_y)   (Wang et al., 2019)
     nce_rce     alpha NCE + beta RCE  (active-passive loss; Ma et al., 2020)
+
+RCE's A is the value log 0 takes in -sum_k p_k log onehot_k. Its default is the official codes' log(1e-4),
+from the one-hot target they clamp at 1e-4 (docs/peer-losses.md); the papers state A = -4 (pass A=-4).
 
 Drop one into your own loop:
 
@@ -47,6 +50,9 @@ PARAMS = {
               "tex": r"$\alpha$"},
     "beta": {"range": "(0, inf)", "help": "sce / nce_rce weight of the RCE term", "symbol": "β",
              "tex": r"$\beta$"},
+    "A": {"range": "(-inf, 0)", "help": "sce / nce_rce: RCE's value of log 0; log(1e-4) = -9.21034 is the official "
+          "codes' (they clamp the one-hot target at 1e-4), -4 the papers' (--A -4; docs/peer-losses.md)",
+          "symbol": "A", "tex": "$A$"},
     # Every loss takes it, off (None) by default: a wrapper, named in tables as "+ LogitClip δ = 1". Its
     # range keeps float32 sound: below 1e-6 every logit is ~0, above 1e6 no trained network is clipped.
     "logit_clip": {"range": "[1e-06, 1e+06]", "help": "LogitClip (Wei et al., ICML 2023): each sample's logit vector "
@@ -63,11 +69,6 @@ REDUCTIONS = ("mean", "sum", "none")
 def check_param(name, value):
     """float(value) if it lies in PARAMS[name]'s interval, else ValueError naming it."""
     return registry.check(name, value, PARAMS[name]["range"])
-
-
-def check_log_zero(A):
-    """A, the value log 0 is clamped to in the reverse cross-entropy."""
-    return registry.check("A", A, "(-inf, 0)")
 
 
 def _check_reduction(reduction):
@@ -209,17 +210,22 @@ def phuber_gce(logits, targets, tau=10.0, q=0.7, logit_clip=None, reduction="mea
     return _reduce(torch.where(log_p <= log_p_star, linearised, _one_minus_power_over_q(log_p, q)), reduction)
 
 
-def sce(logits, targets, alpha=0.1, beta=1.0, A=-4.0, logit_clip=None, reduction="mean", check_targets=True):
-    """Symmetric CE: alpha CE + beta RCE, with RCE = -A (1 - p_y) (log 0 clamped to A)."""
-    alpha, beta, A = check_param("alpha", alpha), check_param("beta", beta), check_log_zero(A)
+# RCE's default A: log(1e-4), written as a literal so that registry.py can read it (test_losses.py checks
+# that it equals math.log(1e-4)). HanxunH/Active-Passive-Losses loss.py (SCELoss, ReverseCrossEntropy) and
+# YisenWang/symmetric_cross_entropy_for_noisy_labels loss.py clamp the one-hot target at 1e-4.
+def sce(logits, targets, alpha=0.1, beta=1.0, A=-9.210340371976182, logit_clip=None, reduction="mean",
+        check_targets=True):
+    """Symmetric CE: alpha CE + beta RCE, with RCE = -A (1 - p_y) (log 0 taken as A)."""
+    alpha, beta, A = check_param("alpha", alpha), check_param("beta", beta), check_param("A", A)
     _check_reduction(reduction)
     log_p = _log_probs(logits, targets, check_targets, logit_clip)[1]
     return _reduce(-alpha * log_p - beta * A * (1 - log_p.exp()), reduction)
 
 
-def nce_rce(logits, targets, alpha=1.0, beta=1.0, A=-4.0, logit_clip=None, reduction="mean", check_targets=True):
+def nce_rce(logits, targets, alpha=1.0, beta=1.0, A=-9.210340371976182, logit_clip=None, reduction="mean",
+            check_targets=True):
     """Active-passive loss alpha NCE + beta RCE, NCE = log p_y / sum_k log p_k (Ma et al., 2020)."""
-    alpha, beta, A = check_param("alpha", alpha), check_param("beta", beta), check_log_zero(A)
+    alpha, beta, A = check_param("alpha", alpha), check_param("beta", beta), check_param("A", A)
     _check_reduction(reduction)
     log_p_all, log_p_y = _log_probs(logits, targets, check_targets, logit_clip)
     nce = log_p_y / log_p_all.sum(dim=1)  # in (0, 1]; the sum is <= -C log C < 0 (never 0)

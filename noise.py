@@ -25,6 +25,7 @@ class Spec:
     seed: int = 0            # --noise-seed: the noise's generator (and the validation split's)
     key: str = None          # human: the file's key (aggre_label, worse_label, noisy_label, ...)
     file: str = None         # human: the label file (--noise-file, or the project's file name in --data-dir)
+    features: str = "raw"    # instance: the images as Xia et al.'s code uses them (raw) or "normalised"
 
 
 def flip_map(flips, num_classes):
@@ -62,10 +63,11 @@ def truncated_normal(n, mean, std, generator):
 
 
 def instance_noise(images, labels, num_classes, rho, generator, std=0.1):
-    """Xia et al.'s instance-dependent noise on `images` (N, d) float, as normalised for training:
-    sample i gets a flip rate q_i ~ N(rho, std^2) truncated to [0, 1] (their std 0.1), then
-    instance_flips. Returns the noisy labels. rho = 0 is clean labels: the truncated normal's mean
-    would be 0.08 (a table's rho = 0 column is the clean baseline)."""
+    """Xia et al.'s instance-dependent noise on `images` (N, d), any real or uint8 dtype (their code: the
+    raw pixel values 0-255, flattened; data.prepare): sample i gets a flip rate q_i ~ N(rho, std^2)
+    truncated to [0, 1] (their std 0.1), then instance_flips. Returns the noisy labels. rho = 0 is
+    clean labels: the truncated normal's mean would be 0.0798 (a table's rho = 0 column is the clean
+    baseline)."""
     if rho == 0:
         return labels.clone()
     return instance_flips(images, labels, num_classes, truncated_normal(len(labels), rho, std, generator), generator)

@@ -32,7 +32,7 @@ import registry
 #   provenance  where, when and on what it ran: recorded, never compared
 LOSS_SETTINGS = ("loss", *registry.param_names(), "clip_norm", "clip_mode")
 SETTINGS = LOSS_SETTINGS + (
-    "dataset", "model", "rho", "noise", "noise_key", "noise_file_sha256", "noise_seed", "seed", "val_split", "epochs", "batch_size", "lr",
+    "dataset", "model", "rho", "noise", "noise_features", "noise_key", "noise_file_sha256", "noise_seed", "seed", "val_split", "epochs", "batch_size", "lr",
     "weight_decay", "limit_train", "limit_test", "amp", "channels_last",
     "init", "lr_decay", "lr_decay_steps",         # train_mnist.py
     "momentum", "milestones", "lr_gamma")         # train_cifar.py

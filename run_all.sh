@@ -21,7 +21,8 @@
 #                     loss of losses.py (e.g. sce, nce_rce) is added with its default parameters
 #   --rhos LIST       noise rates (default: 0,0.2,0.4,0.6)      --trials N   seeds 0..N-1 (default: 3)
 #   --out DIR         results folder (default: results, or results/quick with --quick)
-#   --list            print the numbered grid and exit          --task I     run cell I only
+#   --list            print the numbered grid, and its time estimate on stderr, and exit
+#   --task I          run cell I only
 #   --dry-run         print the commands instead of running them
 #   --gpus LIST       one worker per listed GPU id (ids index CUDA_VISIBLE_DEVICES when it is set)
 #   --per-gpu K       K workers per GPU of --gpus, one queue (at most a CPU core per cell; not with --slurm)
@@ -43,6 +44,12 @@
 #                     --val-split (default 0.1) of the noisy training set held out (into OUT/tuning);
 #                     then the grid with, per dataset and loss, the tau of best noisy-validation
 #                     accuracy (the test set plays no part)
+#   --tune            the fair comparison (docs/tuning.md): every candidate of each loss's parameter
+#                     (grid.TUNE: CE + clipping, GCE, PHuber-CE, PHuber-GCE, CE + LogitClip; CE untuned)
+#                     at every rho and trial with --val-split held out, into OUT/tune; aggregate.py
+#                     then chooses per rho on noisy validation accuracy (final epoch, and stopped
+#                     early) and writes tables/<dataset>_tuned.*. With --memorisation: the 2-core CPU
+#                     study (Fashion-MNIST, memorisation regime, 5,000 training samples, 20 epochs)
 #   -- ARGS           everything after -- goes to every training script (e.g. -- --amp fp16)
 #
 # Before any cell runs, the training scripts check the flags after -- and each dataset's files: a bad

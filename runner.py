@@ -293,8 +293,7 @@ def main(argv=None):
         main_grid = {c.id for c in grid.cells(datasets=opts.selection["datasets"])} if opts.table3 else set()
         for i, cell in enumerate(opts.cells):
             print(f"{i:4d}  {cell.id}" + ("   (a cell of the main grid too: one run)" if cell.id in main_grid else ""))
-        if opts.memorisation:  # on stderr: stdout stays one line per cell
-            print(grid.memorisation_estimate(opts.cells), file=sys.stderr)
+        print(grid.estimate(opts.cells, cpu=opts.memorisation), file=sys.stderr)  # stdout: one line per cell
         return 0
     if opts.dry_run:
         for cell in [opts.cells[int(opts.task)]] if opts.task is not None else opts.cells:

@@ -25,8 +25,9 @@ def submit(opts, python):
     flags += ["--human-noise"] if s["human"] else []
     flags += ["--logit-clip", repr(s["logit_clip"])] if s["logit_clip"] is not None else []
     flags += ["--taus", ",".join(map(repr, s["taus"]))] if s["taus"] else []
-    flags += ["--tune-tau", "--tau-candidates", ",".join(map(repr, s["candidates"])),
-              "--val-split", repr(s["val_split"])] if s["tune"] else []
+    flags += ["--tune-tau", "--tau-candidates", ",".join(map(repr, s["candidates"]))] if s["tune_tau"] else []
+    flags += ["--tune"] if s["tune"] else []
+    flags += ["--val-split", repr(s["val_split"])] if s["tune_tau"] or s["tune"] else []
     worker = shlex.join(["bash", os.path.join(HERE, "run_all.sh"), *flags, "--task"]) + " $SLURM_ARRAY_TASK_ID"
     worker += (" -- " + shlex.join(opts.extra)) if opts.extra else ""
     os.makedirs(os.path.join(opts.out, "logs"), exist_ok=True)

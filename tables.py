@@ -121,11 +121,12 @@ def check_epoch(row):
 
 # Folders below a results root that are not its runs: other results roots (each aggregated on its
 # own) and what the runs and aggregate.py write.
-OTHER_ROOTS = ("quick", "tuning", grid.MEMORISATION["folder"], "runs", "tables", "figures", "logs")
+OTHER_ROOTS = ("quick", "tuning", "tune", grid.MEMORISATION["folder"], "runs", "tables", "figures", "logs")
 
 
 def find_summaries(root):
-    """summary*.csv under root, not descending into other results roots (quick/, tuning/, memorisation/)."""
+    """summary*.csv under root, not descending into other results roots (quick/, tuning/, tune/,
+    memorisation/)."""
     found = []
     for folder, subfolders, files in os.walk(root):
         subfolders[:] = [s for s in subfolders if s not in OTHER_ROOTS]
@@ -365,6 +366,16 @@ def summary_table(stem, title, table, rhos, expected, after):
                for e in table for rho in rhos]
     write_table(stem, title, ["Loss"] + [f"ρ = {rho:g}" for rho in rhos],
                 [[e["label"]] + [cell(e, rho) for rho in rhos] for e in table], records, after=after)
+
+
+def smoke_banner(rows):
+    """The lines that say a table of smoke runs is not a result: runs tested on a subset of the test
+    set (--limit-test, as run_all.sh --quick does). A training subset alone can be a design (the CPU
+    study of docs/tuning.md); its tables name it among their settings."""
+    if any(r.get("limit_test") for r in rows):
+        return ["**Smoke runs on a subset of the data (--limit-test, e.g. run_all.sh --quick): these numbers check "
+                "the pipeline and are not results.**", ""]
+    return []
 
 
 def fmt_cell(mean, se, n=None, expected=0):

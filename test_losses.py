@@ -25,7 +25,7 @@ def softmax64(logits):
     return e / e.sum(axis=1, keepdims=True)
 
 
-def reference(name, logits, targets, tau=10.0, q=0.7, alpha=None, beta=None, logit_clip=None):
+def reference(name, logits, targets, tau=10.0, q=0.7, alpha=None, beta=None, A=None, logit_clip=None):
     if logit_clip is not None:  # LogitClip: rows longer than delta scaled to norm delta
         norms = np.linalg.norm(np.asarray(logits, dtype=np.float64), axis=1, keepdims=True)
         logits = logits * np.minimum(1.0, logit_clip / norms)
@@ -45,7 +45,7 @@ def reference(name, logits, targets, tau=10.0, q=0.7, alpha=None, beta=None, log
         p_star = tau ** (1 / (q - 1))                   # where |slope| = tau
         return np.where(p <= p_star, base(p_star) + slope(p_star) * (p - p_star), base(p))
     one_hot = np.eye(p_all.shape[1])[targets]
-    log_label = np.where(one_hot > 0, 0.0, -4.0)        # log of the one-hot label, log 0 := A = -4
+    log_label = np.where(one_hot > 0, 0.0, A)           # log of the one-hot label, log 0 := A
     rce = -(p_all * log_label).sum(axis=1)
     if name == "sce":
         return alpha * -np.log(p) + beta * rce
@@ -319,15 +319,57 @@ def test_binary_partially_huberised_is_two_class_phuber_ce(tau):
 def test_sce_and_nce_rce_parts():
     logits, targets = random_batch()
     p = p_target(logits, targets)
-    rce = 4 * (1 - p)
-    torch.testing.assert_close(losses.sce(logits, targets, alpha=1.0, beta=2.0, reduction="none"),
+    rce = 4 * (1 - p)  # the papers' A = -4, one keyword away
+    torch.testing.assert_close(losses.sce(logits, targets, alpha=1.0, beta=2.0, A=-4, reduction="none"),
                                losses.ce(logits, targets, reduction="none") + 2 * rce)
+    torch.testing.assert_close(losses.make_loss("nce_rce", alpha=1e-12, A=-4.0, reduction="none")(logits, targets), rce)
     # NCE is a normalised loss: in (0, 1], and 1 / C at the uniform prediction
     nce = losses.nce_rce(logits, targets, alpha=1.0, beta=1e-12, reduction="none")
     assert ((nce > 0) & (nce <= 1)).all()
     uniform = losses.nce_rce(torch.zeros(3, 7, dtype=torch.float64), torch.tensor([0, 3, 6]),
                              alpha=1.0, beta=1e-12, reduction="none")
     torch.testing.assert_close(uniform, torch.full((3,), 1 / 7, dtype=torch.float64))
+
+
+def official_peer_loss(name, logits, targets, alpha, beta):
+    """SCE and NCE+RCE per sample as their official code computes them, in numpy float64, from
+    HanxunH/Active-Passive-Losses loss.py (SCELoss; NCEandRCE = NormalizedCrossEntropy +
+    ReverseCrossEntropy): CE and NCE from log_softmax; RCE = -sum_k clamp(p_k, 1e-7, 1) *
+    log(clamp(onehot_k, 1e-4, 1))."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    one_hot = np.eye(logits.shape[1])[targets]
+    rce = -(np.clip(np.exp(log_p), 1e-7, 1.0) * np.log(np.clip(one_hot, 1e-4, 1.0))).sum(axis=1)
+    ce = -(one_hot * log_p).sum(axis=1)
+    first = ce if name == "sce" else ce / -log_p.sum(axis=1)
+    return alpha * first + beta * rce
+
+
+@pytest.mark.parametrize("name", ["sce", "nce_rce"])
+@pytest.mark.parametrize("c", [10, 100])
+def test_sce_and_nce_rce_at_their_defaults_match_the_official_code(name, c):
+    g = np.random.default_rng(c)
+    logits = g.uniform(-50, 50, (300, c))  # rows from uniform to saturated: p_k from ~1/C to below 1e-40
+    logits[:100] *= 0.01                   # ... and rows where no p_k falls under the official 1e-7 clamp
+    targets = g.integers(0, c, 300)
+    defaults = losses.loss_defaults(name)
+    ours = losses.make_loss(name, reduction="none")(torch.as_tensor(logits), torch.as_tensor(targets)).numpy()
+    theirs = official_peer_loss(name, logits, targets, defaults["alpha"], defaults["beta"])
+    # The one difference is their probability clamp, which lifts each p_k below 1e-7 (k != y) to 1e-7 in RCE:
+    # at most beta |log 1e-4| (C - 1) 1e-7 per sample (9e-6 at C = 10, 9e-5 at C = 100).
+    p = softmax64(logits)
+    lifted = (np.maximum(p, 1e-7) - p)
+    lifted[np.arange(len(targets)), targets] = 0.0
+    clamp = defaults["beta"] * -math.log(1e-4) * lifted.sum(axis=1)
+    assert (clamp[:100] == 0).all() and (clamp[100:] > 0).sum() > 100  # both kinds of rows are there
+    np.testing.assert_allclose(ours + clamp, theirs, rtol=1e-12, atol=1e-12)
+    assert np.abs(ours - theirs).max() <= defaults["beta"] * -math.log(1e-4) * (c - 1) * 1e-7 + 1e-12
+
+
+def test_the_default_rce_constant_is_log_of_the_official_clamp():
+    # a literal in losses.py (registry.py reads defaults from the source text), equal to log(1e-4)
+    for name in ("sce", "nce_rce"):
+        assert losses.loss_defaults(name)["A"] == registry.read()[0][name]["A"] == math.log(1e-4)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -426,6 +468,7 @@ def test_integer_targets_of_any_width_accepted():
     ("phuber_gce", {"q": 1.5}, "q=1.5"), ("gce", {"q": 0}, "q=0"), ("gce", {"q": -0.1}, "q=-0.1"),
     ("gce", {"q": 1.0001}, "q=1.0001"), ("gce", {"q": float("nan")}, "q=nan"),
     ("sce", {"alpha": 0}, "alpha=0"), ("nce_rce", {"beta": -1.0}, "beta=-1.0"),
+    ("sce", {"A": 0.0}, "A=0.0"), ("nce_rce", {"A": float("-inf")}, "A=-inf"), ("gce", {"A": -4.0}, "A"),
     ("ce", {"tau": 10}, "tau"), ("linear", {"q": 0.5}, "q"), ("gce", {"tau": 2}, "tau"),
 ])
 def test_bad_parameters_raise(name, params, bad):
@@ -486,10 +529,10 @@ def test_registry_reads_a_new_loss_from_source_alone(tmp_path):
     source = tmp_path / "losses.py"
     source.write_text('PARAMS = {"tau": {"range": "(1, inf)"}, "gamma": {"range": "(0, 1)"}}\n'
                       'def ce(logits, targets, reduction="mean"): pass\n'
-                      'def focal(logits, targets, gamma=0.5, tau=3.0, A=-4.0, reduction="mean"): pass\n'
+                      'def focal(logits, targets, gamma=0.5, tau=3.0, eps=-4.0, reduction="mean"): pass\n'
                       'LOSSES = {"ce": None, "focal": None}\n')
     read_losses, read_params = registry.read(str(source))
-    assert read_losses == {"ce": {}, "focal": {"gamma": 0.5, "tau": 3.0}}  # A is not a registry parameter
+    assert read_losses == {"ce": {}, "focal": {"gamma": 0.5, "tau": 3.0}}  # eps is not a registry parameter
     assert list(read_params) == ["tau", "gamma"]
 
 

@@ -286,7 +286,7 @@ def test_tune_tau_protocol_end_to_end(data_root, tmp_path):
     common = ["--tune-tau", "--quick", "--datasets", "mnist", "--losses", "ce,phuber_ce", "--rhos", "0,0.4",
               "--tau-candidates", "2,10", "--out", str(tmp_path)]
     cells = [line.split()[1] for line in run_all(*common, "--list").stdout.splitlines()]
-    assert cells[:2] == ["tune-mnist-phuber_ce-tau2-rho0.4-seed0", "tune-mnist-phuber_ce-tau10-rho0.4-seed0"]
+    assert cells[:2] == ["tau-tuning-mnist-phuber_ce-tau2-rho0.4-seed0", "tau-tuning-mnist-phuber_ce-tau10-rho0.4-seed0"]
     assert "mnist-phuber_ce-tuned-rho0-seed0" in cells and len(cells) == 2 + 2 * 2
     result = run_all(*common, "--", "--data-dir", data_root)
     assert "6 ran" in result.stdout and "0 failed" in result.stdout
