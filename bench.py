@@ -15,31 +15,50 @@ prints, for the chosen device (default: cuda if available):
      and 100, on the raw pixels (Xia et al.'s features, the default), on the CPU (where it always
      runs). --noise-only: just this.
 Measurements only; nothing is asserted. On a 2-core CPU the whole run takes about three minutes.
+
+--grid-estimate JSON (make gpu-check runs it) times instead one epoch as a run does it (experiment.fit:
+train, evaluate 10,000 test images, checkpoint) of LeNet on 60,000 random MNIST-sized images, alone
+and K at a time in K processes, and of ResNet-50 at batch 128 on CIFAR-100-sized images per precision,
+layout and compile (--resnet-steps steps after --warmup untimed ones, scaled to an epoch's 391), and
+writes them with the implied time of Table 1 (72 runs, in waves of K) and of a 200-epoch CIFAR-100 run.
 """
 import argparse
+import contextlib
+import dataclasses
+import io
+import json
+import math
+import multiprocessing
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 import warnings
 
 import torch
 import torch.nn.functional as F
 
+import cli
+import experiment
+import grid
 import losses
 import models
 import noise
+import results
 import training
-from data import Data, channel_stats, load_dataset, normalise, random_crop_flip
-
-
-def synchronize(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from data import channel_stats, in_memory, load_dataset, normalise, random_crop_flip
+from training import fused
 
 
 def timed(fn, device):
-    synchronize(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda device: None
+    sync(device)
     t0 = time.perf_counter()
     fn()
-    synchronize(device)
+    sync(device)
     return time.perf_counter() - t0
 
 
@@ -48,29 +67,51 @@ def mnist_like(args):
     if args.data_dir:
         train_x, train_y, _, _ = load_dataset("fashion-mnist", args.data_dir)
         return train_x[:args.limit], train_y[:args.limit]
+    return random_images(args.limit, 1, 28, 10)
+
+
+def random_images(n, channels, size, classes):
     g = torch.Generator().manual_seed(0)
-    return (torch.randint(0, 256, (args.limit, 1, 28, 28), dtype=torch.uint8, generator=g),
-            torch.randint(0, 10, (args.limit,), generator=g))
+    return (torch.randint(0, 256, (n, channels, size, size), dtype=torch.uint8, generator=g),
+            torch.randint(0, classes, (n,), generator=g))
 
 
-def our_loop(model_name, images, labels, device, batch_size, augment, steps=None, clip_norm=None,
-             per_example=False):
-    """Images/s of training.train_epoch (optionally on the first `steps` batches only)."""
-    if steps is not None:
-        images, labels = images[:steps * batch_size], labels[:steps * batch_size]
-    mean, std = channel_stats(images)
-    x, y, none = images.to(device), labels.to(device), images[:0].to(device)  # no validation or test set
-    data = Data(classes=10, channels=images.shape[1], mean=mean.float().view(1, -1, 1, 1).to(device),
-                std=std.float().view(1, -1, 1, 1).to(device), train_x=x, train_y=y, train_clean=y,
-                val_x=none, val_y=y[:0], val_clean=y[:0], test_x=none, test_y=y[:0])
+def setup(model_name, classes, channels, device, *, amp=None, channels_last=False, compile=False, clip_norm=None,
+          per_example=False):
+    """(Model, Step) as experiment.setup builds a run's: the report's optimiser for the network (Adam
+    for LeNet as in train_mnist.py, SGD with Nesterov momentum for the ResNets as in train_cifar.py, with
+    grid.py's settings), their kernels (training.fused), the gradient scaler for fp16; a constant learning rate."""
     torch.manual_seed(0)
-    net = models.make_model(model_name, 10, images.shape[1]).to(device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    step = training.Step(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: 0.1 ** (n / 10000)),
-                         torch.amp.GradScaler(device.type, enabled=False), clip_norm, per_example)
-    model = training.Model(net, losses.CrossEntropy())
+    net = models.make_model(model_name, classes, channels).to(device)
+    net = net.to(memory_format=torch.channels_last) if channels_last else net
+    s, kernels = grid.DATASETS["mnist" if model_name == "lenet" else "cifar100"], fused(device, compile)
+    if model_name == "lenet":
+        optimizer = torch.optim.Adam(net.parameters(), lr=s["lr"], weight_decay=s["weight_decay"], fused=kernels)
+    else:
+        optimizer = torch.optim.SGD(net.parameters(), lr=s["lr"], momentum=s["momentum"], nesterov=True,
+                                    weight_decay=s["weight_decay"], fused=kernels)
+    step = training.Step(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: 1.0),
+                         torch.amp.GradScaler(device.type, enabled=amp == "fp16"), clip_norm, per_example)
+    return training.Model(net, losses.CrossEntropy(), torch.compile(net) if compile else net, training.AMP[amp],
+                          channels_last), step
+
+
+def head(data, n):
+    """The first n training samples of `data`."""
+    return dataclasses.replace(data, train_x=data.train_x[:n], train_y=data.train_y[:n],
+                               train_clean=data.train_clean[:n])
+
+
+def our_loop(model_name, images, labels, device, batch_size, *, augment, steps=None, warmup=0, **options):
+    """Images/s of training.train_epoch on the first `steps` batches (default: all), after `warmup`
+    untimed batches on the same network (cuDNN's autotuning, compilation); options: setup's."""
+    n = len(labels) if steps is None else steps * batch_size
+    data = in_memory(images[:n], labels[:n], device)
+    model, step = setup(model_name, 10, images.shape[1], device, **options)
     generator = torch.Generator(device).manual_seed(0)
-    return len(images) / timed(lambda: training.train_epoch(model, step, data, batch_size, augment, generator), device)
+    if warmup:
+        training.train_epoch(model, step, head(data, warmup * batch_size), batch_size, augment, generator)
+    return n / timed(lambda: training.train_epoch(model, step, data, batch_size, augment, generator), device)
 
 
 def bare_loop(images, labels, device, batch_size):
@@ -78,9 +119,8 @@ def bare_loop(images, labels, device, batch_size):
     mean, std = channel_stats(images)
     x = ((images.float() - mean.float().view(1, -1, 1, 1)) / std.float().view(1, -1, 1, 1)).to(device)
     batches = [(x[i:i + batch_size], labels[i:i + batch_size].to(device)) for i in range(0, len(x), batch_size)]
-    torch.manual_seed(0)
-    net = models.LeNet5().to(device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    model, step = setup("lenet", 10, 1, device)
+    net, optimizer = model.net, step.optimizer
 
     def epoch():
         for xb, yb in batches:
@@ -113,9 +153,8 @@ def dataloader_loop(images, labels, device, batch_size, workers):
     loader = torch.utils.data.DataLoader(PILDataset(images, labels, transform), batch_size=batch_size,
                                          shuffle=True, num_workers=workers, pin_memory=device.type == "cuda",
                                          persistent_workers=False)
-    torch.manual_seed(0)
-    net = models.LeNet5().to(device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    model, step = setup("lenet", 10, 1, device)
+    net, optimizer = model.net, step.optimizer
 
     def epoch():
         for xb, yb in loader:
@@ -170,8 +209,149 @@ def noise_section():
         print(f"  K = {k:3d}                    {seconds:10.2f} s        (realised flip rate {rate:.4f})")
 
 
+# ---------------------------------------------------------------------------------------------
+# --grid-estimate: what the report's grids would take here (make gpu-check, docs/speed.md).
+
+TRAIN = {"lenet": 60000, "resnet50": 50000}  # the training sets of MNIST and CIFAR-100 (each test set: 10,000)
+TEST = 10000
+
+
+def fit_seconds(model, step, data, batch_size, augment, folder):
+    """(wall seconds, training seconds) of one epoch as a run does it: experiment.fit, which trains
+    (training.train_epoch), evaluates the test set, checkpoints and writes epochs.csv."""
+    device = model.device
+    run = experiment.Run("bench", dict(epochs=1, batch_size=batch_size), folder, device)
+    history, generator = [], torch.Generator(device).manual_seed(0)
+    os.makedirs(run.folder, exist_ok=True)
+    with contextlib.redirect_stdout(io.StringIO()):  # fit's line per epoch
+        wall = timed(lambda: experiment.fit(run, model, step, data, generator, history, 0.0, augment), device)
+    return wall, len(data.train_y) / history[0]["images_per_second"]
+
+
+def measure(model_name, device, n, folder, *, batch_size, warmup, test=TEST, ready=None, **options):
+    """Time one epoch of `n` random images (experiment.fit) after an untimed one of `warmup` batches
+    on the same network (cuDNN's autotuning, compilation), then `ready()` (a barrier) if given.
+    Returns (wall seconds, training seconds); options: setup's."""
+    size, classes = (28, 10) if model_name == "lenet" else (32, 100)
+    images, labels = random_images(n + test, 1 if model_name == "lenet" else 3, size, classes)
+    data = in_memory(images, labels, device, classes, test)
+    model, step = setup(model_name, classes, images.shape[1], device, **options)
+    fit_seconds(model, step, head(data, warmup * batch_size), batch_size, model_name != "lenet", folder)
+    if ready:
+        ready()
+    return fit_seconds(model, step, data, batch_size, model_name != "lenet", folder)
+
+
+def lenet_worker(device, n, test, folder, barrier, spans):
+    """One of K LeNet runs at once (a process of its own, as run_all.sh --per-gpu K starts them)."""
+    torch.backends.cudnn.benchmark = True
+    spans.put(measure("lenet", torch.device(device), n, folder, batch_size=32, warmup=64, test=test,
+                      ready=lambda: barrier.wait(600)))
+
+
+def lenet_together(k, device, n, test, folder):
+    """The slowest of K LeNet epochs run at the same time in K processes (they start together)."""
+    ctx = multiprocessing.get_context("spawn")  # a fresh process each, with its own CUDA context
+    barrier, spans = ctx.Barrier(k), ctx.Queue()
+    workers = [ctx.Process(target=lenet_worker, args=(str(device), n, test, os.path.join(folder, str(i)), barrier,
+                                                      spans)) for i in range(k)]
+    for w in workers:
+        w.start()
+    try:
+        got = []
+        while len(got) < k:
+            try:
+                got.append(spans.get(timeout=1))
+            except queue.Empty:
+                if any(w.exitcode not in (None, 0) for w in workers):
+                    raise RuntimeError("a LeNet worker failed (its traceback is above)") from None
+        return max(wall for wall, _ in got)
+    finally:
+        for w in workers:
+            w.terminate()
+            w.join()
+
+
+def startup_seconds(data_dir, device, folder):
+    """Seconds of train_mnist.py for one step on MNIST-sized files: a run's cost besides its epochs."""
+    cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_mnist.py"), "--data-dir",
+           data_dir, "--epochs", "1", "--limit-train", "32", "--limit-test", "32", "--device", str(device),
+           "--out", folder]
+    start = time.monotonic()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"train_mnist.py, exit {done.returncode}: {(done.stderr or done.stdout).strip()[-300:]}")
+    return time.monotonic() - start
+
+
+# ResNet-50 settings (amp, channels_last, compile), those that matter most first: the budget may end the list
+RESNET = [("fp16", True, False), ("bf16", True, False), (None, True, False), ("fp16", False, False),
+          ("fp16", True, True), ("bf16", False, False), (None, False, False)]
+
+
+def grid_estimate(args, device):
+    """Measure, within --budget seconds, what Table 1 (72 LeNet runs) and one 200-epoch CIFAR-100
+    ResNet-50 run would take here; write the figures to --grid-estimate as JSON after each."""
+    end, folder, test = time.monotonic() + args.budget, tempfile.mkdtemp(prefix="bench-"), args.test_images
+    lenet = dict(images=args.limit, test_images=test, batch=32, runs=len(grid.cells(datasets=("mnist",))),
+                 epochs=grid.DATASETS["mnist"]["epochs"], startup_s=None, waves=[])
+    batch = 128 if device.type == "cuda" else 2  # the report's; 2 lets a CPU check this code (fp16 is slow there)
+    resnet = dict(batch=batch, steps=args.resnet_steps, steps_per_epoch=math.ceil(TRAIN["resnet50"] / batch),
+                  test_images=test, epochs=grid.DATASETS["cifar100"]["epochs"], configs=[])
+    report = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                  torch=torch.__version__, cuda=torch.version.cuda, cores=os.cpu_count(),
+                  budget_s=args.budget if args.budget < math.inf else None,
+                  lenet=lenet, resnet50=resnet, skipped=[], failed=[])
+
+    def attempt(what, seconds, measurement):
+        """Measure if at least `seconds` of the budget are left; a failure is recorded, and the rest go on."""
+        if time.monotonic() + seconds > end:
+            report["skipped"].append(f"{what}: fewer than {seconds} s of the budget left")
+        else:
+            try:
+                measurement()
+                print(f"{what}: measured", flush=True)
+            except (Exception, SystemExit) as e:  # noqa: BLE001: a path that fails on this device is a finding
+                report["failed"].append(f"{what}: {type(e).__name__}: {e}")
+                print(f"{what}: FAILED: {type(e).__name__}: {e}", flush=True)
+        results.write_atomic(args.grid_estimate, lambda f: json.dump(report, f, indent=1))
+
+    def resnet_config(amp, channels_last, compile):
+        wall, train = measure("resnet50", device, args.resnet_steps * batch, os.path.join(folder, "resnet"),
+                              batch_size=batch, warmup=args.warmup, test=test, amp=amp, channels_last=channels_last,
+                              compile=compile)
+        # the steps scaled to an epoch's; evaluation and checkpoint once, the test set to its 10,000 images
+        epoch = train * resnet["steps_per_epoch"] / args.resnet_steps + (wall - train) * TEST / test
+        resnet["configs"].append(dict(amp=amp or "fp32", channels_last=channels_last, compile=compile,
+                                      step_ms=1000 * train / args.resnet_steps, epoch_s=epoch,
+                                      images_per_s=args.resnet_steps * batch / train,
+                                      run_minutes=epoch * resnet["epochs"] / 60))
+
+    def lenet_wave(k):
+        n, where = args.limit, os.path.join(folder, f"lenet{k}")
+        wall = measure("lenet", device, n, where, batch_size=32, warmup=64, test=test)[0] if k == 1 else \
+            lenet_together(k, device, n, test, where)
+        epoch = wall * TRAIN["lenet"] / n  # all of it scaled to 60,000 images: an upper bound below them
+        waves = math.ceil(lenet["runs"] / k)  # runs go K at a time; each starts a process (startup_s)
+        lenet["waves"].append(dict(k=k, epoch_s=epoch, table1_minutes=waves * ((lenet["startup_s"] or 0)
+                                                                                + lenet["epochs"] * epoch) / 60))
+
+    def name(amp, channels_last, compile):
+        return f"resnet50 {amp or 'fp32'}" + " channels-last" * channels_last + " compiled" * compile
+
+    attempt(name(*RESNET[0]), 60, lambda: resnet_config(*RESNET[0]))
+    if args.data_dir:
+        attempt("run start-up", 30, lambda: lenet.update(startup_s=startup_seconds(args.data_dir, device, folder)))
+    for k in [k for k in (1, 2, 4, 8) if k <= (os.cpu_count() or 1)]:
+        attempt(f"lenet {k} at a time", 20 + 10 * k, lambda: lenet_wave(k))
+    for config in RESNET[1:]:
+        attempt(name(*config), 150 if config[2] else 45, lambda: resnet_config(*config))  # compiling: about 2 min
+    shutil.rmtree(folder, ignore_errors=True)
+    return 1 if report["failed"] else 0
+
+
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device (default: %(default)s)")
     p.add_argument("--data-dir", help="folder with the Fashion-MNIST IDX files (default: random images)")
@@ -182,12 +362,27 @@ def main():
     p.add_argument("--aug-images", type=int, default=20000, help="images for the augmentation test (default: %(default)s)")
     p.add_argument("--resnet-steps", type=int, help="ResNet-50 steps to time (default: 3 on cpu, 50 on cuda)")
     p.add_argument("--noise-only", action="store_true", help="only time the instance-dependent noise generator")
+    p.add_argument("--grid-estimate", metavar="JSON", help="instead: time the LeNet epoch alone and K at a time and "
+                   "the ResNet-50 CIFAR-100 epoch per precision, layout and compile, and write them and the implied "
+                   "grid times to JSON (make gpu-check; docs/speed.md)")
+    p.add_argument("--budget", type=float, default=math.inf, help="--grid-estimate: start no measurement that would "
+                   "not fit in this many seconds (default: no limit)")
+    p.add_argument("--warmup", type=int, default=5, help="--grid-estimate: untimed ResNet-50 steps first "
+                   "(default: %(default)s)")
+    p.add_argument("--test-images", type=int, default=TEST, help="--grid-estimate: test images evaluated per epoch; "
+                   "fewer are scaled to 10,000 (default: %(default)s)")
     args = p.parse_args()
+    for flag in ("limit", "resnet_steps", "warmup", "test_images", "budget"):
+        if getattr(args, flag) is not None and not getattr(args, flag) > 0:
+            p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)} is not allowed: it must be positive")
     if args.noise_only:
         return noise_section()
     warnings.filterwarnings("ignore", message="This DataLoader will create")  # 4 workers on 2 cores: on purpose
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
+    if args.grid_estimate:
+        args.resnet_steps = args.resnet_steps or (3 if device.type == "cpu" else 50)
+        return grid_estimate(args, device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}")
 
@@ -217,15 +412,12 @@ def main():
 
     steps = args.resnet_steps or (3 if device.type == "cpu" else 50)
     batch = 32 if device.type == "cpu" else 128
-    g = torch.Generator().manual_seed(0)
-    cifar = torch.randint(0, 256, ((steps + 1) * batch, 3, 32, 32), dtype=torch.uint8, generator=g)
-    cifar_y = torch.randint(0, 10, (len(cifar),), generator=g)
-    our_loop("resnet50", cifar[:batch], cifar_y[:batch], device, batch, augment=True)  # warm-up
-    rate = our_loop("resnet50", cifar, cifar_y, device, batch, augment=True, steps=steps)
+    rate = our_loop("resnet50", *random_images(steps * batch, 3, 32, 10), device, batch, augment=True, steps=steps,
+                    warmup=1)
     print(f"ResNet-50 (CIFAR), batch {batch}, float32, {steps} steps:")
     print(f"  our loop                   {rate:10,.1f} img/s  ({50000 / rate / 60:.1f} min per CIFAR epoch)")
     noise_section()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -301,6 +301,7 @@ def parse_grid(argv):
     p.add_argument("--task")
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--gpus")
+    p.add_argument("--per-gpu")
     p.add_argument("--cpu-workers")
     p.add_argument("--slurm", action="store_true")
     p.add_argument("--sbatch", default="")
@@ -410,9 +411,29 @@ def parse_grid(argv):
         device = passed.parse_known_args(opts.extra)[0].device  # as the training scripts will read it
         if device.split(":")[0] != "cpu":
             p.error(f"--device {device!r} is not allowed with --cpu-workers: its cells run on the CPU (-- --device cpu)")
-    # each worker's CUDA_VISIBLE_DEVICES: a GPU; "" for a CPU worker (no GPU); None: leave it as it is
-    opts.workers = opts.gpus or [""] * int(opts.cpu_workers or 0) or [None]
+    per_gpu = check_per_gpu(p, opts, cores)
+    # each worker's CUDA_VISIBLE_DEVICES: a GPU (--per-gpu K: K workers each, in turn, so that the first
+    # cells spread over the GPUs); "" for a CPU worker (no GPU); None: leave it as it is
+    opts.workers = (opts.gpus or []) * per_gpu or [""] * int(opts.cpu_workers or 0) or [None]
     return opts
+
+
+def check_per_gpu(parser, opts, cores):
+    """--per-gpu K: K cells at a time on each GPU of --gpus (default 1). Each cell is a process that
+    needs a CPU core to feed its GPU, so all of them together get at most the cores here."""
+    if opts.per_gpu is None:
+        return 1
+    k, gpus = opts.per_gpu, len(opts.gpus or ())
+    if not gpus or opts.slurm:
+        parser.error(f"--per-gpu {k!r} is not allowed " + ("with --slurm: each array task runs one cell on the GPU "
+                                                           "SLURM gives it" if gpus else
+                                                           "without --gpus: it runs K cells on each GPU listed there, "
+                                                           "e.g. --gpus 0 --per-gpu 4"))
+    most = max(1, cores // gpus)
+    if not 1 <= (whole_number(k) or 0) <= most:
+        parser.error(f"--per-gpu {k!r} is not allowed: 1 to {most} cells per GPU ({gpus} GPU(s) and "
+                     f"{cores} CPU cores here: a core per cell)")
+    return int(k)
 
 
 def check_gpus(parser, text):

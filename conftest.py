@@ -23,6 +23,8 @@ TIMING = {"epoch_seconds", "images_per_second", "wall_seconds", "finished"}
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: end-to-end runs (processes, grids); the fast tier is -m 'not slow'")
+    config.addinivalue_line("markers", "cuda: the CUDA tier (test_cuda.py), skipped without a GPU; CUDA_TIER_DEVICE=cpu "
+                            "runs its logic on the CPU")
 
 
 def without_timing(rows):

@@ -3,6 +3,7 @@
     load_dataset      the four arrays of a dataset as uint8 / int64 tensors (torchvision downloads)
     load_with_labels  load_dataset, plus a CIFAR-10N / CIFAR-100N label file checked against it
     prepare           all of it for one run: noise, noisy validation split, limits, on the device
+    in_memory         images already in memory as Data (benchmarks, tests)
     normalise, random_crop_flip   per batch, on the device (one gather for crop + flip)
 
 Data stay on the device as uint8 tensors for the whole run; nothing here runs per sample in Python.
@@ -373,6 +374,16 @@ def prepare(dataset, data_dir, download, spec, val_split, limit_train, limit_tes
         train_x=on(train_x[train_idx]), train_y=on(noisy_y[train_idx]), train_clean=on(train_y[train_idx]),
         val_x=on(train_x[val_idx]), val_y=on(noisy_y[val_idx]), val_clean=on(train_y[val_idx]),
         test_x=on(test_x[:test_n]), test_y=on(test_y[:test_n]))
+
+
+def in_memory(images, labels, device, classes=10, test=0):
+    """Data of uint8 images with clean labels on the device, the last `test` of them the test set,
+    no validation set: what bench.py and the tests feed training.train_epoch and evaluate."""
+    mean, std = (v.float().view(1, -1, 1, 1).to(device) for v in channel_stats(images))
+    x, y = images.to(device), labels.to(device)
+    n = len(y) - test
+    return Data(classes=classes, channels=images.shape[1], mean=mean, std=std, train_x=x[:n], train_y=y[:n],
+                train_clean=y[:n], val_x=x[:0], val_y=y[:0], val_clean=y[:0], test_x=x[n:], test_y=y[n:])
 
 
 def channel_stats(images):

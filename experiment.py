@@ -27,7 +27,7 @@ import noise
 import results
 from cli import fail
 from data import DataError, DataMissing, load_with_labels, prepare
-from training import Model, Step, evaluate, train_epoch
+from training import AMP, Model, Step, evaluate, fused, train_epoch
 
 
 def criterion_for(config):
@@ -39,7 +39,7 @@ def criterion_for(config):
 def run(args, config, make_optimizer, lr_factor, augment):
     """Train `config` (from cli.parse; args adds the runtime flags) and write its results.
 
-    make_optimizer(params) and lr_factor(steps_per_epoch) -> (step -> factor) hold the script's
+    make_optimizer(params, fused) and lr_factor(steps_per_epoch) -> (step -> factor) hold the script's
     report settings; augment switches on random crop + flip. Returns the exit status. Every failure
     is one line on stderr: 2 for bad input, 3 for unavailable data, 1 for the rest, 130 interrupted.
     """
@@ -233,9 +233,9 @@ def setup(run, criterion, data_dir, download, spec, compile_model, make_optimize
     net = models.make_model(config["model"], data.classes, data.channels, config.get("init")).to(device)
     if config["channels_last"]:
         net = net.to(memory_format=torch.channels_last)
-    amp = {"bf16": torch.bfloat16, "fp16": torch.float16, None: None}[config["amp"]]
-    model = Model(net, criterion, torch.compile(net) if compile_model else net, amp, config["channels_last"])
-    optimizer = make_optimizer(net.parameters())
+    model = Model(net, criterion, torch.compile(net) if compile_model else net, AMP[config["amp"]],
+                  config["channels_last"])
+    optimizer = make_optimizer(net.parameters(), fused=fused(device, compile_model))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_factor(math.ceil(len(data.train_y) / config["batch_size"])))
     step = Step(optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=config["amp"] == "fp16"),
@@ -268,12 +268,25 @@ def resume(run, model, step, generator, fingerprint):
              f"resume it with OMP_NUM_THREADS={threads} (run_all.sh: the --cpu-workers it ran with), or pass --force "
              "to start over")
     model.net.load_state_dict(state["model"])
-    step.optimizer.load_state_dict(state["optimizer"])
+    load_optimizer(step.optimizer, state["optimizer"])
     step.scheduler.load_state_dict(state["scheduler"])
     step.scaler.load_state_dict(state["scaler"])
     generator.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
     return state["history"], state["elapsed"]
+
+
+def load_optimizer(optimizer, saved):
+    """optimizer.load_state_dict, keeping this device's kernels (training.fused): torch would take the
+    checkpoint's `fused` flag too, and a run may resume on another device."""
+    flags = [group.get("fused") for group in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, flag in zip(optimizer.param_groups, flags):
+        group["fused"] = flag
+        for p in group["params"]:  # Adam's step count lives where the kernels read it: the device if fused
+            state = optimizer.state.get(p, {})
+            if torch.is_tensor(state.get("step")):
+                state["step"] = state["step"].to(p.device if flag else "cpu", torch.float32)
 
 
 def fit(run, model, step, data, generator, history, elapsed, augment):

@@ -3,6 +3,7 @@
 #
 #   bash run_all.sh                          the whole grid on this machine's GPU, then aggregate.py
 #   bash run_all.sh --gpus 0,1,2,3           one worker per GPU, sharing one queue of cells
+#   bash run_all.sh --gpus 0 --per-gpu 4     four cells at a time on GPU 0 (LeNet leaves a GPU nearly idle)
 #   bash run_all.sh --slurm --sbatch "--partition=gpu --gres=gpu:1 --time=24:00:00"
 #                                            one SLURM job array (one task per cell) + an aggregation job
 #   bash run_all.sh --quick                  every cell with a tiny budget (1 epoch, 256 samples, 1 trial)
@@ -24,6 +25,7 @@
 #   --task I          run cell I only
 #   --dry-run         print the commands instead of running them
 #   --gpus LIST       one worker per listed GPU id (ids index CUDA_VISIBLE_DEVICES when it is set)
+#   --per-gpu K       K workers per GPU of --gpus, one queue (at most a CPU core per cell; not with --slurm)
 #   --cpu-workers N   N cells at a time on the CPU (each with OMP_NUM_THREADS = cores / N unless set);
 #                     pass -- --device cpu on a machine with a GPU
 #   --slurm           submit as a job array; --sbatch "OPTIONS" passes options to sbatch

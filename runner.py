@@ -1,4 +1,4 @@
-"""Run the grid of grid.py: here, one worker per GPU, or as a SLURM job array; then aggregate.py.
+"""Run the grid of grid.py: here, K workers per GPU (default 1), or as a SLURM job array; then aggregate.py.
 
 This is the engine behind run_all.sh (see `bash run_all.sh --help`). Each cell runs as its own
 process, logging to OUT/logs/<cell>.log. Whether a cell is done comes from the result files: its run
@@ -155,7 +155,7 @@ class Stopper:
 
 
 class Workers:
-    """Cells run by one thread per GPU (or one), taking them from one queue."""
+    """Cells run by one thread per worker (--per-gpu K per GPU, or one), taking them from one queue."""
 
     def __init__(self, opts, tally, unavailable, stopper):
         self.opts, self.tally, self.unavailable, self.stopper = opts, tally, unavailable, stopper
@@ -198,7 +198,8 @@ class Workers:
         tally.say(tally.line(cell))
         log = os.path.join(opts.out, "logs", f"{cell.id}.log")
         env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}))
-        if gpu == "" and "OMP_NUM_THREADS" not in os.environ:  # CPU workers share the cores, not each all of them
+        # CPU workers, and workers sharing a GPU (--per-gpu), share the cores, not each all of them
+        if (gpu == "" or opts.workers.count(gpu) > 1) and "OMP_NUM_THREADS" not in os.environ:
             env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // len(opts.workers)))
         start = time.monotonic()
         with open(log, "a") as f:

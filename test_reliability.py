@@ -158,11 +158,19 @@ def test_missing_data_is_skipped_naming_the_files_and_where(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # 2. Ctrl-C and SIGTERM stop the whole grid; --gpus is checked; pools die with their parent.
 
+def cuda_visible_devices(pid):
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        return dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v).get(b"CUDA_VISIBLE_DEVICES", b"").decode()
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("signum,status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
-def test_a_signal_stops_every_worker_and_cell_and_the_grid_resumes(signum, status, tmp_path, data_root):
+@pytest.mark.parametrize("signum,status,workers", [
+    (signal.SIGTERM, 143, ["--gpus", "0,1"]), (signal.SIGINT, 130, ["--gpus", "0,1"]),
+    (signal.SIGTERM, 143, ["--gpus", "0", "--per-gpu", "2"]),  # two cells on one GPU at the same time
+])
+def test_a_signal_stops_every_worker_and_cell_and_the_grid_resumes(signum, status, workers, tmp_path, data_root):
     out = tmp_path / "out"
-    grid = ["--gpus", "0,1", "--quick", "--datasets", "mnist", "--losses", "ce,linear", "--rhos", "0", "--out", str(out)]
+    grid = [*workers, "--quick", "--datasets", "mnist", "--losses", "ce,linear", "--rhos", "0", "--out", str(out)]
     cells = lambda epochs: ["--", "--data-dir", data_root, "--device", "cpu", "--epochs", epochs, "--limit-train", "64"]  # noqa
     gpus = {"CUDA_VISIBLE_DEVICES": "0,1"}  # two "GPUs" on a CPU machine; --device cpu runs the cells there
     runner = subprocess.Popen(["bash", "run_all.sh", *grid, *cells("200")], cwd=conftest.ROOT,
@@ -170,7 +178,11 @@ def test_a_signal_stops_every_worker_and_cell_and_the_grid_resumes(signum, statu
                               stderr=subprocess.STDOUT, text=True)
     runs = out / "runs"
     wait_for(lambda: runs.is_dir() and sum((d / "checkpoint.pt").exists() for d in runs.iterdir()) == 2, proc=runner)
-    assert len(processes_mentioning(str(out))) == 3  # the runner and one cell per worker
+    running = processes_mentioning(str(out))
+    assert len(running) == 3 and runner.pid in running  # the runner and one cell per worker, at the same time ...
+    cells_now = sorted(set(running) - {runner.pid})
+    assert sorted(int(results.lock_holder(str(d))) for d in runs.iterdir()) == cells_now  # ... each holding its run
+    assert sorted(map(cuda_visible_devices, cells_now)) == (["0", "1"] if "0,1" in workers else ["0", "0"])
     runner.send_signal(signum)  # to the runner alone, as SLURM or a parent process would
     assert runner.wait(timeout=60) == status and "interrupted" in runner.stdout.read()
     wait_for(lambda: not processes_mentioning(str(out)), seconds=30)  # no worker, no cell left
@@ -190,6 +202,21 @@ def test_a_signal_stops_every_worker_and_cell_and_the_grid_resumes(signum, statu
 def test_bad_gpus_are_one_line(gpus, visible, message):
     result = run_all("--gpus", gpus, "--datasets", "mnist", check=False, env={"CUDA_VISIBLE_DEVICES": visible})
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--per-gpu", "2"], "--per-gpu '2' is not allowed without --gpus"),
+    (["--per-gpu", "2", "--cpu-workers", "2"], "without --gpus"),
+    (["--gpus", "0", "--per-gpu", "2", "--slurm"], "with --slurm"),
+    (["--gpus", "0", "--per-gpu", "0"], "--per-gpu '0' is not allowed: 1 to"),
+    (["--gpus", "0", "--per-gpu", "two"], "'two' is not allowed: 1 to"),
+    (["--gpus", "0,1", "--per-gpu", str(os.cpu_count())], "a core per cell"),
+])
+def test_bad_per_gpu_is_one_line(args, message, tmp_path):
+    result = run_all(*args, "--datasets", "mnist", "--out", str(tmp_path / "out"), check=False,
+                     env={"CUDA_VISIBLE_DEVICES": "0,1"})
+    assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow

@@ -233,6 +233,26 @@ def test_kill_and_resume_equals_uninterrupted(mnist_dir, tmp_path, python):
     assert without_timing(full) == without_timing(resumed) and len(resumed) == 8
 
 
+@pytest.mark.parametrize("saved_with,resumed_with", [(True, None), (None, True)])
+def test_a_checkpoint_resumes_with_the_optimiser_kernels_of_its_new_device(saved_with, resumed_with):
+    # A run checkpointed on a GPU (fused kernels: training.fused) resumes on the CPU with the default
+    # ones, and back: torch's load_state_dict alone would take the checkpoint's flag.
+    torch.manual_seed(0)
+    net = models.LeNet5()
+    x, y = tiny_batch()
+    first = torch.optim.Adam(net.parameters(), fused=saved_with)
+    losses.ce(net(x), y).backward()
+    first.step()
+    again = torch.optim.Adam(net.parameters(), fused=resumed_with)
+    experiment.load_optimizer(again, first.state_dict())
+    assert [g["fused"] for g in again.param_groups] == [resumed_with]
+    assert all(s["step"].item() == 1 and s["step"].dtype == torch.float32 for s in again.state.values())
+    scaler = torch.amp.GradScaler("cpu")  # fp16's scaler hands a fused optimiser its inf check, and it steps
+    scaler.scale(losses.ce(net(x), y)).backward()
+    scaler.step(again)
+    assert all(s["step"].item() == 2 for s in again.state.values())
+
+
 @pytest.mark.parametrize("flags,message", [
     (["--loss", "huber"], "'huber'"), (["--loss", "phuber_ce", "--tau", "1"], "tau=1.0"),
     (["--loss", "phuber_ce", "--tau", "0.5"], "tau=0.5"), (["--loss", "gce", "--q", "1.5"], "q=1.5"),

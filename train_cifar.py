@@ -34,8 +34,9 @@ def main(argv=None):
     args, config = cli.parse(os.path.basename(__file__), argv, __doc__)
     return experiment.run(
         args, config, augment=True,
-        make_optimizer=lambda params: torch.optim.SGD(params, lr=config["lr"], momentum=config["momentum"],
-                                                      nesterov=True, weight_decay=config["weight_decay"]),
+        make_optimizer=lambda params, fused: torch.optim.SGD(params, lr=config["lr"], momentum=config["momentum"],
+                                                             nesterov=True, weight_decay=config["weight_decay"],
+                                                             fused=fused),
         lr_factor=lambda steps_per_epoch: lr_factor(config["lr_gamma"], config["milestones"], steps_per_epoch))
 
 

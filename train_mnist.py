@@ -31,7 +31,8 @@ def main(argv=None):
     args, config = cli.parse(os.path.basename(__file__), argv, __doc__)
     return experiment.run(
         args, config, augment=False,
-        make_optimizer=lambda params: torch.optim.Adam(params, lr=config["lr"], weight_decay=config["weight_decay"]),
+        make_optimizer=lambda params, fused: torch.optim.Adam(params, lr=config["lr"], weight_decay=config["weight_decay"],
+                                                              fused=fused),
         lr_factor=lambda steps_per_epoch: lr_factor(config["lr_decay"], config["lr_decay_steps"]))
 
 

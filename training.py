@@ -1,6 +1,7 @@
 """The training loop shared by train_mnist.py and train_cifar.py (experiment.py runs it).
 
     Model, Step     what is trained, and how one optimisation step is taken (small dataclasses)
+    AMP, fused      the autocast dtype of each --amp; which optimiser kernels a device gets
     train_epoch     the one loop: forward, loss, backward, optional clip, step, lr step
     evaluate        accuracy, loss, NLL and calibration error of a labelled set
 
@@ -42,6 +43,18 @@ class Model:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
+AMP = {"fp16": torch.float16, "bf16": torch.bfloat16, None: None}  # --amp: the autocast dtype (None: float32)
+
+
+def fused(device, compiled=False):
+    """The optimisers' `fused` flag: torch's fused kernels on CUDA, with which the fp16 gradient
+    scaler skips a step with inf/NaN gradients on the device (with the default kernels GradScaler.step
+    reads that flag back every step: a host sync). Not for a compiled model, whose gradients inductor
+    may lay out otherwise than their weights, which the fused kernels refuse (pytorch/pytorch#126585),
+    nor off CUDA, so that CPU results stay as they were: there torch's default (None)."""
+    return True if device.type == "cuda" and not compiled else None
+
+
 @dataclass
 class Step:
     """How one optimisation step is taken."""
@@ -79,8 +92,8 @@ def per_example_clipped_backward(model, x, y, clip_norm):
     norms = torch.sqrt(sum(g.flatten(1).float().pow(2).sum(1) for g in grads.values()))
     scale = (clip_norm / (norms + 1e-6)).clamp(max=1.0)
     for name, p in net.named_parameters():
-        g = grads[name]
-        p.grad = (g * scale.view(-1, *[1] * (g.dim() - 1)).to(g.dtype)).mean(0)
+        g = grads[name]  # the mean laid out as its weight (channels-last): fused optimisers need that
+        p.grad = torch.empty_like(p).copy_((g * scale.view(-1, *[1] * (g.dim() - 1)).to(g.dtype)).mean(0))
     return logits, sample_losses.mean(), norms
 
 
