@@ -1,7 +1,8 @@
 """The command lines: one-line errors for every script, the training scripts' flags, run_all.sh's.
 
     Parser              argparse, but a bad value is one line naming it and exit status 2
-    fail                the same for errors found after parsing
+    Failure, edge       the same for errors found after parsing: library code raises a Failure, a
+                        script's main turns it into its one line and exit status (with edge())
     training_parser     the flags of train_mnist.py / train_cifar.py; defaults are the report's,
                         per dataset (grid.DATASETS), and each loss's (the registry of losses.py)
     parse               parse, fill in the defaults, validate: (args, config)
@@ -11,6 +12,7 @@ Standard library only: run_all.sh resolves every cell's configuration, and so it
 whether it has finished, without starting torch.
 """
 import argparse
+import contextlib
 import hashlib
 import math
 import os
@@ -52,9 +54,25 @@ def whole_number(text):
     return int(text) if isinstance(text, str) and re.fullmatch("[0-9]+", text) else None
 
 
-def fail(message, code=2):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
+class Failure(Exception):
+    """An error found after parsing: its one line (the message) and the exit status it ends a script
+    with; 2 for bad input (the default), 1 for a failure, 3 for unavailable data, 130 interrupted."""
+
+    def __init__(self, message, code=2):
+        super().__init__(message)
+        self.code = code
+
+
+@contextlib.contextmanager
+def edge():
+    """A script's main runs under it (`@cli.edge()` above `def main`): a Failure raised anywhere below
+    becomes `error: <message>` on stderr and the exit status. The one place a library error ends
+    the process."""
+    try:
+        yield
+    except Failure as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(e.code) from None
 
 
 def per_dataset(script, key):

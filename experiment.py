@@ -25,7 +25,7 @@ import losses
 import models
 import noise
 import results
-from cli import fail
+from cli import Failure
 from data import DataError, DataMissing, load_with_labels, prepare
 from training import AMP, Model, Step, evaluate, fused, train_epoch
 
@@ -40,8 +40,9 @@ def run(args, config, make_optimizer, lr_factor, augment):
     """Train `config` (from cli.parse; args adds the runtime flags) and write its results.
 
     make_optimizer(params, fused) and lr_factor(steps_per_epoch) -> (step -> factor) hold the script's
-    report settings; augment switches on random crop + flip. Returns the exit status. Every failure
-    is one line on stderr: 2 for bad input, 3 for unavailable data, 1 for the rest, 130 interrupted.
+    report settings; augment switches on random crop + flip. Returns the exit status; every failure
+    raises a cli.Failure (one line): 2 for bad input, 3 for unavailable data, 1 for the rest, 130
+    interrupted.
     """
     criterion = criterion_for(config)
     check_per_example(config)
@@ -53,15 +54,15 @@ def run(args, config, make_optimizer, lr_factor, augment):
     try:
         results.check_writable(args.out)
     except ValueError as e:
-        fail(f"--out {e}")
+        raise Failure(f"--out {e}")
     run = Run(results.run_name(config), config, args.out, device)
     if results.lock_holder(run.folder):  # checked before the data are loaded, and again under the lock
-        fail(f"run {run.name} is in progress (pid {results.lock_holder(run.folder)})")
+        raise Failure(f"run {run.name} is in progress (pid {results.lock_holder(run.folder)})")
     try:  # a summary it cannot read whole it could not add to either: said before any work
         if already_finished(run, args.force):
             return 0
     except results.BadFile as e:
-        fail(str(e))
+        raise Failure(str(e))
     check_resume(run, args.resume, args.force)
 
     data, model, step, generator = setup(run, criterion, args.data_dir, args.download, spec, args.compile, make_optimizer,
@@ -85,15 +86,16 @@ def run(args, config, make_optimizer, lr_factor, augment):
             elapsed = fit(run, model, step, data, generator, history, elapsed, augment)
             finish(run, model, data, history, elapsed, args.save_model)
     except results.Busy as e:
-        fail(f"run {run.name} is in progress (pid {e})")
+        raise Failure(f"run {run.name} is in progress (pid {e})")
     except KeyboardInterrupt:
-        fail(f"{run.name}: interrupted; its last checkpoint is epoch {len(history)}: rerun with --resume", code=130)
+        raise Failure(f"{run.name}: interrupted; its last checkpoint is epoch {len(history)}: rerun with --resume",
+                      code=130)
     except OSError as e:  # a full disk names no file: the results folder then says where
-        fail(f"{run.name}: cannot write its results in {args.out}: {e.strerror or e}"
-             + (f" ({e.filename})" if e.filename else ""), code=1)
+        raise Failure(f"{run.name}: cannot write its results in {args.out}: {e.strerror or e}"
+                      + (f" ({e.filename})" if e.filename else ""), code=1)
     except results.BadFile as e:  # the summary went bad while it ran
-        fail(f"{run.name}: cannot add its row to the summary: {e}; its checkpoint is kept: rerun with --resume "
-             "once the file is repaired", code=1)
+        raise Failure(f"{run.name}: cannot add its row to the summary: {e}; its checkpoint is kept: rerun with "
+                      "--resume once the file is repaired", code=1)
     return 0
 
 
@@ -123,9 +125,9 @@ def check_per_example(config):
         with torch.device("meta"):  # the architecture only: no memory, no initialisation cost
             batch_norm = models.has_batch_norm(models.make_model(config["model"], 10, 3))
         if batch_norm:
-            fail(f"--clip-mode per-example is not allowed with {config['model']}: it has batch norm, which "
-                 "couples the samples of a batch, so per-sample gradients are not defined; use --clip-mode "
-                 "global or a model without batch norm (lenet)")
+            raise Failure(f"--clip-mode per-example is not allowed with {config['model']}: it has batch norm, which "
+                          "couples the samples of a batch, so per-sample gradients are not defined; use --clip-mode "
+                          "global or a model without batch norm (lenet)")
 
 
 def check_device(name):
@@ -139,10 +141,10 @@ def check_device(name):
     usable = {"cpu": lambda: True, "mps": torch.backends.mps.is_available,
               "cuda": lambda: torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()}
     if device is None or device.type not in usable:
-        fail(f"--device {name!r} is not allowed: use cpu, cuda, cuda:N or mps")
+        raise Failure(f"--device {name!r} is not allowed: use cpu, cuda, cuda:N or mps")
     if not usable[device.type]():
-        fail(f"--device {name!r} is not allowed: this machine has {torch.cuda.device_count()} visible CUDA "
-             f"device(s){'' if device.type == 'cuda' else ' and no MPS'}; use cpu")
+        raise Failure(f"--device {name!r} is not allowed: this machine has {torch.cuda.device_count()} visible CUDA "
+                      f"device(s){'' if device.type == 'cuda' else ' and no MPS'}; use cpu")
     return device
 
 
@@ -154,19 +156,19 @@ def already_finished(run, force):
 
 
 def check_resume(run, resume_asked, force):
-    """Whether to resume the interrupted run in run.folder; one line and exit 2 if the flags say
+    """Whether to resume the interrupted run in run.folder; a Failure (bad input) if the flags say
     otherwise, or if --resume would silently start over beside an interrupted run of the same cell
     with other settings (say another --lr), leaving it orphaned."""
     if os.path.exists(run.checkpoint) and not force:
         if not resume_asked:
-            fail(f"{run.checkpoint} holds an interrupted run of this configuration: pass --resume to continue it "
-                 "or --force to start over")
+            raise Failure(f"{run.checkpoint} holds an interrupted run of this configuration: pass --resume to "
+                          "continue it or --force to start over")
         return True
     if resume_asked and not force:
         other = interrupted_sibling(os.path.dirname(run.folder), run.config)
         if other:
-            fail(f"--resume: no interrupted run has these settings; the interrupted run {other[0]} differs in "
-                 f"{other[1]}: give its settings to resume it, or --force to start this one")
+            raise Failure(f"--resume: no interrupted run has these settings; the interrupted run {other[0]} differs "
+                          f"in {other[1]}: give its settings to resume it, or --force to start this one")
     return False
 
 
@@ -205,7 +207,7 @@ def describe_data(dataset, data_dir, download, spec):
     try:
         (train_x, _, test_x, _), _ = load_with_labels(dataset, data_dir, download, spec)
     except DataError as e:
-        fail(str(e), code=3 if isinstance(e, DataMissing) else 2)
+        raise Failure(str(e), code=3 if isinstance(e, DataMissing) else 2)
     print(f"{dataset}: {len(train_x)} training and {len(test_x)} test images of shape "
           f"{tuple(train_x.shape[1:])} in {data_dir}" + (f"; labels {spec.key} of {spec.file}" if spec.kind == "human"
                                                            else ""))
@@ -221,11 +223,11 @@ def setup(run, criterion, data_dir, download, spec, compile_model, make_optimize
         data = prepare(config["dataset"], data_dir, download, spec, config["val_split"], config["limit_train"],
                        config["limit_test"], device)
     except DataError as e:
-        fail(str(e), code=3 if isinstance(e, DataMissing) else 2)
+        raise Failure(str(e), code=3 if isinstance(e, DataMissing) else 2)
     parsed = data.record.get("file", {}).get("sha256")  # of the very bytes whose labels it trains on
     if config["noise"] == "human" and parsed != config["noise_file_sha256"]:  # replaced since cli.parse named it
-        fail(f"{spec.file} changed while the run started: the run is named for SHA-256 {config['noise_file_sha256']}, "
-             f"its labels are now {parsed}: start it again")
+        raise Failure(f"{spec.file} changed while the run started: the run is named for SHA-256 "
+                      f"{config['noise_file_sha256']}, its labels are now {parsed}: start it again")
     if config["noise"] == "symmetric" and config["rho"] > (data.classes - 1) / data.classes:
         warnings.warn(f"--rho {config['rho']} exceeds (K-1)/K = {(data.classes - 1) / data.classes:.3f}: "
                       "noisy labels are then anti-correlated with the true ones")
@@ -256,17 +258,17 @@ def resume(run, model, step, generator, fingerprint):
         made_on = state["data"]
     except Exception as e:  # a truncated or foreign file fails in many ways; each means unreadable
         why = "not a regular file" if isinstance(e, results.BadFile) else type(e).__name__
-        fail(f"{checkpoint_path} is not a readable checkpoint of this code ({why}): delete it, "
-             "or pass --force to start over")
+        raise Failure(f"{checkpoint_path} is not a readable checkpoint of this code ({why}): delete it, "
+                      "or pass --force to start over")
     if made_on != fingerprint:
         differ = ", ".join(k for k in sorted(set(made_on) | set(fingerprint)) if made_on.get(k) != fingerprint.get(k))
-        fail(f"{checkpoint_path} was made on other data ({differ} differ): resume with the --data-dir it was "
-             "made with, or pass --force to start over")
+        raise Failure(f"{checkpoint_path} was made on other data ({differ} differ): resume with the --data-dir it "
+                      "was made with, or pass --force to start over")
     threads = state.get("threads")  # None: made before checkpoints kept it
     if run.device.type == "cpu" and threads not in (None, torch.get_num_threads()):
-        fail(f"{checkpoint_path} was made with {threads} CPU threads, this process has {torch.get_num_threads()}: "
-             f"resume it with OMP_NUM_THREADS={threads} (run_all.sh: the --cpu-workers it ran with), or pass --force "
-             "to start over")
+        raise Failure(f"{checkpoint_path} was made with {threads} CPU threads, this process has "
+                      f"{torch.get_num_threads()}: resume it with OMP_NUM_THREADS={threads} (run_all.sh: the "
+                      "--cpu-workers it ran with), or pass --force to start over")
     model.net.load_state_dict(state["model"])
     load_optimizer(step.optimizer, state["optimizer"])
     step.scheduler.load_state_dict(state["scheduler"])
@@ -299,9 +301,9 @@ def fit(run, model, step, data, generator, history, elapsed, augment):
         step_losses, stats = train_epoch(model, step, data, config["batch_size"], augment, generator)
         bad = (~torch.isfinite(step_losses)).nonzero()  # the epoch's one host sync (with the stats)
         if len(bad):
-            fail(f"non-finite training loss at epoch {epoch}, step {bad[0].item() + 1} of {steps} "
-                 f"(global step {(epoch - 1) * steps + bad[0].item() + 1}); no result written, "
-                 f"the last checkpoint is epoch {epoch - 1}", code=1)
+            raise Failure(f"non-finite training loss at epoch {epoch}, step {bad[0].item() + 1} of {steps} "
+                          f"(global step {(epoch - 1) * steps + bad[0].item() + 1}); no result written, "
+                          f"the last checkpoint is epoch {epoch - 1}", code=1)
         train_seconds = time.perf_counter() - t0
         test = evaluate(model, data.test_x, data.test_y, data.mean, data.std)
         val = evaluate(model, data.val_x, data.val_y, data.mean, data.std, clean=data.val_clean)

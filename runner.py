@@ -233,7 +233,7 @@ def check_flags(cells, opts):
 def preflight(cells, opts, stopper):
     """Check every input of the cells (each dataset's files, each CIFAR-N label set the cells train on)
     and the device with the training scripts themselves, before any cell runs. Returns {dataset: why
-    it is unavailable}; exits on bad input."""
+    it is unavailable}; a cli.Failure for bad input."""
     unavailable, inputs = {}, {}
     for cell in cells:  # one check per dataset and label set: --noise-key picks the labels of a CIFAR-N file
         key = cell.argv[cell.argv.index("--noise-key") + 1] if "--noise-key" in cell.argv else None
@@ -250,9 +250,9 @@ def preflight(cells, opts, stopper):
             unavailable[dataset] = why
             print(f"skipping {dataset}: {why}", flush=True)
         elif code == BAD_INPUT:
-            cli.fail(f"{dataset}{' ' + key if key else ''}: {why}")
+            raise cli.Failure(f"{dataset}{' ' + key if key else ''}: {why}")
         elif code != 0:
-            cli.fail(f"{dataset}: the training script cannot start (exit {code}): {why}", code=1)
+            raise cli.Failure(f"{dataset}: the training script cannot start (exit {code}): {why}", code=1)
     return unavailable
 
 
@@ -269,7 +269,7 @@ def check_summaries(cells, opts):
         try:
             results.summary_rows(os.path.join(opts.out, folder, "summary.csv"))
         except (results.BadFile, OSError) as e:
-            cli.fail(str(e) if isinstance(e, results.BadFile) else f"{e.filename}: {e.strerror}")
+            raise cli.Failure(str(e) if isinstance(e, results.BadFile) else f"{e.filename}: {e.strerror}")
 
 
 def run_here(opts, stopper):
@@ -302,6 +302,7 @@ def run_here(opts, stopper):
     return SKIPPED if opts.task is not None and "skipped" in tally.outcomes.values() else 0
 
 
+@cli.edge()  # a Failure raised below: its one line on stderr and its exit status
 def main(argv=None):
     stopper = Stopper()  # first: a signal at any point stops what the runner started
     try:
@@ -327,10 +328,10 @@ def main(argv=None):
     try:  # before the pre-flight checks: what they take long to check must be writable
         results.check_writable(opts.out)
     except ValueError as e:
-        cli.fail(f"--out {e}")
+        raise cli.Failure(f"--out {e}")
     if opts.slurm:
         if subprocess.run(["sh", "-c", "command -v sbatch"], capture_output=True).returncode != 0:
-            cli.fail("--slurm: sbatch not found")
+            raise cli.Failure("--slurm: sbatch not found")
         check_flags(opts.cells, opts)  # the pass-through flags, before anything is submitted
         return slurm.submit(opts, cli.python())
     return run_here(opts, stopper)

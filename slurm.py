@@ -36,7 +36,7 @@ def submit(opts, python):
     def sbatch(*args):
         done = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True)
         if done.returncode != 0:
-            cli.fail(f"sbatch failed: {(done.stderr.strip().splitlines() or ['no message'])[-1]}", code=1)
+            raise cli.Failure(f"sbatch failed: {(done.stderr.strip().splitlines() or ['no message'])[-1]}", code=1)
         return done.stdout.strip().split(";")[0]
     n_tuning = sum(c.tuning for c in opts.cells)
     after = []

@@ -30,6 +30,7 @@ def lr_factor(gamma, milestones, steps_per_epoch):
     return lambda step: gamma ** bisect.bisect_right(milestones, step // steps_per_epoch)
 
 
+@cli.edge()  # a Failure raised below: its one line on stderr and its exit status
 def main(argv=None):
     args, config = cli.parse(os.path.basename(__file__), argv, __doc__)
     return experiment.run(

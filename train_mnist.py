@@ -27,6 +27,7 @@ def lr_factor(decay, decay_steps):
     return lambda step: decay ** (step / decay_steps)
 
 
+@cli.edge()  # a Failure raised below: its one line on stderr and its exit status
 def main(argv=None):
     args, config = cli.parse(os.path.basename(__file__), argv, __doc__)
     return experiment.run(
