@@ -43,7 +43,7 @@ import numpy as np
 
 import figures
 import grid
-import registry
+import loss_specs
 import results
 import selection
 from cli import Parser
@@ -56,7 +56,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 FIGURE_LIMIT = 64 << 20  # the synthetic experiments' figures are 20-70 kB
 
 
-def dataset_table(dataset, rows, out, expected, chosen, other_noise_seeds=0, layout=None, stem=None, note=(),
+def dataset_table(dataset, rows, out, expected, chosen, *, other_noise_seeds=0, layout=None, stem=None, note=(),
                   by="rho"):
     """The final test accuracy table of one dataset, as Markdown, LaTeX and CSV (tables/<stem>, the
     dataset by default). Returns the table rows and rhos.
@@ -89,7 +89,7 @@ def dataset_table(dataset, rows, out, expected, chosen, other_noise_seeds=0, lay
                 f"(n shown when below {expected})",
                 ["Loss"] + [f"ρ = {rho:g}" if by == "rho" else rho for rho in rhos],
                 [[e["label"]] + [fmt_cell(*e["cells"][rho], expected) for rho in rhos] for e in table],
-                records, ["dataset", "label", *LOSS_KEYS, by, "mean", "se", "n", "best"],
+                records, columns=["dataset", "label", *LOSS_KEYS, by, "mean", "se", "n", "best"],
                 bold={(i, j + 1) for i, e in enumerate(table) for j, rho in enumerate(rhos) if is_best(e, rho)},
                 before=before, after=after, latex=True)
     return table, rhos
@@ -177,11 +177,11 @@ def base_loss(key):
         return None
     base = {k: "" for k in LOSS_KEYS}
     base.update(loss=grid.BASE[row["loss"]], clip_mode=row["clip_mode"],
-                **{k: row[k] for k in registry.read()[0][grid.BASE[row["loss"]]]})
+                **{k: row[k] for k in loss_specs.read()[0][grid.BASE[row["loss"]]]})
     return tuple(base[k] for k in LOSS_KEYS)
 
 
-def paired_differences(dataset, rows, out, layout, against=None, stem=None):
+def paired_differences(dataset, rows, out, layout, *, against=None, stem=None):
     """Each loss minus the loss it is paired with on the same seeds, per rho: 95% t-interval. The pair
     is `against` (a loss key) for every other loss; without it, each partially Huberised loss's base."""
     by = defaultdict(dict)
@@ -291,12 +291,13 @@ def memorisation(root, out, plt):
         summary_table(os.path.join(out, "tables", f"{stem}_peak"),
                       f"{dataset}: peak test accuracy over the epochs (%), mean ± standard error over trials "
                       f"(n shown when below {expected}), and the epoch of each trial's peak (trials by seed)",
-                      table, rhos, expected, ["The peak is reported, never used to choose anything: it reads the "
-                                              "test set at every epoch. Every other table is of the final epoch."])
+                      table, rhos, expected, after=["The peak is reported, never used to choose anything: it reads "
+                                                    "the test set at every epoch. Every other table is of the final "
+                                                    "epoch."])
         summary_table(os.path.join(out, "tables", f"{stem}_memorised"),
                       f"{dataset}: corrupted training samples memorised (predicted as their noisy label) at the "
                       f"final epoch (%), mean ± standard error over trials (n shown when below {expected})",
-                      *table_entries(ds_rows, layout, "memorised"), expected, ["At ρ = 0 nothing is corrupted."])
+                      *table_entries(ds_rows, layout, "memorised"), expected, after=["At ρ = 0 nothing is corrupted."])
         if plt:
             figures.memorisation_figure(dataset, ds_rows, epochs, out, plt)
         written.append(f"memorisation {dataset} ({len(ds_rows)} runs)")
@@ -383,11 +384,11 @@ def aggregate(args, out, candidates):
         ds_rows = [r for r in rows if r["dataset"] == dataset]
         # the report's tables use label noise seed 0; the other seeds are the noise-seed study's
         main = [r for r in ds_rows if int(r.get("noise_seed") or 0) == 0] or ds_rows
-        table, rhos = dataset_table(dataset, main, out, args.trials, chosen, len(ds_rows) - len(main))
+        table, rhos = dataset_table(dataset, main, out, args.trials, chosen, other_noise_seeds=len(ds_rows) - len(main))
         comparison(dataset, table, rhos, refs, out)
         paired_differences(dataset, main, out, grid.report_rows(dataset))
         if plt:
-            figures.accuracy_figure(dataset, table, rhos, refs, out, plt)
+            figures.accuracy_figure(dataset, table, rhos, refs, out, plt=plt)
             figures.curve_figures(dataset, main, args.results, out, plt)
             figures.tau_sweep_figure(dataset, main, out, plt)
         written.append(f"{dataset} ({len(ds_rows)} runs)")

@@ -78,7 +78,7 @@ def random_images(n, channels, size, classes):
 
 def setup(model_name, classes, channels, device, *, amp=None, channels_last=False, compile=False, clip_norm=None,
           per_example=False):
-    """(Model, Step) as experiment.setup builds a run's: the report's optimiser for the network (Adam
+    """(Model, Optimiser) as experiment.setup builds a run's: the report's optimiser for the network (Adam
     for LeNet as in train_mnist.py, SGD with Nesterov momentum for the ResNets as in train_cifar.py, with
     grid.py's settings), their kernels (training.fused), the gradient scaler for fp16; a constant learning rate."""
     torch.manual_seed(0)
@@ -90,10 +90,10 @@ def setup(model_name, classes, channels, device, *, amp=None, channels_last=Fals
     else:
         optimizer = torch.optim.SGD(net.parameters(), lr=s["lr"], momentum=s["momentum"], nesterov=True,
                                     weight_decay=s["weight_decay"], fused=kernels)
-    step = training.Step(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: 1.0),
-                         torch.amp.GradScaler(device.type, enabled=amp == "fp16"), clip_norm, per_example)
+    optimiser = training.Optimiser(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: 1.0),
+                                   torch.amp.GradScaler(device.type, enabled=amp == "fp16"), clip_norm, per_example)
     return training.Model(net, losses.CrossEntropy(), torch.compile(net) if compile else net, training.AMP[amp],
-                          channels_last), step
+                          channels_last), optimiser
 
 
 def head(data, n):
@@ -107,11 +107,13 @@ def our_loop(model_name, images, labels, device, batch_size, *, augment, steps=N
     untimed batches on the same network (cuDNN's autotuning, compilation); options: setup's."""
     n = len(labels) if steps is None else steps * batch_size
     data = in_memory(images[:n], labels[:n], device)
-    model, step = setup(model_name, 10, images.shape[1], device, **options)
+    model, optimiser = setup(model_name, 10, images.shape[1], device, **options)
     generator = torch.Generator(device).manual_seed(0)
     if warmup:
-        training.train_epoch(model, step, head(data, warmup * batch_size), batch_size, augment, generator)
-    return n / timed(lambda: training.train_epoch(model, step, data, batch_size, augment, generator), device)
+        training.train_epoch(model, optimiser, head(data, warmup * batch_size), generator, batch_size=batch_size,
+                             augment=augment)
+    return n / timed(lambda: training.train_epoch(model, optimiser, data, generator, batch_size=batch_size,
+                                                  augment=augment), device)
 
 
 def bare_loop(images, labels, device, batch_size):
@@ -119,8 +121,8 @@ def bare_loop(images, labels, device, batch_size):
     mean, std = channel_stats(images)
     x = ((images.float() - mean.float().view(1, -1, 1, 1)) / std.float().view(1, -1, 1, 1)).to(device)
     batches = [(x[i:i + batch_size], labels[i:i + batch_size].to(device)) for i in range(0, len(x), batch_size)]
-    model, step = setup("lenet", 10, 1, device)
-    net, optimizer = model.net, step.optimizer
+    model, optimiser = setup("lenet", 10, 1, device)
+    net, optimizer = model.net, optimiser.optimizer
 
     def epoch():
         for xb, yb in batches:
@@ -153,8 +155,8 @@ def dataloader_loop(images, labels, device, batch_size, workers):
     loader = torch.utils.data.DataLoader(PILDataset(images, labels, transform), batch_size=batch_size,
                                          shuffle=True, num_workers=workers, pin_memory=device.type == "cuda",
                                          persistent_workers=False)
-    model, step = setup("lenet", 10, 1, device)
-    net, optimizer = model.net, step.optimizer
+    model, optimiser = setup("lenet", 10, 1, device)
+    net, optimizer = model.net, optimiser.optimizer
 
     def epoch():
         for xb, yb in loader:
@@ -216,15 +218,15 @@ TRAIN = {"lenet": 60000, "resnet50": 50000}  # the training sets of MNIST and CI
 TEST = 10000
 
 
-def fit_seconds(model, step, data, batch_size, augment, folder):
+def fit_seconds(model, optimiser, data, folder, *, batch_size, augment):
     """(wall seconds, training seconds) of one epoch as a run does it: experiment.fit, which trains
     (training.train_epoch), evaluates the test set, checkpoints and writes epochs.csv."""
     device = model.device
-    run = experiment.Run("bench", dict(epochs=1, batch_size=batch_size), folder, device)
-    history, generator = [], torch.Generator(device).manual_seed(0)
-    os.makedirs(run.folder, exist_ok=True)
+    job = experiment.Run("bench", dict(epochs=1, batch_size=batch_size), folder, device, augment=augment)
+    history, state = [], experiment.State(model, optimiser, torch.Generator(device).manual_seed(0))
+    os.makedirs(job.folder, exist_ok=True)
     with contextlib.redirect_stdout(io.StringIO()):  # fit's line per epoch
-        wall = timed(lambda: experiment.fit(run, model, step, data, generator, history, 0.0, augment), device)
+        wall = timed(lambda: experiment.fit(job, state, data, history, 0.0), device)
     return wall, len(data.train_y) / history[0]["images_per_second"]
 
 
@@ -235,14 +237,15 @@ def measure(model_name, device, n, folder, *, batch_size, warmup, test=TEST, rea
     size, classes = (28, 10) if model_name == "lenet" else (32, 100)
     images, labels = random_images(n + test, 1 if model_name == "lenet" else 3, size, classes)
     data = in_memory(images, labels, device, classes, test)
-    model, step = setup(model_name, classes, images.shape[1], device, **options)
-    fit_seconds(model, step, head(data, warmup * batch_size), batch_size, model_name != "lenet", folder)
+    model, optimiser = setup(model_name, classes, images.shape[1], device, **options)
+    augment = model_name != "lenet"
+    fit_seconds(model, optimiser, head(data, warmup * batch_size), folder, batch_size=batch_size, augment=augment)
     if ready:
         ready()
-    return fit_seconds(model, step, data, batch_size, model_name != "lenet", folder)
+    return fit_seconds(model, optimiser, data, folder, batch_size=batch_size, augment=augment)
 
 
-def lenet_worker(device, n, test, folder, barrier, spans):
+def lenet_worker(device, n, folder, *, test, barrier, spans):
     """One of K LeNet runs at once (a process of its own, as run_all.sh --per-gpu K starts them)."""
     torch.backends.cudnn.benchmark = True
     spans.put(measure("lenet", torch.device(device), n, folder, batch_size=32, warmup=64, test=test,
@@ -253,8 +256,8 @@ def lenet_together(k, device, n, test, folder):
     """The slowest of K LeNet epochs run at the same time in K processes (they start together)."""
     ctx = multiprocessing.get_context("spawn")  # a fresh process each, with its own CUDA context
     barrier, spans = ctx.Barrier(k), ctx.Queue()
-    workers = [ctx.Process(target=lenet_worker, args=(str(device), n, test, os.path.join(folder, str(i)), barrier,
-                                                      spans)) for i in range(k)]
+    workers = [ctx.Process(target=lenet_worker, args=(str(device), n, os.path.join(folder, str(i))),
+                           kwargs=dict(test=test, barrier=barrier, spans=spans)) for i in range(k)]
     for w in workers:
         w.start()
     try:

@@ -22,7 +22,7 @@ import subprocess
 import sys
 
 import grid
-import registry
+import loss_specs
 import results
 
 # Flags that change how fast a run goes or where files go, never its numbers: not part of the
@@ -85,12 +85,12 @@ def per_dataset(script, key):
 def training_parser(script, doc=None):
     """The flags of `script` (train_mnist.py or train_cifar.py); None defaults are resolved by parse."""
     datasets = SCRIPTS[script]
-    losses, params = registry.read()
+    losses, params = loss_specs.read()
     p = Parser(prog=script, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("experiment (what the grid sweeps)")
     g.add_argument("--dataset", choices=datasets, default=datasets[0], help="dataset (default: %(default)s)")
     g.add_argument("--loss", default="ce", metavar="NAME",
-                   help=f"training loss (default: %(default)s), one of: {registry.describe(losses, params)}")
+                   help=f"training loss (default: %(default)s), one of: {loss_specs.describe(losses, params)}")
     for name, meta in params.items():
         if "wrapper" in meta:  # every loss takes it, off by default
             g.add_argument(f"--{name.replace('_', '-')}", type=float,
@@ -209,9 +209,9 @@ def check(parser, args):
     """Reject bad values with one line naming the value and what is allowed; fill loss defaults."""
     def bad(flag, value, allowed):
         parser.error(f"{flag} {value!r} is not allowed: {allowed}")
-    losses, params = registry.read()
+    losses, params = loss_specs.read()
     if args.loss not in losses:
-        bad("--loss", args.loss, f"valid losses are {registry.describe(losses, params)}")
+        bad("--loss", args.loss, f"valid losses are {loss_specs.describe(losses, params)}")
     given = {k for k in params if getattr(args, k) is not None}
     if given - set(losses[args.loss]):
         takes = ", ".join(k for k in losses[args.loss] if "wrapper" not in params[k]) or "no parameters"
@@ -224,7 +224,7 @@ def check(parser, args):
         value = defaults.get(name) if getattr(args, name) is None else getattr(args, name)
         if name in losses[args.loss] and value is not None:
             try:
-                value = registry.check(name, value, params[name]["range"])
+                value = loss_specs.check(name, value, params[name]["range"])
             except ValueError as e:
                 parser.error(str(e))
         setattr(args, name, value)

@@ -271,7 +271,7 @@ def as_labels(path, key, value):
     return labels.long()
 
 
-def check_human_labels(path, dataset, clean_file, noisy, train_labels, num_classes):
+def check_human_labels(path, dataset, clean_file, noisy, train_labels, *, num_classes):
     """The file's clean labels must be the training set's, in its order; its noisy ones valid classes."""
     if len(clean_file) != len(train_labels) or len(noisy) != len(train_labels):
         raise DataError(f"{path}: holds {len(clean_file)} clean and {len(noisy)} noisy labels, the {dataset} training "
@@ -292,14 +292,16 @@ def derived_seed(*keys):
     return int(np.random.SeedSequence(list(keys)).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
-def fingerprint(train_x, train_y, test_x, test_y, noisy_hash, train_size, val_size, test_size):
+def fingerprint(arrays, noisy_hash, sizes):
     """What a run trains and tests on, so that a resumed run is the same run: hashes of the images
-    and of the clean, noisy and test labels, and the sizes after the split and limits."""
+    and of the clean, noisy and test labels (arrays: load_dataset's), and the sizes after the split
+    and limits ({train_size, val_size, test_size})."""
+    train_x, train_y, test_x, test_y = arrays
     images = hashlib.sha256()
     for x in (train_x, test_x):
         images.update(x.numpy().data)  # a view of the uint8 tensor's memory: no copy
     return dict(images=images.hexdigest()[:16], clean_labels=noise.label_hash(train_y), noisy_labels=noisy_hash,
-                test_labels=noise.label_hash(test_y), train_size=train_size, val_size=val_size, test_size=test_size)
+                test_labels=noise.label_hash(test_y), **sizes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,15 +335,20 @@ def load_with_labels(dataset, data_dir, download, spec):
     arrays = load_dataset(dataset, data_dir, download)
     if spec.kind != "human":
         return arrays, None
-    check_human_labels(spec.file, dataset, clean, noisy, arrays[1], DATASETS[dataset]["classes"])
+    check_human_labels(spec.file, dataset, clean, noisy, arrays[1], num_classes=DATASETS[dataset]["classes"])
     return arrays, (noisy, sha256)
 
 
-def prepare(dataset, data_dir, download, spec, val_split, limit_train, limit_test, device):
-    """Load, add label noise (noise.Spec), hold out the noisy validation split, limit sizes, move to
-    the device."""
+def prepare(job):
+    """Load, add label noise, hold out the noisy validation split, limit sizes, move to the device.
+    job: the run's resolved configuration (experiment.Run), of which this reads config (dataset,
+    val_split, limit_train, limit_test), data_dir, download, label_noise (noise.Spec) and device."""
+    config, spec, device = job.config, job.label_noise, job.device
+    dataset, val_split = config["dataset"], config["val_split"]
+    limit_train, limit_test = config["limit_train"], config["limit_test"]
     k = DATASETS[dataset]["classes"]
-    (train_x, train_y, test_x, test_y), human = load_with_labels(dataset, data_dir, download, spec)
+    arrays, human = load_with_labels(dataset, job.data_dir, job.download, spec)
+    train_x, train_y, test_x, test_y = arrays
     mean, std = channel_stats(train_x)
     mean, std = mean.float().view(1, -1, 1, 1), std.float().view(1, -1, 1, 1)
     noise_gen = torch.Generator().manual_seed(derived_seed(spec.seed, 0))
@@ -352,7 +359,8 @@ def prepare(dataset, data_dir, download, spec, val_split, limit_train, limit_tes
         noisy_y = noise.instance_noise(features.flatten(1), train_y, k, spec.rho, noise_gen)
     else:
         flips = DATASETS[dataset]["flips"] if spec.kind == "asymmetric" else {}
-        noisy_y = noise.add_label_noise(train_y, spec.rho, k, spec.kind, noise.flip_map(flips, k), noise_gen)
+        noisy_y = noise.add_label_noise(train_y, spec.rho, k, spec.kind, noise.flip_map(flips, k),
+                                        generator=noise_gen)
     # The noisy validation split depends on the noise seed only: identical across trials.
     order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(derived_seed(spec.seed, 1)))
     n_val = int(round(val_split * len(train_y)))
@@ -369,7 +377,8 @@ def prepare(dataset, data_dir, download, spec, val_split, limit_train, limit_tes
     on = lambda t: t.to(device, non_blocking=True)  # noqa: E731
     return Data(
         classes=k, channels=train_x.shape[1], record=record,
-        fingerprint=fingerprint(train_x, train_y, test_x, test_y, record["label_hash"], len(train_idx), n_val, test_n),
+        fingerprint=fingerprint(arrays, record["label_hash"], dict(train_size=len(train_idx), val_size=n_val,
+                                                                   test_size=test_n)),
         mean=on(mean), std=on(std),
         train_x=on(train_x[train_idx]), train_y=on(noisy_y[train_idx]), train_clean=on(train_y[train_idx]),
         val_x=on(train_x[val_idx]), val_y=on(noisy_y[val_idx]), val_clean=on(train_y[val_idx]),

@@ -18,6 +18,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -27,7 +28,7 @@ import noise
 import results
 from cli import Failure
 from data import DataError, DataMissing, load_with_labels, prepare
-from training import AMP, Model, Step, evaluate, fused, train_epoch
+from training import AMP, Model, Optimiser, evaluate, fused, train_epoch
 
 
 def criterion_for(config):
@@ -49,63 +50,75 @@ def run(args, config, make_optimizer, lr_factor, augment):
     device = check_device(args.device)
     spec = noise.Spec(config["noise"], config["rho"], config["noise_seed"], config.get("noise_key"),
                       getattr(args, "noise_file", None), features=config["noise_features"])
+    job = Run(results.run_name(config), config, args.out, device, data_dir=args.data_dir, download=args.download,
+              label_noise=spec, compile=args.compile, save_model=args.save_model, augment=augment,
+              make_optimizer=make_optimizer, lr_factor=lr_factor)
     if args.prepare_data:
-        return describe_data(config["dataset"], args.data_dir, args.download, spec)
+        return describe_data(job)
     try:
         results.check_writable(args.out)
     except ValueError as e:
         raise Failure(f"--out {e}")
-    run = Run(results.run_name(config), config, args.out, device)
-    if results.lock_holder(run.folder):  # checked before the data are loaded, and again under the lock
-        raise Failure(f"run {run.name} is in progress (pid {results.lock_holder(run.folder)})")
+    if results.lock_holder(job.folder):  # checked before the data are loaded, and again under the lock
+        raise Failure(f"run {job.name} is in progress (pid {results.lock_holder(job.folder)})")
     try:  # a summary it cannot read whole it could not add to either: said before any work
-        if already_finished(run, args.force):
+        if already_finished(job, args.force):
             return 0
     except results.BadFile as e:
         raise Failure(str(e))
-    check_resume(run, args.resume, args.force)
+    check_resume(job, args.resume, args.force)
 
-    data, model, step, generator = setup(run, criterion, args.data_dir, args.download, spec, args.compile, make_optimizer,
-                                         lr_factor)
+    data, state = setup(job, criterion)
     history = []
     try:
-        with results.run_lock(run.folder), sigterm_as_interrupt():
-            if already_finished(run, args.force):  # by another process, meanwhile
+        with results.run_lock(job.folder), sigterm_as_interrupt():
+            if already_finished(job, args.force):  # by another process, meanwhile
                 return 0
-            resuming = check_resume(run, args.resume, args.force)
-            results.remove_temporaries(run.folder)  # what a kill during an atomic write left
+            resuming = check_resume(job, args.resume, args.force)
+            results.remove_temporaries(job.folder)  # what a kill during an atomic write left
             if resuming:
-                history, elapsed = resume(run, model, step, generator, data.fingerprint)
-                print(f"{run.name}: resuming after epoch {len(history)}")
+                history, elapsed = resume(job, state, data.fingerprint)
+                print(f"{job.name}: resuming after epoch {len(history)}")
             else:
                 elapsed = 0.0
-                write_run_files(run, data)
-            print(f"{run.name}: {len(data.train_y)} training samples (realised flip rate "
+                write_run_files(job, data)
+            print(f"{job.name}: {len(data.train_y)} training samples (realised flip rate "
                   f"{100 * data.record['flip_rate']:.2f}% of the full training set), {len(data.val_y)} validation, "
                   f"{len(data.test_y)} test; {config['epochs']} epochs on {device}")
-            elapsed = fit(run, model, step, data, generator, history, elapsed, augment)
-            finish(run, model, data, history, elapsed, args.save_model)
+            elapsed = fit(job, state, data, history, elapsed)
+            finish(job, state.model, data, history, elapsed)
     except results.Busy as e:
-        raise Failure(f"run {run.name} is in progress (pid {e})")
+        raise Failure(f"run {job.name} is in progress (pid {e})")
     except KeyboardInterrupt:
-        raise Failure(f"{run.name}: interrupted; its last checkpoint is epoch {len(history)}: rerun with --resume",
+        raise Failure(f"{job.name}: interrupted; its last checkpoint is epoch {len(history)}: rerun with --resume",
                       code=130)
     except OSError as e:  # a full disk names no file: the results folder then says where
-        raise Failure(f"{run.name}: cannot write its results in {args.out}: {e.strerror or e}"
+        raise Failure(f"{job.name}: cannot write its results in {args.out}: {e.strerror or e}"
                       + (f" ({e.filename})" if e.filename else ""), code=1)
     except results.BadFile as e:  # the summary went bad while it ran
-        raise Failure(f"{run.name}: cannot add its row to the summary: {e}; its checkpoint is kept: rerun with "
+        raise Failure(f"{job.name}: cannot add its row to the summary: {e}; its checkpoint is kept: rerun with "
                       "--resume once the file is repaired", code=1)
     return 0
 
 
 @dataclass
 class Run:
-    """One run: its name (results.run_name of its settings), its settings, where its files go."""
+    """One run's resolved configuration, passed whole: its name (results.run_name of its settings), its
+    settings (config: cli.parse's, what names the run), where its files go, and the runtime settings
+    that never change its numbers: device, data source, label noise (noise.Spec, built from config),
+    and the script's training recipe (augment; make_optimizer and lr_factor: see run)."""
     name: str
     config: dict
     out: str
     device: torch.device
+    data_dir: str = "data"
+    download: bool = False
+    label_noise: noise.Spec = None
+    compile: bool = False
+    save_model: bool = False
+    augment: bool = False
+    make_optimizer: Callable = None
+    lr_factor: Callable = None
 
     @property
     def folder(self):
@@ -148,24 +161,24 @@ def check_device(name):
     return device
 
 
-def already_finished(run, force):
-    done = results.finished_row(run.summary, run.name)
+def already_finished(job, force):
+    done = results.finished_row(job.summary, job.name)
     if done and not force:
-        print(f"{run.name}: already finished (test accuracy {done.get('test_acc')}%); --force re-runs it")
+        print(f"{job.name}: already finished (test accuracy {done.get('test_acc')}%); --force re-runs it")
     return bool(done) and not force
 
 
-def check_resume(run, resume_asked, force):
-    """Whether to resume the interrupted run in run.folder; a Failure (bad input) if the flags say
+def check_resume(job, resume_asked, force):
+    """Whether to resume the interrupted run in job.folder; a Failure (bad input) if the flags say
     otherwise, or if --resume would silently start over beside an interrupted run of the same cell
     with other settings (say another --lr), leaving it orphaned."""
-    if os.path.exists(run.checkpoint) and not force:
+    if os.path.exists(job.checkpoint) and not force:
         if not resume_asked:
-            raise Failure(f"{run.checkpoint} holds an interrupted run of this configuration: pass --resume to "
+            raise Failure(f"{job.checkpoint} holds an interrupted run of this configuration: pass --resume to "
                           "continue it or --force to start over")
         return True
     if resume_asked and not force:
-        other = interrupted_sibling(os.path.dirname(run.folder), run.config)
+        other = interrupted_sibling(os.path.dirname(job.folder), job.config)
         if other:
             raise Failure(f"--resume: no interrupted run has these settings; the interrupted run {other[0]} differs "
                           f"in {other[1]}: give its settings to resume it, or --force to start this one")
@@ -201,11 +214,12 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def describe_data(dataset, data_dir, download, spec):
+def describe_data(job):
     """--prepare-data: load (downloading if needed) and describe the dataset, and check a human-noise
     label file against it (run_all.sh checks each dataset this way before any cell runs)."""
+    dataset, data_dir, spec = job.config["dataset"], job.data_dir, job.label_noise
     try:
-        (train_x, _, test_x, _), _ = load_with_labels(dataset, data_dir, download, spec)
+        (train_x, _, test_x, _), _ = load_with_labels(dataset, data_dir, job.download, spec)
     except DataError as e:
         raise Failure(str(e), code=3 if isinstance(e, DataMissing) else 2)
     print(f"{dataset}: {len(train_x)} training and {len(test_x)} test images of shape "
@@ -214,14 +228,13 @@ def describe_data(dataset, data_dir, download, spec):
     return 0
 
 
-def setup(run, criterion, data_dir, download, spec, compile_model, make_optimizer, lr_factor):
-    """The run's data (label noise: noise.Spec) on the device, its model (seeded by the trial seed),
-    optimiser and generator."""
-    config, device = run.config, run.device
+def setup(job, criterion):
+    """(data, state): the run's data (label noise: job.label_noise) on the device, its model (seeded by the
+    trial seed), optimiser and generator."""
+    config, device, spec, compile_model = job.config, job.device, job.label_noise, job.compile
     torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick its fastest kernels
     try:
-        data = prepare(config["dataset"], data_dir, download, spec, config["val_split"], config["limit_train"],
-                       config["limit_test"], device)
+        data = prepare(job)
     except DataError as e:
         raise Failure(str(e), code=3 if isinstance(e, DataMissing) else 2)
     parsed = data.record.get("file", {}).get("sha256")  # of the very bytes whose labels it trains on
@@ -237,25 +250,34 @@ def setup(run, criterion, data_dir, download, spec, compile_model, make_optimize
         net = net.to(memory_format=torch.channels_last)
     model = Model(net, criterion, torch.compile(net) if compile_model else net, AMP[config["amp"]],
                   config["channels_last"])
-    optimizer = make_optimizer(net.parameters(), fused=fused(device, compile_model))
+    optimizer = job.make_optimizer(net.parameters(), fused=fused(device, compile_model))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_factor(math.ceil(len(data.train_y) / config["batch_size"])))
-    step = Step(optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=config["amp"] == "fp16"),
-                config["clip_norm"], per_example=config["clip_mode"] == "per-example")
-    return data, model, step, torch.Generator(device).manual_seed(config["seed"])
+        optimizer, job.lr_factor(math.ceil(len(data.train_y) / config["batch_size"])))
+    optimiser = Optimiser(optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=config["amp"] == "fp16"),
+                          config["clip_norm"], per_example=config["clip_mode"] == "per-example")
+    return data, State(model, optimiser, torch.Generator(device).manual_seed(config["seed"]))
 
 
-def resume(run, model, step, generator, fingerprint):
+@dataclass
+class State:
+    """What a run trains, and every state an interrupted run restores: the model, its optimiser, and
+    the generator of the data order and augmentation."""
+    model: Model
+    optimiser: Optimiser
+    generator: torch.Generator
+
+
+def resume(job, state, fingerprint):
     """Restore every state of an interrupted run; returns its history and elapsed seconds. Refuses,
     in one line, a checkpoint it cannot read, one made on other data, or on the CPU one made with
     another number of threads (the order of a float sum depends on it: the same run with 1 and 2
     threads ends at other numbers, so a resume would make a run that is neither)."""
-    checkpoint_path = run.checkpoint
+    checkpoint_path, model, optimiser = job.checkpoint, state.model, state.optimiser
     try:  # a checkpoint is untrusted input: tensors and plain values only (weights_only)
         # on the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest to the device
         with results.open_regular(checkpoint_path) as f:  # a FIFO or a link to /dev/zero would never end
-            state = torch.load(f, map_location="cpu", weights_only=True)
-        made_on = state["data"]
+            saved = torch.load(f, map_location="cpu", weights_only=True)
+        made_on = saved["data"]
     except Exception as e:  # a truncated or foreign file fails in many ways; each means unreadable
         why = "not a regular file" if isinstance(e, results.BadFile) else type(e).__name__
         raise Failure(f"{checkpoint_path} is not a readable checkpoint of this code ({why}): delete it, "
@@ -264,18 +286,18 @@ def resume(run, model, step, generator, fingerprint):
         differ = ", ".join(k for k in sorted(set(made_on) | set(fingerprint)) if made_on.get(k) != fingerprint.get(k))
         raise Failure(f"{checkpoint_path} was made on other data ({differ} differ): resume with the --data-dir it "
                       "was made with, or pass --force to start over")
-    threads = state.get("threads")  # None: made before checkpoints kept it
-    if run.device.type == "cpu" and threads not in (None, torch.get_num_threads()):
+    threads = saved.get("threads")  # None: made before checkpoints kept it
+    if job.device.type == "cpu" and threads not in (None, torch.get_num_threads()):
         raise Failure(f"{checkpoint_path} was made with {threads} CPU threads, this process has "
                       f"{torch.get_num_threads()}: resume it with OMP_NUM_THREADS={threads} (run_all.sh: the "
                       "--cpu-workers it ran with), or pass --force to start over")
-    model.net.load_state_dict(state["model"])
-    load_optimizer(step.optimizer, state["optimizer"])
-    step.scheduler.load_state_dict(state["scheduler"])
-    step.scaler.load_state_dict(state["scaler"])
-    generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch_rng"])
-    return state["history"], state["elapsed"]
+    model.net.load_state_dict(saved["model"])
+    load_optimizer(optimiser.optimizer, saved["optimizer"])
+    optimiser.scheduler.load_state_dict(saved["scheduler"])
+    optimiser.scaler.load_state_dict(saved["scaler"])
+    state.generator.set_state(saved["generator"])
+    torch.set_rng_state(saved["torch_rng"])
+    return saved["history"], saved["elapsed"]
 
 
 def load_optimizer(optimizer, saved):
@@ -291,14 +313,15 @@ def load_optimizer(optimizer, saved):
                 state["step"] = state["step"].to(p.device if flag else "cpu", torch.float32)
 
 
-def fit(run, model, step, data, generator, history, elapsed, augment):
+def fit(job, state, data, history, elapsed):
     """Train the remaining epochs; after each, evaluate, checkpoint and rewrite epochs.csv."""
-    config = run.config
+    config, model, optimiser, generator = job.config, state.model, state.optimiser, state.generator
     steps = math.ceil(len(data.train_y) / config["batch_size"])
     for epoch in range(len(history) + 1, config["epochs"] + 1):
         t0 = time.perf_counter()
-        lr = step.optimizer.param_groups[0]["lr"]
-        step_losses, stats = train_epoch(model, step, data, config["batch_size"], augment, generator)
+        lr = optimiser.optimizer.param_groups[0]["lr"]
+        step_losses, stats = train_epoch(model, optimiser, data, generator, batch_size=config["batch_size"],
+                                         augment=job.augment)
         bad = (~torch.isfinite(step_losses)).nonzero()  # the epoch's one host sync (with the stats)
         if len(bad):
             raise Failure(f"non-finite training loss at epoch {epoch}, step {bad[0].item() + 1} of {steps} "
@@ -309,35 +332,37 @@ def fit(run, model, step, data, generator, history, elapsed, augment):
         val = evaluate(model, data.val_x, data.val_y, data.mean, data.std, clean=data.val_clean)
         seconds = time.perf_counter() - t0
         elapsed += seconds
-        history.append(epoch_row(epoch, steps, lr, stats, test, val, train_seconds, seconds))
-        save_checkpoint(run.checkpoint, dict(
-            model=model.net.state_dict(), optimizer=step.optimizer.state_dict(),
-            scheduler=step.scheduler.state_dict(), scaler=step.scaler.state_dict(), generator=generator.get_state(),
+        history.append(epoch_row(stats, test, val, epoch=epoch, steps=steps, lr=lr, train_seconds=train_seconds,
+                                 seconds=seconds))
+        save_checkpoint(job.checkpoint, dict(
+            model=model.net.state_dict(), optimizer=optimiser.optimizer.state_dict(),
+            scheduler=optimiser.scheduler.state_dict(), scaler=optimiser.scaler.state_dict(),
+            generator=generator.get_state(),
             torch_rng=torch.get_rng_state(), epoch=epoch, history=history, elapsed=elapsed, data=data.fingerprint,
             threads=torch.get_num_threads()))
-        results.write_csv(os.path.join(run.folder, "epochs.csv"), history)
+        results.write_csv(os.path.join(job.folder, "epochs.csv"), history)
         print(epoch_line(history[-1], config["epochs"]), flush=True)
     return elapsed
 
 
-def finish(run, model, data, history, elapsed, save_model):
+def finish(job, model, data, history, elapsed):
     """The summary row (always the final epoch's: no choice is made on test data), then clean up."""
-    final, device = history[-1], run.device
-    row = dict(run=run.name, **run.config, **{k: final[k] for k in final if k not in ("epoch", "lr")},
+    final, device = history[-1], job.device
+    row = dict(run=job.name, **job.config, **{k: final[k] for k in final if k not in ("epoch", "lr")},
                train_size=len(data.train_y), val_size=len(data.val_y), test_size=len(data.test_y),
                flip_rate=data.record["flip_rate"], label_hash=data.record["label_hash"], wall_seconds=elapsed,
                device=str(device), device_name=device_name(device), threads=torch.get_num_threads(), **versions(),
                code=results.code_version(),
                finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    results.record_summary(run.summary, row)
-    if save_model:
-        save_checkpoint(os.path.join(run.folder, "model.pt"), model.net.state_dict())
-    os.remove(run.checkpoint)
-    print(f"{run.name}: final test accuracy {final['test_acc']:.2f}% after {run.config['epochs']} epochs "
-          f"({elapsed:.0f} s); summary row in {run.summary}")
+    results.record_summary(job.summary, row)
+    if job.save_model:
+        save_checkpoint(os.path.join(job.folder, "model.pt"), model.net.state_dict())
+    os.remove(job.checkpoint)
+    print(f"{job.name}: final test accuracy {final['test_acc']:.2f}% after {job.config['epochs']} epochs "
+          f"({elapsed:.0f} s); summary row in {job.summary}")
 
 
-def epoch_row(epoch, steps, lr, stats, test, val, train_seconds, seconds):
+def epoch_row(stats, test, val, *, epoch, steps, lr, train_seconds, seconds):
     """The epoch's CSV row (results.EPOCH_COLUMNS); shares in %, clipping statistics only where
     per-sample norms exist."""
     corrupted, clean_seen = stats["corrupted"], stats["clean_seen"]
@@ -385,16 +410,16 @@ def device_name(device):
     return platform.processor() or platform.machine()
 
 
-def write_run_files(run, data):
+def write_run_files(job, data):
     """The run's sidecars: command line, config and versions; the noise's transition counts."""
-    os.makedirs(run.folder, exist_ok=True)
-    meta = dict(run=run.name, command=" ".join(shlex.quote(a) for a in sys.argv), config=run.config,
+    os.makedirs(job.folder, exist_ok=True)
+    meta = dict(run=job.name, command=" ".join(shlex.quote(a) for a in sys.argv), config=job.config,
                 flip_rate=data.record["flip_rate"], label_hash=data.record["label_hash"],
                 **({"noise_file": data.record["file"]} if "file" in data.record else {}),  # human noise's file
                 threads=torch.get_num_threads(), versions=versions(), code=results.code_version(),
                 started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    results.write_atomic(os.path.join(run.folder, "config.json"), lambda f: json.dump(meta, f, indent=1))
+    results.write_atomic(os.path.join(job.folder, "config.json"), lambda f: json.dump(meta, f, indent=1))
     counts = data.record["transitions"]
-    results.write_csv(os.path.join(run.folder, "noise_transitions.csv"),
+    results.write_csv(os.path.join(job.folder, "noise_transitions.csv"),
                       [dict(clean=c, **{f"noisy_{j}": int(counts[c, j]) for j in range(len(counts))})
                        for c in range(len(counts))])

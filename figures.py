@@ -9,7 +9,7 @@ import results
 from tables import load_epochs, loss_key, loss_label, loss_sort, mean_se, number, reference_key
 
 
-def accuracy_figure(dataset, table, rhos, refs, out, plt):
+def accuracy_figure(dataset, table, rhos, refs, out, *, plt):
     """Ours against rho, one line per loss; published numbers as markers named by their source."""
     fig, ax = plt.subplots(figsize=(6, 4.2))
     wheres = {"reproduction": set(), "original": set()}
@@ -50,9 +50,9 @@ def curve_figures(dataset, rows, root, out, plt):
     rhos = sorted({rho for _, rho in curves})
     stem = os.path.join(out, "figures", dataset)
     epoch_figure(f"{stem}_curves", f"{dataset}: test accuracy per epoch", curves, rhos, grid.report_rows(dataset),
-                 [("test_acc", "test accuracy (%)")], plt)
+                 metrics=[("test_acc", "test accuracy (%)")], plt=plt)
     epoch_figure(f"{stem}_memorisation", f"{dataset}: {MEMORISED} per epoch", curves, [rho for rho in rhos if rho > 0],
-                 grid.report_rows(dataset), [("memorised", MEMORISED)], plt)
+                 grid.report_rows(dataset), metrics=[("memorised", MEMORISED)], plt=plt)
 
 
 def memorisation_figure(dataset, rows, epochs, out, plt):
@@ -62,7 +62,7 @@ def memorisation_figure(dataset, rows, epochs, out, plt):
     epoch_figure(os.path.join(out, "figures", f"memorisation_{dataset}"),
                  f"{dataset}, memorisation benchmark (constant learning rate, no weight decay)", curves,
                  sorted({rho for _, rho in curves}), grid.memorisation_rows(),
-                 [("test_acc", "test accuracy (%)"), ("memorised", MEMORISED)], plt)
+                 metrics=[("test_acc", "test accuracy (%)"), ("memorised", MEMORISED)], plt=plt)
 
 
 def epoch_curves(rows, epochs):
@@ -74,7 +74,7 @@ def epoch_curves(rows, epochs):
     return curves
 
 
-def epoch_figure(stem, title, curves, rhos, layout, metrics, plt):
+def epoch_figure(stem, title, curves, rhos, layout, *, metrics, plt):
     """A panel per metric (rows: [(epochs.csv column, axis label)]) and rho (columns): a line per
     loss, the mean over its trials, and a band from their minimum to their maximum, over the epochs
     every trial has. Loss order and labels are `layout`'s. Nothing is written when nothing is drawn."""

@@ -17,7 +17,7 @@ order, and the training scripts take their per-dataset defaults from it:
 """
 from dataclasses import dataclass, field
 
-import registry
+import loss_specs
 
 # Report section 5, with the authors' corrections (CIFAR weight decay 5e-4, Nesterov momentum).
 MNIST = dict(script="train_mnist.py", model="lenet", epochs=20, batch_size=32, lr=1e-3, weight_decay=1e-3,
@@ -285,7 +285,7 @@ class Cell:
     tuned: str = ""
 
 
-def rows_for(dataset, losses=None, taus=None, tune_tau=False, memorisation=False, logit_clip=None):
+def rows_for(dataset, losses=None, *, taus=None, tune_tau=False, memorisation=False, logit_clip=None):
     """The rows of `dataset` selected by --losses (any other registry loss is added with its
     defaults), with --taus (a sweep: each tau instead) or --tune-tau (one row per loss, tau later);
     --logit-clip puts every row's loss behind LogitClip at that norm."""
@@ -356,7 +356,8 @@ def cells(datasets=DEFAULT_DATASETS, *, losses=None, rhos=RHOS, trials=TRIALS, t
                               ("--trials", str(trials_ls)), "synthetic"))
             found.append(Cell("synthetic-ding", "synthetic", SYNTHETIC["ding"], (), "synthetic"))
             continue
-        for row in rows_for(dataset, losses, taus, tune_tau, memorisation, logit_clip):
+        for row in rows_for(dataset, losses, taus=taus, tune_tau=tune_tau, memorisation=memorisation,
+                            logit_clip=logit_clip):
             tuned = row.flags["loss"] if row.flags.get("tau") == "TUNED" else ""
             for column, noise in noise_columns(dataset, rhos, human):
                 for noise_seed in noise_seeds:
@@ -398,4 +399,4 @@ def tune_cells(datasets, losses, rhos, trials, *, val_split, quick, memorisation
 def known_losses(tune=False):
     """The names --losses accepts: the report's row keys and every loss of the registry; with --tune,
     the families of TUNE."""
-    return [f.key for f in TUNE] if tune else ["ce+clip"] + list(registry.read()[0])
+    return [f.key for f in TUNE] if tune else ["ce+clip"] + list(loss_specs.read()[0])

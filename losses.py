@@ -27,22 +27,25 @@ for logits up to +-1e4 and nothing forces a host sync.
 The registry (PARAMS and LOSSES, with each function's defaults) is the one source of the training
 flags, run names and table keys: a new loss is a function, a module and a LOSSES entry here (see
 docs/adding-a-loss.md). The binary margin losses of the synthetic experiments (logistic, huberised,
-partially_huberised) live in margin_losses.py, torch-free, and are re-exported here.
+partially_huberised) live in margin_losses.py, torch-free.
 """
-import inspect
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import registry
-from margin_losses import (huberised, huberised_grad, huberised_threshold, logistic,  # noqa: F401 (re-exported)
-                           logistic_grad, partially_huberised, partially_huberised_grad,
-                           partially_huberised_threshold, sigmoid)
+import loss_specs
 
+# The registry's rules: tools that never train read PARAMS, LOSSES and the loss functions' defaults
+# from this file's text, without torch (loss_specs.py), and check these rules as they read, each with
+# an error naming it:
+#   - a loss's key in LOSSES is the name of its function (and of its module's `fn`);
+#   - PARAMS is a literal, and so is each default of a loss's parameters (10.0, not math.log(4));
+#   - every parameter is parsed as a float (--tau 10 reads 10.0): its default is a number, or None
+#     for a wrapper (off).
 # Every parameter a loss can take: allowed interval, what it is (the --help text of its flag) and its
-# symbol in tables. A literal, so that registry.py can read it without importing torch.
+# symbol in tables.
 PARAMS = {
     "tau": {"range": "(1, inf)", "help": "partially Huberised threshold", "symbol": "τ", "tex": r"$\tau$"},
     "q": {"range": "(0, 1]", "help": "GCE exponent", "symbol": "q", "tex": "$q$"},
@@ -68,7 +71,7 @@ REDUCTIONS = ("mean", "sum", "none")
 
 def check_param(name, value):
     """float(value) if it lies in PARAMS[name]'s interval, else ValueError naming it."""
-    return registry.check(name, value, PARAMS[name]["range"])
+    return loss_specs.check(name, value, PARAMS[name]["range"])
 
 
 def _check_reduction(reduction):
@@ -163,25 +166,25 @@ def _reduce(loss, reduction):
     return loss
 
 
-def ce(logits, targets, logit_clip=None, reduction="mean", check_targets=True):
+def ce(logits, targets, *, logit_clip=None, reduction="mean", check_targets=True):
     """Cross-entropy -log p_y (torch's fused kernel: the baseline should not pay for our checks)."""
     return F.cross_entropy(*_checked(logits, targets, check_targets, logit_clip), reduction=_check_reduction(reduction))
 
 
-def linear(logits, targets, logit_clip=None, reduction="mean", check_targets=True):
+def linear(logits, targets, *, logit_clip=None, reduction="mean", check_targets=True):
     """Linear (unhinged) loss 1 - p_y."""
     _check_reduction(reduction)
     return _reduce(1 - _log_probs(logits, targets, check_targets, logit_clip)[1].exp(), reduction)
 
 
-def gce(logits, targets, q=0.7, logit_clip=None, reduction="mean", check_targets=True):
+def gce(logits, targets, *, q=0.7, logit_clip=None, reduction="mean", check_targets=True):
     """Generalized cross-entropy (1 - p_y^q) / q; q = 1 is the linear loss, q -> 0 tends to CE."""
     q = check_param("q", q)
     _check_reduction(reduction)
     return _reduce(_one_minus_power_over_q(_log_probs(logits, targets, check_targets, logit_clip)[1], q), reduction)
 
 
-def phuber_ce(logits, targets, tau=10.0, logit_clip=None, reduction="mean", check_targets=True):
+def phuber_ce(logits, targets, *, tau=10.0, logit_clip=None, reduction="mean", check_targets=True):
     """Partially Huberised CE, eq. (1): -tau p + log tau + 1 where p <= 1/tau, else -log p."""
     tau = check_param("tau", tau)
     _check_reduction(reduction)
@@ -196,7 +199,7 @@ def phuber_gce_threshold(tau, q):
     return 0.0 if q == 1 else tau ** (1 / (q - 1))
 
 
-def phuber_gce(logits, targets, tau=10.0, q=0.7, logit_clip=None, reduction="mean", check_targets=True):
+def phuber_gce(logits, targets, *, tau=10.0, q=0.7, logit_clip=None, reduction="mean", check_targets=True):
     """Partially Huberised GCE: the tangent of (1 - p^q)/q at p* below p*, GCE above."""
     tau, q = check_param("tau", tau), check_param("q", q)
     _check_reduction(reduction)
@@ -210,10 +213,10 @@ def phuber_gce(logits, targets, tau=10.0, q=0.7, logit_clip=None, reduction="mea
     return _reduce(torch.where(log_p <= log_p_star, linearised, _one_minus_power_over_q(log_p, q)), reduction)
 
 
-# RCE's default A: log(1e-4), written as a literal so that registry.py can read it (test_losses.py checks
+# RCE's default A: log(1e-4), written as a literal so that loss_specs.py can read it (test_losses.py checks
 # that it equals math.log(1e-4)). HanxunH/Active-Passive-Losses loss.py (SCELoss, ReverseCrossEntropy) and
 # YisenWang/symmetric_cross_entropy_for_noisy_labels loss.py clamp the one-hot target at 1e-4.
-def sce(logits, targets, alpha=0.1, beta=1.0, A=-9.210340371976182, logit_clip=None, reduction="mean",
+def sce(logits, targets, *, alpha=0.1, beta=1.0, A=-9.210340371976182, logit_clip=None, reduction="mean",
         check_targets=True):
     """Symmetric CE: alpha CE + beta RCE, with RCE = -A (1 - p_y) (log 0 taken as A)."""
     alpha, beta, A = check_param("alpha", alpha), check_param("beta", beta), check_param("A", A)
@@ -222,7 +225,7 @@ def sce(logits, targets, alpha=0.1, beta=1.0, A=-9.210340371976182, logit_clip=N
     return _reduce(-alpha * log_p - beta * A * (1 - log_p.exp()), reduction)
 
 
-def nce_rce(logits, targets, alpha=1.0, beta=1.0, A=-9.210340371976182, logit_clip=None, reduction="mean",
+def nce_rce(logits, targets, *, alpha=1.0, beta=1.0, A=-9.210340371976182, logit_clip=None, reduction="mean",
             check_targets=True):
     """Active-passive loss alpha NCE + beta RCE, NCE = log p_y / sum_k log p_k (Ma et al., 2020)."""
     alpha, beta, A = check_param("alpha", alpha), check_param("beta", beta), check_param("A", A)
@@ -295,7 +298,8 @@ class NCERCE(_Loss):
     fn = staticmethod(nce_rce)
 
 
-# The registry: each key names its function above, whose defaults are the loss's defaults.
+# The registry: each key is the name of its function above (the rules above PARAMS), whose defaults
+# are the loss's defaults.
 LOSSES = {"ce": CrossEntropy, "linear": Linear, "gce": GCE, "phuber_ce": PHuberCE,
           "phuber_gce": PHuberGCE, "sce": SCE, "nce_rce": NCERCE}
 
@@ -303,13 +307,12 @@ LOSSES = {"ce": CrossEntropy, "linear": Linear, "gce": GCE, "phuber_ce": PHuberC
 def loss_defaults(name):
     """The registry parameters loss `name` takes, with their defaults, e.g. {'tau': 10.0, 'q': 0.7}."""
     _check_name(name)
-    signature = inspect.signature(LOSSES[name].fn).parameters.values()
-    return {p.name: p.default for p in signature if p.name in PARAMS}
+    return dict(loss_specs.read()[0][name])  # read from the functions' text: one reading of the defaults
 
 
 def describe_losses():
     """One line listing every loss with the allowed range and default of each parameter."""
-    return registry.describe({name: loss_defaults(name) for name in LOSSES}, PARAMS)
+    return loss_specs.describe({name: loss_defaults(name) for name in LOSSES}, PARAMS)
 
 
 def _check_name(name):

@@ -9,20 +9,16 @@ from the same intermediate arrays (an optimiser needs both at every point):
     partially_huberised(z, tau)  tau > 1: -tau sigmoid(z) + log tau + 1 where sigmoid(z) <= 1/tau
                                  (two-class phuber_ce on logits [0, z])
 
-losses.py re-exports them, so `losses.logistic` works too. The table at the end is what both
-synthetic scripts compare: the three losses, their names and colours, and their shared flag checks.
+The table at the end is what both synthetic scripts compare: the three losses, their names and
+colours, and their shared flag checks.
 """
 import functools
 import math
 
 import numpy as np
 
-from registry import check
-
-
-def sigmoid(z):
-    """Logistic function, stable for any z (no overflow warning)."""
-    return np.exp(-np.logaddexp(0.0, -np.asarray(z, dtype=float)))
+from loss_specs import check
+from results import check_writable
 
 
 def logistic(z, grad=False):
@@ -30,10 +26,6 @@ def logistic(z, grad=False):
     z = np.asarray(z, dtype=float)
     value = np.logaddexp(0.0, -z)
     return (value, -np.exp(-np.logaddexp(0.0, z))) if grad else value
-
-
-def logistic_grad(z):
-    return logistic(z, grad=True)[1]
 
 
 def huberised_threshold(tau):
@@ -50,10 +42,6 @@ def huberised(z, tau, grad=False):
     return (value, np.where(z <= z0, -float(tau), slope)) if grad else value
 
 
-def huberised_grad(z, tau):
-    return huberised(z, tau, grad=True)[1]
-
-
 def partially_huberised_threshold(tau):
     """Margin z0 = logit(1/tau) = -log(tau - 1): sigmoid(z) <= 1/tau exactly when z <= z0."""
     return -math.log(check("tau", tau, "(1, inf)") - 1)
@@ -67,10 +55,6 @@ def partially_huberised(z, tau, grad=False):
     linear = z <= z0
     value = np.where(linear, -tau * p + math.log(tau) + 1, value)
     return (value, np.where(linear, -tau * p * -slope, slope)) if grad else value
-
-
-def partially_huberised_grad(z, tau):
-    return partially_huberised(z, tau, grad=True)[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,7 +75,6 @@ def with_taus(tau_huber, tau_phuber):
 def check_flags(parser, seed, tau_huber, tau_phuber, out):
     """The synthetic scripts' shared checks, before any work: parser.error (one line, exit 2)
     naming the bad flag."""
-    from results import check_writable  # here: losses.py re-exports this module, and a loss needs no files
     if seed < 0:
         parser.error(f"--seed {seed} is not allowed: seeds are integers >= 0")
     try:

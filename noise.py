@@ -36,7 +36,7 @@ def flip_map(flips, num_classes):
     return target
 
 
-def add_label_noise(labels, rho, num_classes, noise, target, generator):
+def add_label_noise(labels, rho, num_classes, noise, target, *, generator):
     """Flip each label with probability rho, on the CPU so every device sees the same labels.
 
     symmetric:  to one of the other K-1 classes uniformly (the report's convention);
@@ -62,7 +62,7 @@ def truncated_normal(n, mean, std, generator):
     return (mean + std * torch.special.ndtri(low + u * (high - low))).clamp(0, 1)
 
 
-def instance_noise(images, labels, num_classes, rho, generator, std=0.1):
+def instance_noise(images, labels, num_classes, rho, generator, *, std=0.1):
     """Xia et al.'s instance-dependent noise on `images` (N, d), any real or uint8 dtype (their code: the
     raw pixel values 0-255, flattened; data.prepare): sample i gets a flip rate q_i ~ N(rho, std^2)
     truncated to [0, 1] (their std 0.1), then instance_flips. Returns the noisy labels. rho = 0 is

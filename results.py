@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 
-import registry
+import loss_specs
 
 # ---------------------------------------------------------------------------------------------
 # The schema of result rows. A summary row is run + settings + the final epoch's metrics +
@@ -35,7 +35,7 @@ import registry
 #               but the seed agrees; the loss settings name the table row, rho its column
 #   metric      what was measured
 #   provenance  where, when and on what it ran: recorded, never compared
-LOSS_SETTINGS = ("loss", *registry.param_names(), "clip_norm", "clip_mode")
+LOSS_SETTINGS = ("loss", *loss_specs.param_names(), "clip_norm", "clip_mode")
 SETTINGS = LOSS_SETTINGS + (
     "dataset", "model", "rho", "noise", "noise_features", "noise_key", "noise_file_sha256", "noise_seed", "seed", "val_split", "epochs", "batch_size", "lr",
     "weight_decay", "limit_train", "limit_test", "amp", "channels_last",
@@ -68,7 +68,7 @@ def run_name(config):
     digest = hashlib.sha256(json.dumps({k: v for k, v in config.items() if v is not None},
                                        sort_keys=True).encode()).hexdigest()[:8]
     parts = [config["dataset"], config["model"], config["loss"]]
-    parts += [f"{k}{config[k]:g}" for k in registry.param_names() if config.get(k) is not None]
+    parts += [f"{k}{config[k]:g}" for k in loss_specs.param_names() if config.get(k) is not None]
     if config["clip_norm"] is not None:
         parts.append(f"clip{config['clip_norm']:g}" + ("pe" if config["clip_mode"] == "per-example" else ""))
     noise = config["noise_key"] if config["noise"] == "human" else f"{config['noise'][:3]}{config['rho']:g}"

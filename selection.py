@@ -214,7 +214,7 @@ def write_tuned(stem, title, records, note=()):
                  "stopped-early test acc.", "− CE", "95% CI", "n", "oracle bound (final)",
                  "oracle bound (stopped early)"], detail,
                 [{k: r.get(k) for k in COLUMNS} | {"setting": " ".join(f"{k}={v}" for k, v in r["setting"])}
-                 for r in records], COLUMNS,
+                 for r in records], columns=COLUMNS,
                 before=[*note, "Test accuracy (%) of each loss at the candidate chosen on noisy validation data, "
                         "mean ± standard error over trials: final epoch / stopped early (at each run's epoch of "
                         "best noisy-validation accuracy, the candidate chosen by the same rule).", "", *lines, "",

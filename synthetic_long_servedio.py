@@ -83,16 +83,17 @@ def accuracy(w, x, y):
     return float(np.mean(np.where(x @ w >= 0, 1.0, -1.0) == y))
 
 
-def run_trial(seed, rho, trial, tau_huber, tau_phuber, optimizer, max_iter):
-    """One trial: draw data once, fit each loss on it; one result row per loss."""
+def run_trial(seed, rho, trial, taus, solver):
+    """One trial: draw data once, fit each loss on it; one result row per loss. taus: (tau_huber,
+    tau_phuber); solver: (optimizer, max_iter)."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, round(rho * 1e6), trial]))
     x, y_clean = make_data(rng, N_TRAIN)
     y = flip_labels(rng, y_clean, rho)
     x_test, y_test = make_data(rng, N_TEST)  # test set is clean
     yx = y[:, None] * x
     rows = []
-    for name, (tau, loss) in with_taus(tau_huber, tau_phuber).items():
-        res = fit(yx, loss, optimizer, max_iter)
+    for name, (tau, loss) in with_taus(*taus).items():
+        res = fit(yx, loss, *solver)
         rows.append({"rho": rho, "trial": trial, "loss": name, "tau": "" if tau is None else tau,
                      "train_acc": accuracy(res.x, x, y), "clean_train_acc": accuracy(res.x, x, y_clean),
                      "test_acc": accuracy(res.x, x_test, y_test), "w1": res.x[0], "w2": res.x[1],
@@ -214,7 +215,7 @@ def main(argv=None):
             parser.error(f"{flag} {value} is not allowed: it must be an integer >= 1")
     check_flags(parser, args.seed, args.tau_huber, args.tau_phuber, args.out)
 
-    jobs = [(args.seed, rho, trial, args.tau_huber, args.tau_phuber, args.optimizer, args.max_iter)
+    jobs = [(args.seed, rho, trial, (args.tau_huber, args.tau_phuber), (args.optimizer, args.max_iter))
             for rho in args.rho for trial in range(args.trials)]
     # while the workers fit, this process would wait idle: it imports matplotlib meanwhile
     rows = run_trials(jobs, min(args.workers, len(jobs)), meanwhile=None if args.no_plot else pyplot)

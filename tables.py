@@ -23,7 +23,7 @@ from scipy import stats
 
 import cli
 import grid
-import registry
+import loss_specs
 import results
 
 LOSS_KEYS = results.LOSS_SETTINGS  # a table row: the loss, its parameters and its clipping
@@ -95,9 +95,9 @@ def check_run(row):
     integer(row, "seed")
     integer(row, "noise_seed", optional=True)
     real(row, "clip_norm", 0, optional=True)
-    for name, meta in registry.read()[1].items():
+    for name, meta in loss_specs.read()[1].items():
         if row.get(name) not in ("", None):
-            registry.check(name, real(row, name), meta["range"])
+            loss_specs.check(name, real(row, name), meta["range"])
     if not NAME.fullmatch(row["dataset"]):
         raise ValueError(f"dataset {row['dataset']!r} is not a dataset name (letters, digits, _ . + -)")
 
@@ -195,7 +195,7 @@ def loss_label(key, layout=()):
     if report:
         return report[1]
     row = dict(zip(LOSS_KEYS, key))
-    defaults, params = registry.read()
+    defaults, params = loss_specs.read()
     label = grid.NAMES.get(row["loss"], row["loss"])
     wrappers = [name for name in params if "wrapper" in params[name]]  # LogitClip: named after the loss
     for name in params:
@@ -217,9 +217,9 @@ def loss_sort(key, layout=()):
     if report:
         return (0, report[0])
     row = dict(zip(LOSS_KEYS, key))
-    order = list(registry.read()[0])
+    order = list(loss_specs.read()[0])
     return (1, order.index(row["loss"]) if row["loss"] in order else len(order), row["loss"], bool(row["clip_norm"]),
-            row["clip_mode"], float(row["clip_norm"] or 0), *(float(row[k] or 0) for k in registry.param_names()))
+            row["clip_mode"], float(row["clip_norm"] or 0), *(float(row[k] or 0) for k in loss_specs.param_names()))
 
 
 def mean_se(values):
@@ -319,7 +319,7 @@ def reference_key(dataset, key, rho, setting, ignore=()):
     the loss (per-example clipping, LogitClip, a peer loss's parameter) or of the run (deviations, but
     for `ignore`) is not the published runs'."""
     row = dict(zip(LOSS_KEYS, key))
-    unpublished = [k for k in registry.param_names() if k not in ("tau", "q") and row[k]]
+    unpublished = [k for k in loss_specs.param_names() if k not in ("tau", "q") and row[k]]
     if row["clip_mode"] == "per-example" or unpublished or deviations(dataset, setting, ignore) \
             or dataset not in grid.DATASETS:
         return None
@@ -337,7 +337,7 @@ def paired_interval(diffs, level=0.95):
     return mean, round(mean - half, 3), round(mean + half, 3)
 
 
-TEX = {"±": r"$\pm$", "†": r"$\dagger$", **{p["symbol"]: p["tex"] for p in registry.read()[1].values()
+TEX = {"±": r"$\pm$", "†": r"$\dagger$", **{p["symbol"]: p["tex"] for p in loss_specs.read()[1].values()
                                           if p["symbol"] != p["tex"].strip("$")}}
 
 
@@ -359,7 +359,7 @@ def neutralise(value):
     return value
 
 
-def write_table(stem, title, header, rows, records=None, columns=None, bold=(), before=(), after=(), latex=False):
+def write_table(stem, title, header, rows, records=None, *, columns=None, bold=(), before=(), after=(), latex=False):
     """A table as stem.md (title, `before` lines, header and rows, `after` lines) and, with
     latex=True, as a stem.tex tabular of the same cells; `records` (dicts of raw values) as stem.csv.
     `bold` holds the (row, column) positions of cells to set in bold. Cells are neutralised."""
@@ -382,7 +382,7 @@ def write_table(stem, title, header, rows, records=None, columns=None, bold=(), 
         results.write_csv(f"{stem}.csv", records, columns)
 
 
-def summary_table(stem, title, table, rhos, expected, after):
+def summary_table(stem, title, table, rhos, expected, *, after):
     """A table of table_entries (losses by rho, cells mean ± s.e.) as Markdown and CSV; where an entry
     has "epochs" ({rho: {seed: epoch}}), each trial's epoch follows the cell, trials by seed. An
     empty table is not written."""

@@ -53,7 +53,9 @@ def relative_error(got, expected):
 
 def mnist_on(device, mnist_dir):
     """conftest's tiny MNIST (600 training, 200 test images of learnable patterns), as a run loads it."""
-    return prepare("mnist", mnist_dir, False, noise.Spec("symmetric", 0.0, 0, None), 0.0, None, None, device)
+    config = dict(dataset="mnist", val_split=0.0, limit_train=None, limit_test=None)
+    return prepare(experiment.Run("test", config, "unused", device, data_dir=mnist_dir,
+                                  label_noise=noise.Spec("symmetric", 0.0, 0, None)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,11 +145,11 @@ def first_resnet_step(amp=None, channels_last=False, batch=16):
     net = net.to(memory_format=torch.channels_last) if channels_last else net
     before = [p.detach().clone() for p in net.parameters()]
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
-    step = training.Step(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: 1.0),
-                         torch.amp.GradScaler(DEVICE.type, enabled=False))
+    optimiser = training.Optimiser(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: 1.0),
+                                   torch.amp.GradScaler(DEVICE.type, enabled=False))
     model = training.Model(net, losses.CrossEntropy(), amp=amp, channels_last=channels_last)
-    step_losses, _ = training.train_epoch(model, step, in_memory(images, labels, DEVICE, 100), batch, True,
-                                          torch.Generator(DEVICE).manual_seed(0))
+    step_losses, _ = training.train_epoch(model, optimiser, in_memory(images, labels, DEVICE, 100),
+                                          torch.Generator(DEVICE).manual_seed(0), batch_size=batch, augment=True)
     return step_losses[0].item(), torch.cat([(p.detach() - b).flatten() for p, b in zip(net.parameters(), before)])
 
 
@@ -171,10 +173,11 @@ def lenet_epoch(data, compile):
     torch.manual_seed(0)
     net = models.LeNet5().to(DEVICE)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    step = training.Step(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: 1.0),
-                         torch.amp.GradScaler(DEVICE.type, enabled=False))
+    optimiser = training.Optimiser(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: 1.0),
+                                   torch.amp.GradScaler(DEVICE.type, enabled=False))
     model = training.Model(net, losses.CrossEntropy(), torch.compile(net) if compile else None)
-    step_losses, _ = training.train_epoch(model, step, data, 32, False, torch.Generator(DEVICE).manual_seed(0))
+    step_losses, _ = training.train_epoch(model, optimiser, data, torch.Generator(DEVICE).manual_seed(0),
+                                          batch_size=32, augment=False)
     return step_losses.cpu(), training.predict(model, data.test_x, data.mean, data.std).cpu()
 
 

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+import loss_specs
 import losses
-import registry
+import margin_losses
 
 MULTICLASS = list(losses.LOSSES)
 
@@ -213,60 +214,67 @@ def test_continuous_at_linearisation_point(name, params):
     assert grad[0, 1].item() / dp_dz == pytest.approx(-params["tau"], rel=1e-9)
 
 
-@pytest.mark.parametrize("loss,grad,tau", [
-    (losses.huberised, losses.huberised_grad, 1 / (1 + math.e)),
-    (losses.huberised, losses.huberised_grad, 0.1),
-    (losses.partially_huberised, losses.partially_huberised_grad, 1 + math.exp(-1)),
-    (losses.partially_huberised, losses.partially_huberised_grad, 1.1),
+def slope(loss, z, tau=None):
+    """d loss / dz as the loss computes it with grad=True (what the synthetic experiments' optimiser uses)."""
+    return (loss(z, grad=True) if tau is None else loss(z, tau, grad=True))[1]
+
+
+@pytest.mark.parametrize("loss,tau", [
+    (margin_losses.huberised, 1 / (1 + math.e)),
+    (margin_losses.huberised, 0.1),
+    (margin_losses.partially_huberised, 1 + math.exp(-1)),
+    (margin_losses.partially_huberised, 1.1),
 ])
-def test_binary_losses_continuous_at_boundary(loss, grad, tau):
-    z0 = (losses.huberised_threshold(tau) if loss is losses.huberised
-          else losses.partially_huberised_threshold(tau))
+def test_binary_losses_continuous_at_boundary(loss, tau):
+    z0 = (margin_losses.huberised_threshold(tau) if loss is margin_losses.huberised
+          else margin_losses.partially_huberised_threshold(tau))
     z = np.array([z0 - 1e-9, z0 + 1e-9])
     assert abs(np.diff(loss(z, tau))[0]) < 1e-8
-    assert abs(np.diff(grad(z, tau))[0]) < 1e-8
+    assert abs(np.diff(slope(loss, z, tau))[0]) < 1e-8
     # the linear branch really is taken below z0 and the logistic one above
-    assert loss(z0 - 1.0, tau) != pytest.approx(losses.logistic(z0 - 1.0))
-    assert loss(z0 + 1.0, tau) == pytest.approx(losses.logistic(z0 + 1.0))
+    assert loss(z0 - 1.0, tau) != pytest.approx(margin_losses.logistic(z0 - 1.0))
+    assert loss(z0 + 1.0, tau) == pytest.approx(margin_losses.logistic(z0 + 1.0))
 
 
 def test_binary_thresholds_of_the_paper():
     # tau = sigmoid(-1) (Huberised) and 1 + e^-1 (partially Huberised) both switch at z = 1
-    assert losses.huberised_threshold(1 / (1 + math.e)) == pytest.approx(1.0)
-    assert losses.partially_huberised_threshold(1 + math.exp(-1)) == pytest.approx(1.0)
+    assert margin_losses.huberised_threshold(1 / (1 + math.e)) == pytest.approx(1.0)
+    assert margin_losses.partially_huberised_threshold(1 + math.exp(-1)) == pytest.approx(1.0)
     # partially Huberised: linear in p = sigmoid(z) for p <= 1/tau
     tau = 1.1
     z = np.linspace(-5, 5, 101)
     p = 1 / (1 + np.exp(-z))
     expected = np.where(p <= 1 / tau, -tau * p + np.log(tau) + 1, np.log1p(np.exp(-z)))
-    np.testing.assert_allclose(losses.partially_huberised(z, tau), expected, rtol=1e-12)
+    np.testing.assert_allclose(margin_losses.partially_huberised(z, tau), expected, rtol=1e-12)
     # Huberised: linear with slope -tau where |logistic'(z)| >= tau
     tau = 0.1
     slope = 1 / (1 + np.exp(z))
     z0 = np.log((1 - tau) / tau)
     expected = np.where(slope >= tau, np.log1p(np.exp(-z0)) - tau * (z - z0), np.log1p(np.exp(-z)))
-    np.testing.assert_allclose(losses.huberised(z, tau), expected, rtol=1e-12)
+    np.testing.assert_allclose(margin_losses.huberised(z, tau), expected, rtol=1e-12)
 
 
-@pytest.mark.parametrize("loss,grad,tau", [
-    (lambda z, tau: losses.logistic(z), lambda z, tau: losses.logistic_grad(z), None),
-    (losses.huberised, losses.huberised_grad, 0.1),
-    (losses.huberised, losses.huberised_grad, 1 / (1 + math.e)),
-    (losses.partially_huberised, losses.partially_huberised_grad, 1.1),
-    (losses.partially_huberised, losses.partially_huberised_grad, 1 + math.exp(-1)),
+@pytest.mark.parametrize("loss,tau", [
+    (margin_losses.logistic, None),
+    (margin_losses.huberised, 0.1),
+    (margin_losses.huberised, 1 / (1 + math.e)),
+    (margin_losses.partially_huberised, 1.1),
+    (margin_losses.partially_huberised, 1 + math.exp(-1)),
 ])
-def test_binary_gradients_match_finite_differences(loss, grad, tau):
+def test_binary_gradients_match_finite_differences(loss, tau):
     z = np.linspace(-8, 8, 161) + 0.013  # both branches, never exactly on a kink
     h = 1e-6
-    numeric = (loss(z + h, tau) - loss(z - h, tau)) / (2 * h)
-    np.testing.assert_allclose(grad(z, tau), numeric, rtol=1e-6, atol=1e-9)
+    value = (lambda z: loss(z)) if tau is None else (lambda z: loss(z, tau))  # noqa: E731
+    numeric = (value(z + h) - value(z - h)) / (2 * h)
+    np.testing.assert_allclose(slope(loss, z, tau), numeric, rtol=1e-6, atol=1e-9)
+    np.testing.assert_array_equal(loss(z, grad=True)[0] if tau is None else loss(z, tau, grad=True)[0], value(z))
 
 
 def test_binary_losses_are_finite_for_huge_margins():
     z = np.array([-1e4, -700.0, 0.0, 700.0, 1e4])
-    for values in (losses.logistic(z), losses.logistic_grad(z), losses.huberised(z, 0.2),
-                   losses.huberised_grad(z, 0.2), losses.partially_huberised(z, 2.0),
-                   losses.partially_huberised_grad(z, 2.0)):
+    for values in (margin_losses.logistic(z), slope(margin_losses.logistic, z), margin_losses.huberised(z, 0.2),
+                   slope(margin_losses.huberised, z, 0.2), margin_losses.partially_huberised(z, 2.0),
+                   slope(margin_losses.partially_huberised, z, 2.0)):
         assert np.isfinite(values).all()
 
 
@@ -311,9 +319,9 @@ def test_binary_partially_huberised_is_two_class_phuber_ce(tau):
     logits = torch.stack([torch.zeros_like(z), z], 1)
     targets = torch.ones(len(z), dtype=torch.long)
     multiclass = losses.phuber_ce(logits, targets, tau=tau, reduction="none").numpy()
-    np.testing.assert_allclose(losses.partially_huberised(z.numpy(), tau), multiclass, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(margin_losses.partially_huberised(z.numpy(), tau), multiclass, rtol=1e-10, atol=1e-12)
     binary_ce = losses.ce(logits, targets, reduction="none").numpy()
-    np.testing.assert_allclose(losses.logistic(z.numpy()), binary_ce, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(margin_losses.logistic(z.numpy()), binary_ce, rtol=1e-10, atol=1e-12)
 
 
 def test_sce_and_nce_rce_parts():
@@ -367,9 +375,9 @@ def test_sce_and_nce_rce_at_their_defaults_match_the_official_code(name, c):
 
 
 def test_the_default_rce_constant_is_log_of_the_official_clamp():
-    # a literal in losses.py (registry.py reads defaults from the source text), equal to log(1e-4)
+    # a literal in losses.py (loss_specs.py reads defaults from the source text), equal to log(1e-4)
     for name in ("sce", "nce_rce"):
-        assert losses.loss_defaults(name)["A"] == registry.read()[0][name]["A"] == math.log(1e-4)
+        assert losses.loss_defaults(name)["A"] == loss_specs.read()[0][name]["A"] == math.log(1e-4)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,9 +491,9 @@ def test_functional_forms_validate_parameters_too():
     with pytest.raises(ValueError, match="q=2"):
         losses.gce(logits, targets, q=2)
     with pytest.raises(ValueError, match="tau=2"):
-        losses.huberised(np.zeros(3), 2)
+        margin_losses.huberised(np.zeros(3), 2)
     with pytest.raises(ValueError, match="tau=0.5"):
-        losses.partially_huberised(np.zeros(3), 0.5)
+        margin_losses.partially_huberised(np.zeros(3), 0.5)
 
 
 def test_unknown_name_lists_valid_names_and_ranges():
@@ -512,15 +520,15 @@ def test_import_loads_only_torch_and_numpy():
             "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
             "print(sorted(new - set(sys.stdlib_module_names)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "['losses', 'margin_losses', 'registry']"
+    assert out.stdout.strip() == "['loss_specs', 'losses']"
 
 
 def test_registry_read_without_torch_equals_the_module():
-    read_losses, read_params = registry.read()
+    read_losses, read_params = loss_specs.read()
     assert read_params == losses.PARAMS
     assert read_losses == {name: losses.loss_defaults(name) for name in losses.LOSSES}
     assert list(read_losses) == list(losses.LOSSES)  # registry order: flags, table rows
-    code = "import sys, registry; registry.read(); print('torch' in sys.modules)"
+    code = "import sys, loss_specs; loss_specs.read(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -531,9 +539,28 @@ def test_registry_reads_a_new_loss_from_source_alone(tmp_path):
                       'def ce(logits, targets, reduction="mean"): pass\n'
                       'def focal(logits, targets, gamma=0.5, tau=3.0, eps=-4.0, reduction="mean"): pass\n'
                       'LOSSES = {"ce": None, "focal": None}\n')
-    read_losses, read_params = registry.read(str(source))
+    read_losses, read_params = loss_specs.read(str(source))
     assert read_losses == {"ce": {}, "focal": {"gamma": 0.5, "tau": 3.0}}  # eps is not a registry parameter
     assert list(read_params) == ["tau", "gamma"]
+
+
+@pytest.mark.parametrize("old,new,rule", [
+    ('"phuber_ce": PHuberCE', '"phuber": PHuberCE', "a loss's key must be its function's name"),
+    ('"ce": CrossEntropy', '"ce": Linear', "a loss's key must be its function's name"),
+    ("tau=10.0, logit_clip", "tau=math.exp(2.3), logit_clip", "a loss's defaults must be literals"),
+    ("q=0.7, logit_clip", 'q="0.7", logit_clip', "every loss parameter is parsed as a float"),
+    ("*, tau=10.0, logit_clip", "*, tau, logit_clip", "every loss parameter of PARAMS needs a literal default"),
+])
+def test_a_broken_registry_rule_is_named_as_it_is_read(old, new, rule, tmp_path):
+    """The registry's rules (losses.py, above PARAMS), each broken on a copy of losses.py: the torch-free
+    reader names the rule (before: a KeyError, a malformed-node error, or a silently wrong default)."""
+    with open(loss_specs.SOURCE, encoding="utf-8") as f:
+        source = f.read()
+    assert old in source
+    broken = tmp_path / "losses.py"
+    broken.write_text(source.replace(old, new, 1), encoding="utf-8")
+    with pytest.raises(loss_specs.LossSpecError, match=rule):
+        loss_specs.read(str(broken))
 
 
 @pytest.mark.parametrize("value,interval,ok", [
@@ -544,10 +571,10 @@ def test_registry_reads_a_new_loss_from_source_alone(tmp_path):
 ])
 def test_interval_check(value, interval, ok):
     if ok:
-        assert registry.check("x", value, interval) == float(value)
+        assert loss_specs.check("x", value, interval) == float(value)
     else:
         with pytest.raises(ValueError, match=f"x={value!r} is not allowed: x must be a number in"):
-            registry.check("x", value, interval)
+            loss_specs.check("x", value, interval)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -111,7 +111,7 @@ def agreement(noisy, labels, centre):
 def test_where_an_instance_label_goes_depends_on_the_image():
     images, labels, centre = clustered()
     instance = noise.instance_noise(images, labels, 10, 0.4, torch.Generator().manual_seed(5))
-    symmetric = noise.add_label_noise(labels, 0.4, 10, "symmetric", None, torch.Generator().manual_seed(5))
+    symmetric = noise.add_label_noise(labels, 0.4, 10, "symmetric", None, generator=torch.Generator().manual_seed(5))
     # Near-identical images flip to the same class under instance noise: a cluster's scores x W[y] have
     # s.d. 8 (d = 64) against 0.4 for its images' differences, so its flips mostly share a destination.
     # The share is a mean over 100 clusters; over 200 seeds (of the images and the noise) it had mean

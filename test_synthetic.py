@@ -90,7 +90,7 @@ def fixed_fit(calls):
 def test_test_set_clean_and_train_acc_on_noisy_labels(monkeypatch):
     calls = []
     monkeypatch.setattr(ls, "fit", fixed_fit(calls))
-    rows = ls.run_trial(0, 0.45, 7, ls.TAU_HUBER, ls.TAU_PHUBER, "slsqp", 100)
+    rows = ls.run_trial(0, 0.45, 7, (ls.TAU_HUBER, ls.TAU_PHUBER), ("slsqp", 100))
     for r in rows:
         assert r["test_acc"] == 1.0 and r["clean_train_acc"] == 1.0  # w = (1, 0) is the true rule
         assert abs(r["flipped"] - 0.45) < 4.5 * math.sqrt(0.45 * 0.55 / ls.N_TRAIN)  # fails for 7e-6 of seeds
@@ -149,7 +149,7 @@ def test_same_seed_same_bytes_and_workers_do_not_matter(tmp_path):
 
 def test_trial_reproducible_alone(tmp_path):
     rows = run_ls(tmp_path, "--rho", "0.2", "--trials", "3", "--workers", "1")
-    alone = ls.run_trial(0, 0.2, 2, ls.TAU_HUBER, ls.TAU_PHUBER, "slsqp", 100)
+    alone = ls.run_trial(0, 0.2, 2, (ls.TAU_HUBER, ls.TAU_PHUBER), ("slsqp", 100))
     assert [float(r["w1"]) for r in rows if r["trial"] == "2"] == [r["w1"] for r in alone]
 
 

@@ -37,8 +37,7 @@ def prepared(mnist_dir, *argv):
     """The Data of a train_mnist.py command line, on the CPU."""
     _, c = cli.parse("train_mnist.py", ["--data-dir", mnist_dir, *argv])
     spec = noise.Spec(c["noise"], c["rho"], c["noise_seed"], c.get("noise_key"), features=c["noise_features"])
-    return data.prepare(c["dataset"], mnist_dir, False, spec, c["val_split"], c["limit_train"], c["limit_test"],
-                        torch.device("cpu"))
+    return data.prepare(experiment.Run("test", c, "unused", torch.device("cpu"), data_dir=mnist_dir, label_noise=spec))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -74,7 +73,8 @@ def test_lenet_init_and_shapes():
 
 def noisy(labels, rho, k=10, kind="symmetric", dataset="mnist", seed=0):
     flips = data.DATASETS[dataset]["flips"] if kind == "asymmetric" else {}
-    return noise.add_label_noise(labels, rho, k, kind, noise.flip_map(flips, k), torch.Generator().manual_seed(seed))
+    return noise.add_label_noise(labels, rho, k, kind, noise.flip_map(flips, k),
+                                 generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("rho", [0.2, 0.6])
@@ -491,7 +491,8 @@ def test_clipped_shares_on_a_hand_made_batch():
     assert stats_["clipped_clean"] == 1 and stats_["clipped_corrupted"] == 1
     assert stats_["norm_sum_clean"] == pytest.approx(2.5) and stats_["norm_sum_corrupted"] == pytest.approx(3.1)
     assert stats_["memorised"] == 2 and stats_["corrupted_clean"] == 0 and stats_["correct_clean"] == 2
-    row = experiment.epoch_row(1, 1, 1e-3, stats_, dict(loss=0, nll=0, ece=0, acc=0), {}, 1.0, 1.0)
+    row = experiment.epoch_row(stats_, dict(loss=0, nll=0, ece=0, acc=0), {}, epoch=1, steps=1, lr=1e-3,
+                               train_seconds=1.0, seconds=1.0)
     assert row["clipped_clean"] == 50 and row["clipped_corrupted"] == 50 and row["memorised"] == 100
     assert row["grad_norm_clean"] == pytest.approx(1.25) and row["grad_norm_corrupted"] == pytest.approx(1.55)
     assert row["train_acc"] == 100 and row["train_clean_acc"] == 50 and row["train_loss"] == pytest.approx(0.5)

@@ -271,7 +271,7 @@ def test_noisy_accuracy_of_a_drawn_noisy_set_follows_the_map():
     pred = labels.clone()
     wrong = torch.randperm(n, generator=generator)[: int(n * (1 - clean))]
     pred[wrong] = (labels[wrong] + torch.randint(1, classes, (len(wrong),), generator=generator)) % classes
-    noisy = noise.add_label_noise(labels, rho, classes, "symmetric", noise.flip_map({}, classes), generator)
+    noisy = noise.add_label_noise(labels, rho, classes, "symmetric", noise.flip_map({}, classes), generator=generator)
     p = selection.noisy_accuracy(clean, rho, classes)
     assert abs((pred == noisy).double().mean().item() - p) < 4.5 * math.sqrt(p * (1 - p) / n)
     with pytest.raises(ValueError, match="no information"):

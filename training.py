@@ -1,9 +1,10 @@
 """The training loop shared by train_mnist.py and train_cifar.py (experiment.py runs it).
 
-    Model, Step     what is trained, and how one optimisation step is taken (small dataclasses)
-    AMP, fused      the autocast dtype of each --amp; which optimiser kernels a device gets
-    train_epoch     the one loop: forward, loss, backward, optional clip, step, lr step
-    evaluate        accuracy, loss, NLL and calibration error of a labelled set
+    Model, Optimiser  what is trained, and the optimiser's state (torch optimiser, schedule, gradient
+                      scaler) with its clipping: small dataclasses
+    AMP, fused        the autocast dtype of each --amp; which optimiser kernels a device gets
+    train_epoch       the one loop: forward, loss, backward, optional clip, step, lr step
+    evaluate          accuracy, loss, NLL and calibration error of a labelled set
 
 Each batch is gathered from a per-epoch permutation of the uint8 data on the device, augmented and
 normalised there. Nothing in the loop waits for the device: per step, only the loss and the
@@ -56,8 +57,8 @@ def fused(device, compiled=False):
 
 
 @dataclass
-class Step:
-    """How one optimisation step is taken."""
+class Optimiser:
+    """The optimiser's state and settings: what each step of the loop updates and how it clips."""
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler  # stepped every iteration: schedules are per iteration
     scaler: torch.amp.GradScaler
@@ -97,7 +98,7 @@ def per_example_clipped_backward(model, x, y, clip_norm):
     return logits, sample_losses.mean(), norms
 
 
-def train_epoch(model, step, data, batch_size, augment, generator):
+def train_epoch(model, optimiser, data, generator, *, batch_size, augment):
     """One pass over the training set in a fresh random order; returns (step losses, statistics).
 
     A non-finite loss is still reported with its step, from the buffer of step losses.
@@ -109,7 +110,7 @@ def train_epoch(model, step, data, batch_size, augment, generator):
     perm = torch.randperm(n, device=dev, generator=generator)
     step_losses = torch.zeros(steps, device=dev)
     preds = torch.empty(n, dtype=torch.long, device=dev)
-    norms = torch.zeros(n, device=dev) if step.per_example else None
+    norms = torch.zeros(n, device=dev) if optimiser.per_example else None
     progress = Progress(steps) if sys.stderr.isatty() else None
     for i in range(steps):
         batch = slice(i * b, (i + 1) * b)
@@ -118,20 +119,20 @@ def train_epoch(model, step, data, batch_size, augment, generator):
         if augment:
             images = random_crop_flip(images, generator)
         x, y = model.inputs(images, data.mean, data.std), data.train_y[idx]
-        step.optimizer.zero_grad(set_to_none=True)
+        optimiser.optimizer.zero_grad(set_to_none=True)
         if norms is not None:
-            logits, loss, norms[batch] = per_example_clipped_backward(model, x, y, step.clip_norm)
+            logits, loss, norms[batch] = per_example_clipped_backward(model, x, y, optimiser.clip_norm)
         else:
             with model.autocast():
                 logits = model.forward(x)
                 loss = model.criterion(logits, y)
-            step.scaler.scale(loss).backward()
-            if step.clip_norm is not None:  # clip the true gradient: unscale first under fp16
-                step.scaler.unscale_(step.optimizer)
-                torch.nn.utils.clip_grad_norm_(model.net.parameters(), step.clip_norm)
-        step.scaler.step(step.optimizer)
-        step.scaler.update()
-        step.scheduler.step()
+            optimiser.scaler.scale(loss).backward()
+            if optimiser.clip_norm is not None:  # clip the true gradient: unscale first under fp16
+                optimiser.scaler.unscale_(optimiser.optimizer)
+                torch.nn.utils.clip_grad_norm_(model.net.parameters(), optimiser.clip_norm)
+        optimiser.scaler.step(optimiser.optimizer)
+        optimiser.scaler.update()
+        optimiser.scheduler.step()
         step_losses[i] = loss.detach()
         preds[batch] = logits.detach().argmax(1)
         if progress:
@@ -140,7 +141,7 @@ def train_epoch(model, step, data, batch_size, augment, generator):
         progress.close()
     sizes = torch.full((steps,), float(b), device=dev)
     sizes[-1] = n - (steps - 1) * b  # the last batch may be smaller
-    stats = epoch_stats(preds, data.train_y[perm], data.train_clean[perm], norms, step.clip_norm)
+    stats = epoch_stats(preds, data.train_y[perm], data.train_clean[perm], norms, optimiser.clip_norm)
     stats["loss_sum"] = (step_losses * sizes).sum().item()
     return step_losses, stats
 
@@ -183,7 +184,7 @@ def expected_calibration_error(logits, labels, bins=15):
     return ((correct_sums - conf_sums).abs().sum() / max(len(labels), 1)).item()
 
 
-def evaluate(model, images, labels, mean, std, clean=None):
+def evaluate(model, images, labels, mean, std, *, clean=None):
     """Accuracy (%), loss, NLL and ECE on a labelled set; accuracy against clean labels if given.
 
     Accuracies come from integer counts (100 * 8899 / 10000 prints as 88.99, not 88.99000000000001).
