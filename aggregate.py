@@ -48,7 +48,7 @@ import results
 import selection
 from cli import Parser
 from tables import (LOSS_KEYS, describe_settings, smoke_banner, fmt_cell, load_epochs, load_reference, load_runs, loss_key,
-                    loss_label, loss_sort, mean_se, neutralise, number, paired_interval, peak, read_rows,
+                    loss_label, loss_sort, mean_se, neutralise, paired_interval, parse_number, peak, read_rows,
                     reference_key, setting_of, shared_deviations, summary_table, table_entries, unreadable, warn,
                     write_table)
 
@@ -59,40 +59,40 @@ FIGURE_LIMIT = 64 << 20  # the synthetic experiments' figures are 20-70 kB
 def dataset_table(dataset, rows, out, expected, chosen, *, other_noise_seeds=0, layout=None, stem=None, note=(),
                   by="rho"):
     """The final test accuracy table of one dataset, as Markdown, LaTeX and CSV (tables/<stem>, the
-    dataset by default). Returns the table rows and rhos.
+    dataset by default). Returns the table rows and its noise levels (the columns: rhos, or CIFAR-N keys).
 
     chosen: {(dataset, loss): tau} picked on noisy validation data; those rows get a dagger.
     layout: the grid.Row list whose order and labels the rows take (the report's table by default).
     note: lines under the title. by="noise_key": columns by human-noise key instead of rho.
     """
-    table, rhos = table_entries(rows, grid.report_rows(dataset) if layout is None else layout, by=by)
+    table, levels = table_entries(rows, grid.report_rows(dataset) if layout is None else layout, by=by)
     for e in table:
         row = dict(zip(LOSS_KEYS, e["key"]))
-        if row["tau"] and not row["clip_norm"] and chosen.get((dataset, row["loss"], number(row["logit_clip"]))) \
+        if row["tau"] and not row["clip_norm"] and chosen.get((dataset, row["loss"], parse_number(row["logit_clip"]))) \
                 == float(row["tau"]):
             e["label"] += " †"
-    best = {rho: max((e["cells"][rho][0] for e in table if e["cells"][rho][0] is not None), default=None)
-            for rho in rhos}
-    is_best = lambda e, rho: e["cells"][rho][0] is not None and e["cells"][rho][0] == best[rho]  # noqa: E731
+    best = {level: max((e["cells"][level][0] for e in table if e["cells"][level][0] is not None), default=None)
+            for level in levels}
+    is_best = lambda e, level: e["cells"][level][0] is not None and e["cells"][level][0] == best[level]  # noqa: E731
 
     before = smoke_banner(rows) + list(note)
     after = ["† τ chosen by final noisy-validation accuracy at the highest noise rate (tables/tau_selection.md)."] \
         if any("†" in e["label"] for e in table) else []
     if other_noise_seeds:
         after.append(f"{other_noise_seeds} runs with other label-noise seeds are in tables/noise_seeds.md.")
-    records = [dict(dataset=dataset, label=e["label"], **dict(zip(LOSS_KEYS, e["key"])), **{by: rho},
-                    mean=e["cells"][rho][0], se=e["cells"][rho][1], n=e["cells"][rho][2], best=is_best(e, rho))
-               for e in table for rho in rhos]
+    records = [dict(dataset=dataset, label=e["label"], **dict(zip(LOSS_KEYS, e["key"])), **{by: level},
+                    mean=e["cells"][level][0], se=e["cells"][level][1], n=e["cells"][level][2], best=is_best(e, level))
+               for e in table for level in levels]
     differ = shared_deviations([(dataset, e["setting"]) for e in table])  # instance noise, say: in the title
     write_table(os.path.join(out, "tables", stem or dataset),
                 f"{dataset}{', ' + differ if differ else ''}: test accuracy (%), mean ± standard error over trials "
                 f"(n shown when below {expected})",
-                ["Loss"] + [f"ρ = {rho:g}" if by == "rho" else rho for rho in rhos],
-                [[e["label"]] + [fmt_cell(*e["cells"][rho], expected) for rho in rhos] for e in table],
+                ["Loss"] + [f"ρ = {level:g}" if by == "rho" else level for level in levels],
+                [[e["label"]] + [fmt_cell(*e["cells"][level], expected) for level in levels] for e in table],
                 records, columns=["dataset", "label", *LOSS_KEYS, by, "mean", "se", "n", "best"],
-                bold={(i, j + 1) for i, e in enumerate(table) for j, rho in enumerate(rhos) if is_best(e, rho)},
+                bold={(i, j + 1) for i, e in enumerate(table) for j, level in enumerate(levels) if is_best(e, level)},
                 before=before, after=after, latex=True)
-    return table, rhos
+    return table, levels
 
 
 def comparison(dataset, table, rhos, refs, out):
@@ -215,7 +215,7 @@ def tau_choices(rows):
     """{(dataset, loss, logit_clip): tau} for every partially Huberised loss (alone, or behind
     LogitClip at one norm) with noisy-validation runs."""
     choices = {}
-    keys = {(r["dataset"], r["loss"], number(r.get("logit_clip"))) for r in rows if r["loss"] in grid.BASE}
+    keys = {(r["dataset"], r["loss"], parse_number(r.get("logit_clip"))) for r in rows if r["loss"] in grid.BASE}
     for dataset, loss, clip in sorted(keys, key=lambda k: (k[0], k[1], k[2] or 0)):  # None (no LogitClip) first
         tau, _ = grid.choose_tau(rows, dataset, loss, logit_clip=clip)
         if tau is not None:
@@ -231,8 +231,8 @@ def tau_selection_table(validation_rows, rows, out):
         listed = ", ".join(f"τ={t:g}: {s:.1f}%" for t, s in sorted(scores.items()))
         test = defaultdict(list)
         for r in rows:
-            if (r["dataset"], r["loss"], number(r.get("tau")), r.get("clip_norm"), number(r.get("logit_clip"))) == \
-                    (dataset, loss, tau, "", clip):
+            if (r["dataset"], r["loss"], parse_number(r.get("tau")), r.get("clip_norm"),
+                    parse_number(r.get("logit_clip"))) == (dataset, loss, tau, "", clip):
                 test[float(r["rho"])].append(float(r["test_acc"]))
         found = ", ".join(f"ρ={rho:g}: {np.mean(v):.1f}% (n={len(v)})" for rho, v in sorted(test.items())) or "-"
         lines.append([dataset, grid.NAMES[loss] + (f" + LogitClip δ = {clip:g}" if clip else ""), f"{tau:g}", listed,

@@ -6,7 +6,7 @@ import numpy as np
 
 import grid
 import results
-from tables import load_epochs, loss_key, loss_label, loss_sort, mean_se, number, reference_key
+from tables import load_epochs, loss_key, loss_label, loss_sort, mean_se, parse_number, reference_key
 
 
 def accuracy_figure(dataset, table, rhos, refs, out, *, plt):
@@ -87,7 +87,7 @@ def epoch_figure(stem, title, curves, rhos, layout, *, metrics, plt):
     for (column, ylabel), panels in zip(metrics, axes):
         for ax, rho in zip(panels, rhos):
             for i, key in enumerate(keys):
-                series = [{int(r["epoch"]): number(r.get(column)) for r in run if number(r.get(column)) is not None}
+                series = [{int(r["epoch"]): parse_number(r.get(column)) for r in run if parse_number(r.get(column)) is not None}
                           for run in curves.get((key, rho), [])]
                 epochs = sorted(set.intersection(*(set(s) for s in series))) if series else []
                 if not epochs:

@@ -54,11 +54,11 @@ class Row:
     label: str = field(default="", compare=False)
 
     def argv(self):
-        return [a for k, v in self.flags.items() for a in (f"--{k.replace('_', '-')}", num(v))]
+        return [a for k, v in self.flags.items() for a in (f"--{k.replace('_', '-')}", number_text(v))]
 
 
-def num(value):
-    """A value as a flag or in a cell id: short ('10' for 10.0) where that is exact, never rounded."""
+def number_text(value):
+    """A number as text, for a flag or a cell id: short ('10' for 10.0) where that is exact, never rounded."""
     if not isinstance(value, float):
         return str(value)
     short = f"{value:g}"
@@ -246,7 +246,7 @@ class Family:
         """[(id part, grid.Row)] in the order of `values` (the order ties are broken in)."""
         if self.param is None:
             return [(self.key, Row(self.key, dict(self.flags), self.label))]
-        return [(f"{self.key}-{self.param}{num(v)}", Row(self.key, {**self.flags, self.param: v},
+        return [(f"{self.key}-{self.param}{number_text(v)}", Row(self.key, {**self.flags, self.param: v},
                                                           f"{self.label} {SYMBOLS[self.param]} = {v:g}"))
                 for v in self.values]
 
@@ -295,7 +295,7 @@ def rows_for(dataset, losses=None, *, taus=None, tune_tau=False, memorisation=Fa
             rows.append(Row(name, {"loss": name}))
     rows = [r for r in rows if losses is None or r.key in losses]
     if logit_clip is not None:
-        rows = [Row(f"{r.key}+lc{num(logit_clip)}", {**r.flags, "logit_clip": logit_clip}) for r in rows]
+        rows = [Row(f"{r.key}+lc{number_text(logit_clip)}", {**r.flags, "logit_clip": logit_clip}) for r in rows]
     out = []
     for row in rows:
         variants = [row]
@@ -310,8 +310,8 @@ def rows_for(dataset, losses=None, *, taus=None, tune_tau=False, memorisation=Fa
 def cell_id(dataset, row, noise, seed, noise_seed=0):
     """e.g. mnist-phuber_ce-tau10-rho0.4-seed0; `noise` is the rho (or the human-noise key)."""
     tau = row.flags.get("tau")
-    part = "" if tau is None else "-tuned" if tau == "TUNED" else f"-tau{num(tau)}"
-    noise = noise if isinstance(noise, str) else f"rho{num(noise)}"
+    part = "" if tau is None else "-tuned" if tau == "TUNED" else f"-tau{number_text(tau)}"
+    noise = noise if isinstance(noise, str) else f"rho{number_text(noise)}"
     # noise seed 0 is every table's: its cells are the same runs, with the same ids, in every selection
     return f"{dataset}-{row.key}{part}-{noise}-seed{seed}" + (f"-ns{noise_seed}" if noise_seed else "")
 
@@ -320,7 +320,7 @@ def noise_columns(dataset, rhos, human):
     """The noise a table's columns vary: (id part, flags) per rho, or per CIFAR-N key (--human-noise)."""
     if human:
         return [(key, ("--noise", "human", "--noise-key", key)) for key in HUMAN_NOISE[dataset]["grid"]]
-    return [(rho, ("--rho", num(rho))) for rho in rhos]
+    return [(rho, ("--rho", number_text(rho))) for rho in rhos]
 
 
 def cells(datasets=DEFAULT_DATASETS, *, losses=None, rhos=RHOS, trials=TRIALS, taus=None, tune_tau=False,
@@ -347,8 +347,8 @@ def cells(datasets=DEFAULT_DATASETS, *, losses=None, rhos=RHOS, trials=TRIALS, t
                 tuned = Row(row.key, {**row.flags, "tau": tau})
                 found.append(Cell(f"tau-tuning-{cell_id(dataset, tuned, max(rhos), 0)}", dataset,
                                   DATASETS[dataset]["script"],
-                                  ("--dataset", dataset, *tuned.argv(), "--rho", num(max(rhos)), "--seed", "0",
-                                   "--val-split", num(val_split), *budget), "tuning", tuning=True))
+                                  ("--dataset", dataset, *tuned.argv(), "--rho", number_text(max(rhos)), "--seed", "0",
+                                   "--val-split", number_text(val_split), *budget), "tuning", tuning=True))
     for dataset in datasets:
         if dataset == "synthetic":
             trials_ls = 20 if quick else SYNTHETIC_TRIALS
@@ -389,10 +389,10 @@ def tune_cells(datasets, losses, rhos, trials, *, val_split, quick, memorisation
                     continue
                 for part, row in family.candidates():
                     for seed in range(trials):
-                        found.append(Cell(f"{prefix}{dataset}-{part}-rho{num(rho)}-seed{seed}", dataset,
+                        found.append(Cell(f"{prefix}{dataset}-{part}-rho{number_text(rho)}-seed{seed}", dataset,
                                           DATASETS[dataset]["script"],
-                                          ("--dataset", dataset, *row.argv(), "--rho", num(rho), "--seed", str(seed),
-                                           "--val-split", num(val_split), *budget), tune_folder(memorisation)))
+                                          ("--dataset", dataset, *row.argv(), "--rho", number_text(rho), "--seed", str(seed),
+                                           "--val-split", number_text(val_split), *budget), tune_folder(memorisation)))
     return found
 
 

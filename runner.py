@@ -46,11 +46,17 @@ def resolve(cell, opts):
                                  opts.selection["logit_clip"])
         if tau is None:
             return None, False
-        argv[argv.index("TUNED")] = f"{tau:g}"
+        argv = with_tau(argv, tau)
     if cell.dataset == "synthetic":
         return argv, os.path.exists(os.path.join(opts.out, cell.folder, cell.script[len("synthetic_"):-3] + ".csv"))
     summary = os.path.join(opts.out, cell.folder, "summary.csv")
     return argv, results.finished_row(summary, run_name(cell, opts, argv)) is not None
+
+
+def with_tau(argv, tau):
+    """argv with `tau` for the TUNED a tuned cell's tau stands as until its tuning runs have chosen it
+    (to check its flags before, any candidate will do)."""
+    return [f"{tau:g}" if a == "TUNED" else a for a in argv]
 
 
 def run_name(cell, opts, argv=None):
@@ -102,11 +108,16 @@ def clock(seconds):
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def last_line(path):
+def last_line(text, empty="(no output)"):
+    """The last non-blank line of a process's output, stripped: the one line that says why it failed."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else empty
+
+
+def last_line_of_log(path):
     try:
         with open(path, errors="replace") as f:
-            lines = [line.strip() for line in f if line.strip()]
-        return lines[-1] if lines else "(empty log)"
+            return last_line(f.read(), "(empty log)")
     except OSError as e:
         return str(e)
 
@@ -217,8 +228,9 @@ class Workers:
         elif code == SKIPPED:
             tally.record(cell, "skipped")
         else:
-            tally.record(cell, "failed", why=f"exit {code}: {last_line(log)} (see {log})")
-            tally.say(f"    FAILED (exit {code}): {last_line(log)}")
+            why = last_line_of_log(log)
+            tally.record(cell, "failed", why=f"exit {code}: {why} (see {log})")
+            tally.say(f"    FAILED (exit {code}): {why}")
 
 
 def check_flags(cells, opts):
@@ -226,8 +238,7 @@ def check_flags(cells, opts):
     cell rejects (say --q for PHuber-CE) stops everything before any cell runs, with its message."""
     for cell in cells:
         if cell.dataset != "synthetic":
-            cli.parse(cell.script, [a if a != "TUNED" else repr(opts.selection["candidates"][0]) for a in cell.argv]
-                      + opts.extra)  # exits 2 with the script's own one-line message
+            cli.parse(cell.script, with_tau(cell.argv, opts.selection["candidates"][0]) + opts.extra)  # exits 2 with the script's own one-line message
 
 
 def preflight(cells, opts, stopper):
@@ -241,9 +252,9 @@ def preflight(cells, opts, stopper):
     for (dataset, key), cell in inputs.items():
         if dataset == "synthetic" or dataset in unavailable:
             continue
-        argv = [a if a != "TUNED" else repr(opts.selection["candidates"][0]) for a in cell.argv]
+        argv = with_tau(cell.argv, opts.selection["candidates"][0])
         code, out, err = stopper.run([*command(cell, opts, argv), "--prepare-data"])
-        why = last_line_of(err or out).removeprefix("error: ")
+        why = last_line(err or out).removeprefix("error: ")
         if stopper.stopping.is_set():
             break
         if code == SKIPPED:
@@ -254,11 +265,6 @@ def preflight(cells, opts, stopper):
         elif code != 0:
             raise cli.Failure(f"{dataset}: the training script cannot start (exit {code}): {why}", code=1)
     return unavailable
-
-
-def last_line_of(text):
-    lines = [line for line in text.splitlines() if line.strip()]
-    return lines[-1].strip() if lines else "(no output)"
 
 
 def check_summaries(cells, opts):
@@ -295,7 +301,7 @@ def run_here(opts, stopper):
         if stopper.stopping.is_set():
             print("interrupted during aggregate.py; rerun it, or the same command", flush=True)
             return stopper.status()
-        print(last_line_of(out + err) if code == 0 else f"aggregate.py FAILED (exit {code}): {last_line_of(err or out)}")
+        print(last_line(out + err) if code == 0 else f"aggregate.py FAILED (exit {code}): {last_line(err or out)}")
         failed |= code != 0
     if failed:
         return 1

@@ -20,7 +20,7 @@ import os
 from collections import defaultdict
 
 import grid
-from tables import (LOSS_KEYS, fmt_cell, load_epochs, load_runs, loss_key, mean_se, number, paired_interval, same,
+from tables import (LOSS_KEYS, fmt_cell, load_epochs, load_runs, loss_key, mean_se, paired_interval, parse_number, same,
                     setting_of, smoke_banner, write_table)
 
 TIE = 1e-9  # mean accuracies (in points) closer than this are a tie
@@ -56,7 +56,7 @@ def candidate_of(row):
 def stopped_early(epochs):
     """Index of the epoch of best val_acc in a run's epochs.csv rows (the first of equal epochs), or
     None without validation accuracy at every epoch. Reads val_acc only."""
-    values = [number(r.get("val_acc")) for r in epochs or ()]
+    values = [parse_number(r.get("val_acc")) for r in epochs or ()]
     if not values or None in values:
         return None
     return max(range(len(values)), key=values.__getitem__)  # max returns the first of equals
@@ -121,7 +121,7 @@ def flags(family, index, dataset):
 def value(run, column, early):
     """A run's column at its final epoch, or at its stopped-early epoch (None if that is unknown)."""
     source = run.get("early") if early else run
-    return None if source is None else number(source.get(column))
+    return None if source is None else parse_number(source.get(column))
 
 
 def outcomes(groups):

@@ -38,7 +38,8 @@ def warn(message):
 # ---------------------------------------------------------------------------------------------
 # Reading.
 
-def number(value):
+def parse_number(value):
+    """A CSV field as a float; None for an empty or missing one."""
     return float(value) if value not in (None, "") else None
 
 
@@ -149,7 +150,7 @@ def canonical(text):
     """A CSV cell as a value to compare: a number by its value, in its shortest exact form ('10.0', '10'
     and '1e1' are '10'), TRUE as True: what a spreadsheet rewrites when it saves a file."""
     try:
-        return grid.num(float(text))
+        return grid.number_text(float(text))
     except ValueError:
         return text.capitalize() if text.lower() in ("true", "false") else text
 
@@ -277,9 +278,9 @@ def load_reference(path):
     refs = defaultdict(dict)
     check = lambda row: (real(row, "rho", 0, 1), real(row, "mean", 0, 100), real(row, "pm", 0, optional=True))  # noqa
     for row in read_rows(path, ["source", "dataset", "loss", "rho", "mean", "where"], check) or []:
-        key = (row["dataset"], row["loss"], number(row["tau"]), number(row["q"]), number(row["clip_norm"]),
-               float(row["rho"]))
-        refs[key][row["source"]] = (float(row["mean"]), number(row["pm"]), row["where"])
+        key = (row["dataset"], row["loss"], parse_number(row["tau"]), parse_number(row["q"]),
+               parse_number(row["clip_norm"]), float(row["rho"]))
+        refs[key][row["source"]] = (float(row["mean"]), parse_number(row["pm"]), row["where"])
     return refs
 
 
@@ -323,8 +324,8 @@ def reference_key(dataset, key, rho, setting, ignore=()):
     if row["clip_mode"] == "per-example" or unpublished or deviations(dataset, setting, ignore) \
             or dataset not in grid.DATASETS:
         return None
-    return (dataset, row["loss"], number(row["tau"]), number(row["q"]) if row["loss"] in ("gce", "phuber_gce") else None,
-            number(row["clip_norm"]), rho)
+    return (dataset, row["loss"], parse_number(row["tau"]),
+            parse_number(row["q"]) if row["loss"] in ("gce", "phuber_gce") else None, parse_number(row["clip_norm"]), rho)
 
 
 def paired_interval(diffs, level=0.95):

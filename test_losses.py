@@ -1,5 +1,6 @@
 """Tests for losses.py: every loss against an independent float64 closed form, gradcheck, continuity
 at the linearisation points, limits, extreme logits, low precision, reductions and bad input."""
+import inspect
 import math
 import subprocess
 import sys
@@ -527,6 +528,9 @@ def test_registry_read_without_torch_equals_the_module():
     read_losses, read_params = loss_specs.read()
     assert read_params == losses.PARAMS
     assert read_losses == {name: losses.loss_defaults(name) for name in losses.LOSSES}
+    # the functions' own defaults, as Python sees them: the text was read right
+    assert read_losses == {name: {p.name: p.default for p in inspect.signature(loss.fn).parameters.values()
+                                  if p.name in losses.PARAMS} for name, loss in losses.LOSSES.items()}
     assert list(read_losses) == list(losses.LOSSES)  # registry order: flags, table rows
     code = "import sys, loss_specs; loss_specs.read(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -124,7 +124,7 @@ def test_test_accuracy_does_not_move_the_choice(tmp_path):
         (record,) = selection.outcomes(groups)
         chosen.add(record["chosen"])
         best = int(np.argmax(np.mean(tests, axis=1)))
-        assert record["oracle"].endswith(f"--tau {grid.num(FAMILIES['phuber_ce'].values[best])}")
+        assert record["oracle"].endswith(f"--tau {grid.number_text(FAMILIES['phuber_ce'].values[best])}")
         assert record["test_acc"] == pytest.approx(np.mean(tests[1]))  # the chosen candidate's own runs
     assert chosen == {"train_mnist.py --loss phuber_ce --tau 5"}
 
