@@ -28,7 +28,7 @@ import noise
 import results
 from cli import Failure
 from data import DataError, DataMissing, load_with_labels, prepare
-from training import AMP, Model, Optimiser, evaluate, fused, train_epoch
+from training import AMP, Model, Optimiser, epoch_line, epoch_row, evaluate, fused, train_epoch
 
 
 def criterion_for(config):
@@ -360,36 +360,6 @@ def finish(job, model, data, history, elapsed):
     os.remove(job.checkpoint)
     print(f"{job.name}: final test accuracy {final['test_acc']:.2f}% after {job.config['epochs']} epochs "
           f"({elapsed:.0f} s); summary row in {job.summary}")
-
-
-def epoch_row(stats, test, val, *, epoch, steps, lr, train_seconds, seconds):
-    """The epoch's CSV row (results.EPOCH_COLUMNS); shares in %, clipping statistics only where
-    per-sample norms exist."""
-    corrupted, clean_seen = stats["corrupted"], stats["clean_seen"]
-    seen = corrupted + clean_seen
-    share = lambda a, b: 100 * a / b if b else None  # noqa: E731
-    mean = lambda a, b: a / b if b else None  # noqa: E731
-    clean_norms, corrupted_norms = (clean_seen, corrupted) if "norm_sum_clean" in stats else (0, 0)
-    return dict(
-        epoch=epoch, step=epoch * steps, lr=lr, train_loss=stats["loss_sum"] / seen,
-        train_acc=share(stats["correct_noisy"], seen), train_clean_acc=share(stats["correct_clean"], seen),
-        memorised=share(stats["memorised"], corrupted), corrupted_clean_acc=share(stats["corrupted_clean"], corrupted),
-        test_loss=test["loss"], test_nll=test["nll"], test_ece=test["ece"], test_acc=test["acc"],
-        val_acc=val.get("acc"), val_clean_acc=val.get("clean_acc"),
-        clipped_clean=share(stats.get("clipped_clean"), clean_norms),
-        clipped_corrupted=share(stats.get("clipped_corrupted"), corrupted_norms),
-        grad_norm_clean=mean(stats.get("norm_sum_clean"), clean_norms),
-        grad_norm_corrupted=mean(stats.get("norm_sum_corrupted"), corrupted_norms),
-        epoch_seconds=seconds, images_per_second=seen / train_seconds)
-
-
-def epoch_line(row, epochs):
-    pct = lambda v: "-" if v is None else f"{v:.1f}%"  # noqa: E731
-    val = f" val {pct(row['val_acc'])}" if row["val_acc"] is not None else ""
-    return (f"epoch {row['epoch']}/{epochs} lr {row['lr']:.2e} loss {row['train_loss']:.4f} "
-            f"train {pct(row['train_acc'])} clean {pct(row['train_clean_acc'])} "
-            f"memorised {pct(row['memorised'])}{val} test {pct(row['test_acc'])} "
-            f"({row['epoch_seconds']:.1f} s, {row['images_per_second']:,.0f} img/s)")
 
 
 def save_checkpoint(path, state):

@@ -491,8 +491,8 @@ def test_clipped_shares_on_a_hand_made_batch():
     assert stats_["clipped_clean"] == 1 and stats_["clipped_corrupted"] == 1
     assert stats_["norm_sum_clean"] == pytest.approx(2.5) and stats_["norm_sum_corrupted"] == pytest.approx(3.1)
     assert stats_["memorised"] == 2 and stats_["corrupted_clean"] == 0 and stats_["correct_clean"] == 2
-    row = experiment.epoch_row(stats_, dict(loss=0, nll=0, ece=0, acc=0), {}, epoch=1, steps=1, lr=1e-3,
-                               train_seconds=1.0, seconds=1.0)
+    row = training.epoch_row(stats_, dict(loss=0, nll=0, ece=0, acc=0), {}, epoch=1, steps=1, lr=1e-3,
+                             train_seconds=1.0, seconds=1.0)
     assert row["clipped_clean"] == 50 and row["clipped_corrupted"] == 50 and row["memorised"] == 100
     assert row["grad_norm_clean"] == pytest.approx(1.25) and row["grad_norm_corrupted"] == pytest.approx(1.55)
     assert row["train_acc"] == 100 and row["train_clean_acc"] == 50 and row["train_loss"] == pytest.approx(0.5)
