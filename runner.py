@@ -18,6 +18,7 @@ import time
 
 import cli
 import grid
+import grid_cli
 import results
 import slurm
 
@@ -312,7 +313,7 @@ def run_here(opts, stopper):
 def main(argv=None):
     stopper = Stopper()  # first: a signal at any point stops what the runner started
     try:
-        opts = cli.parse_grid(sys.argv[1:] if argv is None else argv)
+        opts = grid_cli.parse_grid(sys.argv[1:] if argv is None else argv)
     except SystemExit:
         if stopper.stopping.is_set():
             return stopper.status()

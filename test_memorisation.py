@@ -9,9 +9,9 @@ import shlex
 import pytest
 
 import aggregate
-import cli
 import conftest
 import grid
+import grid_cli
 from conftest import run_all, summary_row
 from results import read_csv
 
@@ -53,7 +53,7 @@ def test_the_listing_ends_with_a_time_estimate():
 
 
 def test_the_time_estimate_counts_the_pass_through_flags():
-    (cell, *_) = cli.parse_grid(["--memorisation"]).cells  # 30 epochs
+    (cell, *_) = grid_cli.parse_grid(["--memorisation"]).cells  # 30 epochs
     start = grid.CPU["start_seconds"]
     five = grid.cell_cost(cell, True, ["--epochs", "5"])
     assert five == grid.cell_cost(cell, True, ["--epochs=5"]) != grid.cell_cost(cell, True)

@@ -25,6 +25,7 @@ import cli
 import conftest
 import experiment
 import grid
+import grid_cli
 import results
 import runner
 import synthetic_ding
@@ -574,7 +575,7 @@ def test_a_summary_saved_by_a_spreadsheet_keeps_its_runs(mnist_dir, tmp_path, ca
 
 def test_the_grid_recognises_the_runs_of_a_summary_a_spreadsheet_saved(tmp_path, data_root):
     selection = [*QUICK_MNIST, "--out", str(tmp_path), "--", "--data-dir", data_root]
-    opts = cli.parse_grid(selection)
+    opts = grid_cli.parse_grid(selection)
     (cell,) = opts.cells
     write_csv_rows(tmp_path / "summary.csv", [good_row(run=runner.run_name(cell, opts), rho="0.0", epochs="1")])
     as_a_spreadsheet_saves_it(tmp_path / "summary.csv")
@@ -863,7 +864,7 @@ def test_a_sibling_config_that_is_not_a_regular_file_is_passed_over(mnist_dir, t
 
 def test_a_cell_running_elsewhere_is_reported_as_such(tmp_path, data_root):
     selection = [*QUICK_MNIST, "--out", str(tmp_path), "--", "--data-dir", data_root]
-    opts = cli.parse_grid(selection)
+    opts = grid_cli.parse_grid(selection)
     (cell,) = opts.cells
     log, stop = tmp_path / "logs" / f"{cell.id}.log", threading.Event()
 
@@ -891,7 +892,7 @@ def test_dry_run_shows_the_tau_that_tuning_chose(tmp_path):
     selection = ["--tune-tau", "--datasets", "mnist", "--losses", "phuber_ce", "--rhos", "0.6", "--trials", "1",
                  "--out", str(tmp_path)]
     assert "--tau TUNED" in run_all(*selection, "--dry-run").stdout  # tuning has not run yet
-    opts = cli.parse_grid(selection)
+    opts = grid_cli.parse_grid(selection)
     tuning = [c for c in opts.cells if c.tuning]
     write_csv_rows(tmp_path / "tuning" / "summary.csv", [
         dict(run=runner.run_name(c, opts), dataset="mnist", loss="phuber_ce", tau=c.argv[c.argv.index("--tau") + 1],
