@@ -56,8 +56,8 @@ def resolve(cell, opts):
 
 def with_tau(argv, tau):
     """argv with `tau` for the TUNED a tuned cell's tau stands as until its tuning runs have chosen it
-    (to check its flags before, any candidate will do)."""
-    return [f"{tau:g}" if a == "TUNED" else a for a in argv]
+    (to check its flags before, any candidate will do), written exactly (grid.number_text)."""
+    return [grid.number_text(float(tau)) if a == "TUNED" else a for a in argv]
 
 
 def run_name(cell, opts, argv=None):
@@ -116,6 +116,7 @@ def last_line(text, empty="(no output)"):
 
 
 def last_line_of_log(path):
+    """The last line of a cell's log, or why the log cannot be read."""
     try:
         with open(path, errors="replace") as f:
             return last_line(f.read(), "(empty log)")
@@ -239,7 +240,8 @@ def check_flags(cells, opts):
     cell rejects (say --q for PHuber-CE) stops everything before any cell runs, with its message."""
     for cell in cells:
         if cell.dataset != "synthetic":
-            cli.parse(cell.script, with_tau(cell.argv, opts.selection["candidates"][0]) + opts.extra)  # exits 2 with the script's own one-line message
+            # exits 2 with the script's own one-line message
+            cli.parse(cell.script, with_tau(cell.argv, opts.selection["candidates"][0]) + opts.extra)
 
 
 def preflight(cells, opts, stopper):
