@@ -44,7 +44,6 @@ import torch.nn.functional as F
 import cli
 import experiment
 import grid
-import losses
 import models
 import noise
 import results
@@ -80,7 +79,8 @@ def setup(model_name, classes, channels, device, *, amp=None, channels_last=Fals
           per_example=False):
     """(Model, Step) as experiment.setup builds a run's: the report's optimiser for the network (Adam
     for LeNet as in train_mnist.py, SGD with Nesterov momentum for the ResNets as in train_cifar.py, with
-    grid.py's settings), their kernels (training.fused), the gradient scaler for fp16; a constant learning rate."""
+    grid.py's settings), their kernels (training.fused), the gradient scaler for fp16, the loss (cross
+    entropy); a constant learning rate."""
     torch.manual_seed(0)
     net = models.make_model(model_name, classes, channels).to(device)
     net = net.to(memory_format=torch.channels_last) if channels_last else net
@@ -92,8 +92,8 @@ def setup(model_name, classes, channels, device, *, amp=None, channels_last=Fals
                                     weight_decay=s["weight_decay"], fused=kernels)
     step = training.Step(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: 1.0),
                          torch.amp.GradScaler(device.type, enabled=amp == "fp16"), clip_norm, per_example)
-    return training.Model(net, losses.CrossEntropy(), torch.compile(net) if compile else net, training.AMP[amp],
-                          channels_last), step
+    criterion = experiment.criterion_for(dict(loss="ce"))  # a run's: no per-step check of targets (a host sync)
+    return training.Model(net, criterion, torch.compile(net) if compile else net, training.AMP[amp], channels_last), step
 
 
 def head(data, n):
