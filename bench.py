@@ -339,12 +339,13 @@ def grid_estimate(args, device):
     def name(amp, channels_last, compile):
         return f"resnet50 {amp or 'fp32'}" + " channels-last" * channels_last + " compiled" * compile
 
-    attempt(name(*RESNET[0]), 60, lambda: resnet_config(*RESNET[0]))
+    configs = RESNET[:args.resnet_configs]
+    attempt(name(*configs[0]), 60, lambda: resnet_config(*configs[0]))
     if args.data_dir:
         attempt("run start-up", 30, lambda: lenet.update(startup_s=startup_seconds(args.data_dir, device, folder)))
     for k in [k for k in (1, 2, 4, 8) if k <= (os.cpu_count() or 1)]:
         attempt(f"lenet {k} at a time", 20 + 10 * k, lambda: lenet_wave(k))
-    for config in RESNET[1:]:
+    for config in configs[1:]:
         attempt(name(*config), 150 if config[2] else 45, lambda: resnet_config(*config))  # compiling: about 2 min
     shutil.rmtree(folder, ignore_errors=True)
     return 1 if report["failed"] else 0
@@ -371,8 +372,10 @@ def main():
                    "(default: %(default)s)")
     p.add_argument("--test-images", type=int, default=TEST, help="--grid-estimate: test images evaluated per epoch; "
                    "fewer are scaled to 10,000 (default: %(default)s)")
+    p.add_argument("--resnet-configs", type=int, default=len(RESNET), help="--grid-estimate: measure the first N "
+                   "ResNet-50 settings only (make gpu-check's self-check on a CPU: 1) (default: all %(default)s)")
     args = p.parse_args()
-    for flag in ("limit", "resnet_steps", "warmup", "test_images", "budget"):
+    for flag in ("limit", "resnet_steps", "warmup", "test_images", "budget", "resnet_configs"):
         if getattr(args, flag) is not None and not getattr(args, flag) > 0:
             p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)} is not allowed: it must be positive")
     if args.noise_only:

@@ -17,7 +17,7 @@ line and exits 0 at once, before torch is imported.
 
 --device cpu runs the same three parts on the CPU at toy sizes, in --minutes (default there: 40): a
 few of the tier's tests (CUDA_TIER_DEVICE=cpu), two MNIST cells at once on one "GPU" whose cells run on
-the CPU, and what of the benchmark starts within 90 s. A check of this script itself on a machine
+the CPU, and the benchmark's LeNet measurements and its first ResNet-50 setting. A check of this script itself on a machine
 without a GPU (test_gpu_check.py), never of a GPU path; its report says so.
 """
 import argparse
@@ -39,7 +39,6 @@ import results
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TIER_S, GRID_S, REPORT_S = 180, 120, 15  # the most the first two parts take; what writing the report needs
-SELF_CHECK_BENCH_S = 90  # the self-check's benchmark starts what fits in this; the rest is listed as skipped
 BENCH_JSON = "benchmark.json"
 WHAT = {True: "The GPU check on CUDA",
         False: "A self-check of gpu_check.py on the CPU at toy sizes (--device cpu): nothing here ran on a GPU"}
@@ -110,12 +109,14 @@ def plan(cuda, data, scratch):
     grid = ["bash", os.path.join(HERE, "run_all.sh"), "--quick", *cells, "--rhos", "0.6", "--gpus", "0", "--per-gpu",
             str(per_gpu), "--out", os.path.join(scratch, "quick"), "--", "--data-dir", data, "--amp", "fp16",
             *([] if cuda else ["--device", "cpu"])]
-    sizes = [] if cuda else ["--limit", "2048", "--resnet-steps", "1", "--warmup", "1", "--test-images", "4"]
+    # the self-check: every kind of measurement once (ResNet-50 in float16 at batch 2: half a minute a step)
+    sizes = [] if cuda else ["--limit", "256", "--resnet-steps", "1", "--warmup", "1", "--test-images", "4",
+                             "--resnet-configs", "1"]
 
-    def bench(seconds):  # 30 s: its start; the self-check measures what starts within SELF_CHECK_BENCH_S
-        budget = seconds - 30 if cuda else min(seconds - 30, SELF_CHECK_BENCH_S)
+    def bench(seconds):  # 30 s: its start
         return [sys.executable, os.path.join(HERE, "bench.py"), "--grid-estimate", os.path.join(scratch, BENCH_JSON),
-                "--device", "cuda" if cuda else "cpu", "--data-dir", data, "--budget", f"{max(budget, 1):.0f}", *sizes]
+                "--device", "cuda" if cuda else "cpu", "--data-dir", data, "--budget", f"{max(seconds - 30, 1):.0f}",
+                *sizes]
     return [("tier", lambda seconds: tier, TIER_S if cuda else math.inf, r"\d+ (passed|failed|error)"),
             ("grid", lambda seconds: grid, GRID_S if cuda else math.inf, r"^summary:|FAILED|error"),
             ("benchmark", bench, math.inf, r": (measured|FAILED)")]
@@ -192,9 +193,11 @@ def check(cuda, minutes, out, scratch):
     return 0 if passed else 1
 
 
-def few(test, train=60000):
-    """Where the self-check measured fewer images than a run has, how many."""
-    return "" if (train, test) == (60000, 10000) else f"; measured on {train} training and {test} test images, scaled"
+def scaled(test, train=None):
+    """Where the self-check measured on fewer images than a run has: how many."""
+    if test == 10000 and train in (None, 60000):
+        return ""
+    return f"; measured on {f'{train} training and ' if train else ''}{test} test images, scaled"
 
 
 def markdown(report):
@@ -213,7 +216,7 @@ def markdown(report):
         startup = "not measured" if lenet["startup_s"] is None else f"{lenet['startup_s']:.1f} s"
         lines += ["", f"## MNIST Table 1: {lenet['runs']} LeNet runs of {lenet['epochs']} epochs", "",
                   f"One epoch as a run does it (60,000 training images at batch {lenet['batch']}, the 10,000 test "
-                  f"images evaluated, a checkpoint{few(lenet['test_images'], lenet['images'])}), K runs at a time in "
+                  f"images evaluated, a checkpoint{scaled(lenet['test_images'], lenet['images'])}), K runs at a time in "
                   f"K processes; a run's start-up: {startup}. Implied Table 1 = ceil(runs / K) x (start-up + epochs "
                   "x epoch). Goal: under 10 minutes on one H100/H200-class GPU; the report: about 2 hours on an RTX "
                   "2080 Ti.", "",
@@ -223,7 +226,7 @@ def markdown(report):
         lines += ["", f"## CIFAR-100 ResNet-50: one run of {resnet['epochs']} epochs", "",
                   f"{resnet['steps']} training steps at batch {resnet['batch']} timed after untimed ones, scaled to "
                   f"an epoch's {resnet['steps_per_epoch']}, plus one evaluation of the 10,000 test images and a "
-                  f"checkpoint{few(resnet['test_images'])}. Goal: under 15 minutes; the report: about 4 hours in "
+                  f"checkpoint{scaled(resnet['test_images'])}. Goal: under 15 minutes; the report: about 4 hours in "
                   "float32 on an RTX 2080 Ti.", "",
                   "| precision | channels-last | compile | ms/step | images/s | epoch (s) | implied run (min) |",
                   "|---|---|---|---|---|---|---|"]

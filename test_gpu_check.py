@@ -3,6 +3,7 @@ orchestration of its parts (a failing or overlong part is recorded, the others s
 status says so), SIGTERM, and the self-check on the CPU (--device cpu) with its report's fields. None
 of this checks a GPU path: the CUDA tier (test_cuda.py) does, on a GPU."""
 import json
+import math
 import os
 import shutil
 import signal
@@ -105,12 +106,16 @@ def test_the_self_check_on_the_cpu(tmp_path):
     assert grid["summary"].startswith("summary: 2 ran, 0 already finished")
     assert sorted(os.listdir(out / "logs" / "grid")) == ["mnist-ce-rho0.6-seed0.log", "mnist-linear-rho0.6-seed0.log"]
     b = report["benchmark"]
-    assert b["device"] == "cpu" and b["failed"] == [] and b["budget_s"] <= gpu_check.SELF_CHECK_BENCH_S
-    assert (b["lenet"]["runs"], b["lenet"]["epochs"], b["resnet50"]["epochs"], b["resnet50"]["batch"]) == (72, 20, 200, 2)
-    assert bench["summary"] == f"{len(b['lenet']['waves']) + len(b['resnet50']['configs'])} measured, 0 failed, " \
-                               f"{len(b['skipped'])} skipped"
-    assert b["resnet50"]["configs"][0]["amp"] == "fp16"  # the first measurement always starts
-    assert len(b["resnet50"]["configs"]) + sum(s.startswith("resnet50") for s in b["skipped"]) == 7
+    assert b["device"] == "cpu" and b["failed"] == b["skipped"] == []
+    lenet, (resnet,) = b["lenet"], b["resnet50"]["configs"]
+    assert (lenet["runs"], lenet["epochs"], b["resnet50"]["epochs"], b["resnet50"]["batch"]) == (72, 20, 200, 2)
+    waves = [k for k in (1, 2, 4, 8) if k <= os.cpu_count()]  # K at a time: a core each
+    assert [w["k"] for w in lenet["waves"]] == waves and lenet["startup_s"] > 0
+    assert bench["summary"] == f"{len(waves) + 1} measured, 0 failed, 0 skipped"
+    assert (resnet["amp"], resnet["channels_last"], resnet["compile"]) == ("fp16", True, False)
+    for wave in lenet["waves"]:  # 20 epochs in waves of K, each after a run's start-up
+        assert wave["table1_minutes"] == pytest.approx(math.ceil(72 / wave["k"]) * (lenet["startup_s"] + 20 * wave["epoch_s"]) / 60)
+    assert resnet["run_minutes"] == pytest.approx(200 * resnet["epoch_s"] / 60)
     markdown = (out / "gpu-check.md").read_text()
     assert "nothing here ran on a GPU" in markdown and "## CIFAR-100 ResNet-50" in markdown
     assert "| tier | passed |" in markdown and "| grid | passed |" in markdown
