@@ -157,7 +157,7 @@ def cuda_visible_devices(pid):
 @pytest.mark.parametrize("signum,status,workers", [
     (signal.SIGTERM, 143, ["--gpus", "0,1"]), (signal.SIGINT, 130, ["--gpus", "0,1"]),
     (signal.SIGTERM, 143, ["--gpus", "0", "--per-gpu", "2"]),  # two cells on one GPU at the same time
-])
+], ids=["sigterm-two-gpus", "sigint-two-gpus", "sigterm-per-gpu-2"])
 def test_a_signal_stops_every_worker_and_cell_and_the_grid_resumes(signum, status, workers, tmp_path, data_root):
     out = tmp_path / "out"
     grid = [*workers, "--quick", "--datasets", "mnist", "--losses", "ce,linear", "--rhos", "0", "--out", str(out)]
