@@ -44,7 +44,6 @@ import torch.nn.functional as F
 import cli
 import experiment
 import grid
-import losses
 import models
 import noise
 import results
@@ -80,7 +79,8 @@ def setup(model_name, classes, channels, device, *, amp=None, channels_last=Fals
           per_example=False):
     """(Model, Optimiser) as experiment.setup builds a run's: the report's optimiser for the network (Adam
     for LeNet as in train_mnist.py, SGD with Nesterov momentum for the ResNets as in train_cifar.py, with
-    grid.py's settings), their kernels (training.fused), the gradient scaler for fp16; a constant learning rate."""
+    grid.py's settings), their kernels (training.fused), the gradient scaler for fp16, the loss (cross
+    entropy); a constant learning rate."""
     torch.manual_seed(0)
     net = models.make_model(model_name, classes, channels).to(device)
     net = net.to(memory_format=torch.channels_last) if channels_last else net
@@ -92,7 +92,8 @@ def setup(model_name, classes, channels, device, *, amp=None, channels_last=Fals
                                     weight_decay=s["weight_decay"], fused=kernels)
     optimiser = training.Optimiser(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: 1.0),
                                    torch.amp.GradScaler(device.type, enabled=amp == "fp16"), clip_norm, per_example)
-    return training.Model(net, losses.CrossEntropy(), torch.compile(net) if compile else net, training.AMP[amp],
+    criterion = experiment.criterion_for(dict(loss="ce"))  # a run's: no per-step check of targets (a host sync)
+    return training.Model(net, criterion, torch.compile(net) if compile else net, training.AMP[amp],
                           channels_last), optimiser
 
 
@@ -342,12 +343,13 @@ def grid_estimate(args, device):
     def name(amp, channels_last, compile):
         return f"resnet50 {amp or 'fp32'}" + " channels-last" * channels_last + " compiled" * compile
 
-    attempt(name(*RESNET[0]), 60, lambda: resnet_config(*RESNET[0]))
+    configs = RESNET[:args.resnet_configs]
+    attempt(name(*configs[0]), 60, lambda: resnet_config(*configs[0]))
     if args.data_dir:
         attempt("run start-up", 30, lambda: lenet.update(startup_s=startup_seconds(args.data_dir, device, folder)))
     for k in [k for k in (1, 2, 4, 8) if k <= (os.cpu_count() or 1)]:
         attempt(f"lenet {k} at a time", 20 + 10 * k, lambda: lenet_wave(k))
-    for config in RESNET[1:]:
+    for config in configs[1:]:
         attempt(name(*config), 150 if config[2] else 45, lambda: resnet_config(*config))  # compiling: about 2 min
     shutil.rmtree(folder, ignore_errors=True)
     return 1 if report["failed"] else 0
@@ -374,8 +376,10 @@ def main():
                    "(default: %(default)s)")
     p.add_argument("--test-images", type=int, default=TEST, help="--grid-estimate: test images evaluated per epoch; "
                    "fewer are scaled to 10,000 (default: %(default)s)")
+    p.add_argument("--resnet-configs", type=int, default=len(RESNET), help="--grid-estimate: measure the first N "
+                   "ResNet-50 settings only (make gpu-check's self-check on a CPU: 1) (default: all %(default)s)")
     args = p.parse_args()
-    for flag in ("limit", "resnet_steps", "warmup", "test_images", "budget"):
+    for flag in ("limit", "resnet_steps", "warmup", "test_images", "budget", "resnet_configs"):
         if getattr(args, flag) is not None and not getattr(args, flag) > 0:
             p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)} is not allowed: it must be positive")
     if args.noise_only:

@@ -62,7 +62,7 @@ def mnist_on(device, mnist_dir):
 # The losses, against the CPU.
 
 @pytest.mark.parametrize("name", list(losses.LOSSES))
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["float32", "bfloat16", "float16"])
 @pytest.mark.parametrize("clip", [None, 9.0])  # rows of norm about 9.5: LogitClip scales about half of them
 def test_every_loss_matches_the_cpu(name, dtype, clip):
     g = torch.Generator().manual_seed(0)

@@ -168,7 +168,7 @@ def cuda_visible_devices(pid):
 @pytest.mark.parametrize("signum,status,workers", [
     (signal.SIGTERM, 143, ["--gpus", "0,1"]), (signal.SIGINT, 130, ["--gpus", "0,1"]),
     (signal.SIGTERM, 143, ["--gpus", "0", "--per-gpu", "2"]),  # two cells on one GPU at the same time
-])
+], ids=["sigterm-two-gpus", "sigint-two-gpus", "sigterm-per-gpu-2"])
 def test_a_signal_stops_every_worker_and_cell_and_the_grid_resumes(signum, status, workers, tmp_path, data_root):
     out = tmp_path / "out"
     grid = [*workers, "--quick", "--datasets", "mnist", "--losses", "ce,linear", "--rhos", "0", "--out", str(out)]
@@ -189,8 +189,8 @@ def test_a_signal_stops_every_worker_and_cell_and_the_grid_resumes(signum, statu
     wait_for(lambda: not processes_mentioning(str(out)), seconds=30)  # no worker, no cell left
     assert not (out / "summary.csv").exists()
     again = run_all(*grid, *cells("2"), check=False, env=gpus)
-    assert "2 failed" in again.stdout  # other --epochs: resuming would mix two runs, so it says so ...
-    assert "differs in epochs (200 there, 2 here)" in again.stdout
+    assert again.returncode == 1 and "2 failed" in again.stdout  # other --epochs: resuming would mix two runs, ...
+    assert "differs in epochs (200 there, 2 here)" in again.stdout  # ... so it says so, for each cell
     again = run_all(*grid, *cells("200"), env=gpus, timeout=600)  # ... the same command resumes
     assert "2 ran" in again.stdout and len(read_csv(out / "summary.csv")) == 2
     assert all("resuming after epoch" in open(p).read() for p in (out / "logs").iterdir())

@@ -15,9 +15,9 @@ import train_mnist
 from results import read_csv
 
 SCRIPTS = ["train_mnist.py", "train_cifar.py", "synthetic_long_servedio.py", "synthetic_ding.py", "aggregate.py",
-           "runner.py", "bench.py"]
-TORCH_FREE = ["aggregate", "tables", "figures", "runner", "slurm", "grid", "cli", "grid_cli", "results", "loss_specs", "margin_losses", "synthetic_long_servedio",
-              "synthetic_ding"]
+           "runner.py", "bench.py", "gpu_check.py"]
+TORCH_FREE = ["aggregate", "tables", "figures", "runner", "slurm", "grid", "cli", "grid_cli", "results", "loss_specs",
+              "margin_losses", "synthetic_long_servedio", "synthetic_ding", "gpu_check"]
 
 
 # ---------------------------------------------------------------------------------------------

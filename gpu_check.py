@@ -1,0 +1,244 @@
+"""Whether the GPU paths work here and how fast they are, in one command of at most 8 minutes (issue 22).
+
+    make gpu-check PYTHON=python3          (the same: python3 gpu_check.py)
+
+On a CUDA machine, with the interpreter as it is (no venv, nothing installed; it needs torch,
+torchvision, numpy, scipy, matplotlib and pytest, no internet: the data are generated), in turn:
+  1. the CUDA test tier, `pytest -m cuda` (test_cuda.py): every GPU path against the CPU's result or
+     an uninterrupted run;
+  2. a --quick grid of MNIST and CIFAR-100 (fp16) at rho 0.6 on generated data, --gpus 0 --per-gpu 4;
+  3. the benchmark, in the time left (bench.py --grid-estimate): the LeNet epoch alone and K at a
+     time with the implied MNIST Table 1 time, and the ResNet-50 CIFAR-100 epoch at batch 128 in
+     fp32, fp16 and bf16, channels-last, with and without compile, with the implied 200-epoch run.
+It writes gpu-check.json and gpu-check.md, and each part's log under logs/, to $OUT if set, else to
+results/gpu-check/; docs/speed.md says how to read them. Exit status 0 when every part passed, 1
+when one failed or ran out of time, 2 for an unwritable output folder. Without CUDA it says so in one
+line and exits 0 at once, before torch is imported.
+
+--device cpu runs the same three parts on the CPU at toy sizes, in --minutes (default there: 40): a
+few of the tier's tests (CUDA_TIER_DEVICE=cpu), two MNIST cells at once on one "GPU" whose cells run on
+the CPU, and the benchmark's LeNet measurements and its first ResNet-50 setting. A check of this script itself on a machine
+without a GPU (test_gpu_check.py), never of a GPU path; its report says so.
+"""
+import argparse
+import ctypes
+import datetime
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import cli
+import results
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TIER_S, GRID_S, REPORT_S = 180, 120, 20  # the most the first two parts take; stopping the last one and the report
+BENCH_JSON = "benchmark.json"
+WHAT = {True: "The GPU check on CUDA",
+        False: "A self-check of gpu_check.py on the CPU at toy sizes (--device cpu): nothing here ran on a GPU"}
+
+
+def cuda_devices():
+    """How many CUDA devices the driver shows this process (0 without a driver), asked without torch."""
+    try:
+        driver = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return 0
+    count = ctypes.c_int(0)
+    if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
+        return 0
+    return count.value
+
+
+def run_part(cmd, seconds, log, env):
+    """Run cmd (its output to `log`) for at most `seconds`, in a process group of its own, which a
+    timeout, Ctrl-C or SIGTERM stops whole. Returns its exit status, or None when it ran out of time."""
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=HERE, env=env, start_new_session=True)
+        try:
+            return proc.wait(timeout=max(seconds, 1))
+        except subprocess.TimeoutExpired:
+            return None
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+
+
+def last_match(log, pattern):
+    with open(log, errors="replace") as f:
+        found = [line.strip() for line in f if re.search(pattern, line)]
+    return found[-1] if found else "(no summary line: see the log)"
+
+
+def generate_data(folder, cuda):
+    """MNIST-sized IDX files (60,000 training, 10,000 test images) and a small CIFAR-100 in the real
+    formats, from the tests' generators: patterned images that a network learns. The self-check: the
+    tests' tiny MNIST."""
+    import conftest  # numpy and pytest: only now, past the check for CUDA
+    if cuda:
+        conftest.make_idx_dataset(folder, n_train=60000, n_test=10000)
+        conftest.make_cifar_dataset(folder, "cifar100", n_train=300, n_test=100)
+    else:
+        conftest.make_idx_dataset(folder)
+
+
+def plan(cuda, data, scratch):
+    """The three parts, in order: (name, command for the seconds it is given, the most seconds it may
+    take, a regular expression for its summary line). The self-check (not cuda): the same commands at
+    toy sizes, on the CPU."""
+    per_gpu = min(4, os.cpu_count() or 1)
+    # the tier's file only: collecting every test module would import them all for nothing. A test per
+    # line, so that a log cut short by the time limit shows where; the durations size the next check.
+    # The self-check runs a few quick tests (CUDA_TIER_DEVICE=cpu pytest -m cuda: the whole tier's logic).
+    tests = [] if cuda else ["-k", "every_loss and float32 or waits_for_the_device and flags1"]
+    tier = [sys.executable, "-m", "pytest", "-m", "cuda", "-v", "-rfE", "--durations=15", "-p", "no:cacheprovider",
+            "test_cuda.py", *tests]
+    # the self-check: MNIST only, two losses (ResNet-50 in float16 takes many minutes on a CPU)
+    cells = ["--datasets", "mnist,cifar100"] if cuda else ["--datasets", "mnist", "--losses", "ce,linear"]
+    grid = ["bash", os.path.join(HERE, "run_all.sh"), "--quick", *cells, "--rhos", "0.6", "--gpus", "0", "--per-gpu",
+            str(per_gpu), "--out", os.path.join(scratch, "quick"), "--", "--data-dir", data, "--amp", "fp16",
+            *([] if cuda else ["--device", "cpu"])]
+    # the self-check: the LeNet measurements and the first ResNet-50 setting (float16 at batch 2: half a
+    # minute a step on a CPU)
+    sizes = [] if cuda else ["--limit", "256", "--resnet-steps", "1", "--warmup", "1", "--test-images", "4",
+                             "--resnet-configs", "1"]
+
+    def bench(seconds):  # 30 s: its start
+        return [sys.executable, os.path.join(HERE, "bench.py"), "--grid-estimate", os.path.join(scratch, BENCH_JSON),
+                "--device", "cuda" if cuda else "cpu", "--data-dir", data, "--budget", f"{max(seconds - 30, 1):.0f}",
+                *sizes]
+    return [("tier", lambda seconds: tier, TIER_S if cuda else math.inf, r"\d+ (passed|failed|error)"),
+            ("grid", lambda seconds: grid, GRID_S if cuda else math.inf, r"^summary:|FAILED|error"),
+            ("benchmark", bench, math.inf, r": (measured|FAILED)")]
+
+
+@cli.edge()
+def main(argv=None):
+    p = cli.Parser(prog="gpu_check.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                   help="cpu: a self-check of this script at toy sizes, not of a GPU (default: %(default)s)")
+    p.add_argument("--minutes", type=float, help="time for all three parts (default: 8 on cuda, 40 on cpu)")
+    args = p.parse_args(argv)
+    minutes = (8 if args.device == "cuda" else 40) if args.minutes is None else args.minutes
+    if not minutes > 0:
+        p.error(f"--minutes {minutes} is not allowed: it must be positive")
+    if args.device == "cuda" and not cuda_devices():
+        print("gpu-check: no CUDA device here (no NVIDIA driver, or none visible): nothing to check")
+        return 0
+    out = os.path.abspath(os.environ.get("OUT") or os.path.join("results", "gpu-check"))
+    try:
+        results.check_writable(out, "gpu-check.json")
+    except ValueError as e:
+        raise cli.Failure(f"$OUT or results/gpu-check: {e}") from None
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stops the part running, as Ctrl-C does
+    scratch = tempfile.mkdtemp(prefix="gpu-check-")
+    try:
+        return check(args.device == "cuda", minutes, out, scratch)
+    except KeyboardInterrupt:
+        print("gpu-check: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def check(cuda, minutes, out, scratch):
+    """The parts of plan() within `minutes`, each run whatever the others did; the report into `out`
+    (scratch: generated data, the grid's results). Returns 0 when every part passed, else 1."""
+    start = time.monotonic()
+    deadline = start + 60 * minutes
+    logs = os.path.join(out, "logs")
+    os.makedirs(logs, exist_ok=True)
+    data = os.path.join(scratch, "data")
+    generate_data(data, cuda)
+    env = dict(os.environ, PYTHON=sys.executable)
+    if not cuda:  # one "GPU" whose cells run on the CPU, as the CPU tests run --gpus
+        env.update(CUDA_TIER_DEVICE="cpu", CUDA_VISIBLE_DEVICES="0")
+    parts = {}
+    for name, command, most, summary in plan(cuda, data, scratch):
+        t0 = time.monotonic()
+        seconds, log = min(most, deadline - t0 - REPORT_S), os.path.join(logs, f"{name}.log")
+        code = run_part(command(seconds), seconds, log, env)
+        status = "passed" if code == 0 else "ran out of time" if code is None else f"failed (exit {code})"
+        parts[name] = dict(status=status, seconds=round(time.monotonic() - t0, 1), summary=last_match(log, summary),
+                           log=os.path.relpath(log, out))
+        if name == "tier" and status == "passed" and " passed" not in parts[name]["summary"]:
+            parts[name]["status"] = "failed: no test ran"  # every test skipped: this torch does not see the GPU
+        print(f"gpu-check: {name}: {parts[name]['status']} in {parts[name]['seconds']:.0f} s; "
+              f"{parts[name]['summary']}", flush=True)
+    quick = os.path.join(scratch, "quick", "logs")
+    if os.path.isdir(quick):  # each cell's log, not its results (checkpoints: 190 MB each)
+        shutil.copytree(quick, os.path.join(logs, "grid"), dirs_exist_ok=True)
+    bench = {}
+    if os.path.exists(os.path.join(scratch, BENCH_JSON)):  # written after each measurement: what was measured
+        with open(os.path.join(scratch, BENCH_JSON)) as f:  # before a timeout stays
+            bench = json.load(f)
+        parts["benchmark"]["summary"] = (f"{len(bench['lenet']['waves']) + len(bench['resnet50']['configs'])} "
+                                         f"measured, {len(bench['failed'])} failed, {len(bench['skipped'])} skipped")
+    report = dict(when=datetime.datetime.now().isoformat(timespec="seconds"), minutes=minutes, cuda=cuda,
+                  what=WHAT[cuda], parts=parts, benchmark=bench)
+    results.write_atomic(os.path.join(out, "gpu-check.json"), lambda f: json.dump(report, f, indent=1))
+    results.write_atomic(os.path.join(out, "gpu-check.md"), lambda f: f.write(markdown(report)))
+    passed = all(p["status"] == "passed" for p in parts.values())
+    print(f"gpu-check: {'every part passed' if passed else 'NOT every part passed'} in "
+          f"{time.monotonic() - start:.0f} s; {os.path.join(out, 'gpu-check.md')}")
+    return 0 if passed else 1
+
+
+def scaled(test, train=None):
+    """Where the self-check measured on fewer images than a run has: how many."""
+    if test == 10000 and train in (None, 60000):
+        return ""
+    return f"; measured on {f'{train} training and ' if train else ''}{test} test images, scaled"
+
+
+def markdown(report):
+    """gpu-check.md: the parts, then the benchmark's tables (docs/speed.md explains them)."""
+    b, lines = report["benchmark"], []
+    machine = (f"{b.get('device', '?')}, torch {b.get('torch', '?')} (CUDA {b.get('cuda')}), "
+               f"{b.get('cores', '?')} CPU cores")
+    lines += [f"# make gpu-check, {report['when']}: {machine}", ""]
+    if not report["cuda"]:
+        lines += [f"**{report['what']}.**", ""]
+    lines += ["| part | status | seconds | summary |", "|---|---|---|---|"]
+    lines += [f"| {name} | {p['status']} | {p['seconds']:.0f} | {p['summary']} |"
+              for name, p in report["parts"].items()]
+    lenet, resnet = b.get("lenet"), b.get("resnet50")
+    if lenet:
+        startup = "not measured" if lenet["startup_s"] is None else f"{lenet['startup_s']:.1f} s"
+        lines += ["", f"## MNIST Table 1: {lenet['runs']} LeNet runs of {lenet['epochs']} epochs", "",
+                  f"One epoch as a run does it (60,000 training images at batch {lenet['batch']}, the 10,000 test "
+                  f"images evaluated, a checkpoint{scaled(lenet['test_images'], lenet['images'])}), K runs at a time in "
+                  f"K processes; a run's start-up: {startup}. Implied Table 1 = ceil(runs / K) x (start-up + epochs "
+                  "x epoch). Goal: under 10 minutes on one H100/H200-class GPU; the report: about 2 hours on an RTX "
+                  "2080 Ti.", "",
+                  "| runs at a time (--per-gpu K) | epoch (s) | implied Table 1 (min) |", "|---|---|---|"]
+        lines += [f"| {w['k']} | {w['epoch_s']:.2f} | {w['table1_minutes']:.1f} |" for w in lenet["waves"]]
+    if resnet:
+        lines += ["", f"## CIFAR-100 ResNet-50: one run of {resnet['epochs']} epochs", "",
+                  f"{resnet['steps']} training steps at batch {resnet['batch']} timed after untimed ones, scaled to "
+                  f"an epoch's {resnet['steps_per_epoch']}, plus one evaluation of the 10,000 test images and a "
+                  f"checkpoint{scaled(resnet['test_images'])}. Goal: under 15 minutes; the report: about 4 hours in "
+                  "float32 on an RTX 2080 Ti.", "",
+                  "| precision | channels-last | compile | ms/step | images/s | epoch (s) | implied run (min) |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {c['amp']} | {'yes' if c['channels_last'] else 'no'} | {'yes' if c['compile'] else 'no'} | "
+                  f"{c['step_ms']:.1f} | {c['images_per_s']:,.0f} | {c['epoch_s']:.1f} | {c['run_minutes']:.1f} |"
+                  for c in resnet["configs"]]
+    for key in ("skipped", "failed"):
+        lines += ["", f"{key.capitalize()}: " + "; ".join(b[key])] if b.get(key) else []
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
