@@ -87,8 +87,9 @@ def training_parser(script, doc=None):
         report = "; ".join(f"{loss} {v:g} on {dataset}" for dataset in datasets for loss in losses if loss not in peers
                            and (v := dataset_table.loss_defaults(dataset, loss).get(name, losses[loss].get(name))) is not None
                            and v != losses[loss].get(name))
-        authors = "; ".join(f"{loss} " + ", ".join(f"{dataset_table.loss_defaults(d, loss)[name]:g} on {d}" for d in datasets)
-                            for loss in peers)
+        authors = "; ".join(f"{loss} " + ", ".join(  # a dataset without the authors' value: the loss's own
+            f"{dataset_table.loss_defaults(d, loss).get(name, losses[loss][name]):g} on {d}" for d in datasets)
+            for loss in peers)
         default = "; ".join(filter(None, (
             takes and f"the loss's: {takes}", report and f"the report's {report}", authors and "per dataset, as their "
             f"authors' official configs set them (HanxunH/Active-Passive-Losses configs/; docs/peer-losses.md): {authors}")))
@@ -262,6 +263,9 @@ def check_noise(parser, args):
         parser.error(f"--noise-features {args.noise_features!r} is not allowed without --noise instance")
     if args.noise == "instance":  # part of the run's identity for instance noise only: None otherwise
         args.noise_features = args.noise_features or "raw"
+    if human and args.dataset not in dataset_table.HUMAN_NOISE:
+        parser.error(f"--noise human is not allowed with --dataset {args.dataset}: it has no CIFAR-N label file "
+                     f"(those of {', '.join(dataset_table.HUMAN_NOISE)})")
     if human:
         spec = dataset_table.HUMAN_NOISE[args.dataset]
         # the official code's name is the same run as the file's key it stands for

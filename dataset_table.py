@@ -172,17 +172,18 @@ def entry_problem(entry):
         return f"its entry is a {type(entry).__name__}, not a dict of {', '.join(FIELDS)}"
     missing = [k for k in FIELDS if k not in entry]
     if missing:
-        return f"its entry has no {', '.join(missing)} ({'; '.join(f'{k}: {FIELDS[k]}' for k in missing)})"
+        return "its entry has no " + "; no ".join(f"{k}, {FIELDS[k]}" for k in missing)
     unknown = sorted(set(entry) - set(FIELDS) - set(OPTIONAL))
     if unknown:
         return f"its entry has {', '.join(unknown)}, which are not fields (fields: {', '.join([*FIELDS, *OPTIONAL])})"
     if entry["script"] not in SCRIPTS:
         return f"script {entry['script']!r} is not a training script: {', '.join(SCRIPTS)}"
     takes = SCRIPTS[entry["script"]]["settings"]
-    if not isinstance(entry["settings"], dict) or set(entry["settings"]) != set(takes):
-        have = set(entry["settings"]) if isinstance(entry["settings"], dict) else set()
-        return (f"settings lacks {', '.join(k for k in takes if k not in have) or 'nothing'} and has "
-                f"{', '.join(sorted(have - set(takes))) or 'nothing'} too many: {entry['script']}'s optimiser "
+    have = entry["settings"] if isinstance(entry["settings"], dict) else {}
+    wrong = [f"lacks {', '.join(k for k in takes if k not in have)}" if set(takes) - set(have) else "",
+             f"has {', '.join(sorted(set(have) - set(takes)))}" if set(have) - set(takes) else ""]
+    if not isinstance(entry["settings"], dict) or any(wrong):
+        return (f"settings {' and '.join(filter(None, wrong)) or 'is not a dict'}: {entry['script']}'s optimiser "
                 f"({SCRIPTS[entry['script']]['optimiser']}) takes {', '.join(takes)}")
     for field in ("losses", "peers"):
         params = entry.get(field, {})
