@@ -152,10 +152,11 @@ def training_parser(script, doc=None):
     g = p.add_argument_group("run scale, hardware and files")
     g.add_argument("--limit-train", type=int, help="train on the first N training samples only (smoke runs)")
     g.add_argument("--limit-test", type=int, help="evaluate on the first N test samples only (smoke runs)")
-    g.add_argument("--data-dir", default="data", help=(
-        "dataset folder: MNIST/raw/ or FashionMNIST/raw/ (torchvision's layout), or the four IDX files themselves"
-        if script == "train_mnist.py" else "dataset folder: cifar-10-batches-py/ or cifar-100-python/ (torchvision's "
-        "layout), and the CIFAR-N label files for --noise human") + " (default: %(default)s)")
+    entries = [dataset_table.DATASETS[d] for d in datasets]
+    folders = " or ".join(e["folder"] + ("/raw/" if e["format"] == "idx" else "/") for e in entries)
+    g.add_argument("--data-dir", default="data", help=f"dataset folder: {folders} (torchvision's layout)" + (
+        ", or the four IDX files themselves" if script == "train_mnist.py" else ", and the CIFAR-N label files for "
+        "--noise human") + " (default: %(default)s)")
     g.add_argument("--download", action="store_true", help="fetch the dataset with torchvision first")
     g.add_argument("--prepare-data", action="store_true",
                    help="only load (downloading if needed) and describe the dataset, then exit")
