@@ -81,12 +81,12 @@ def training_parser(script, doc=None):
             continue
         # a peer loss's value on each dataset (dataset_table.py: peers); any other loss's default, and the
         # report's value where it differs per dataset
-        peers = [loss for loss in losses if any(name in dataset_table.DATASETS[d].get("peers", {}).get(loss, {})
+        peers = [loss for loss in losses if any(name in dataset_table.DATASETS[d]["peers"].get(loss, {})
                                                 for d in datasets)]
         takes = ", ".join(f"{loss} {d[name]:g}" for loss, d in losses.items() if name in d and loss not in peers)
         report = "; ".join(f"{loss} {v:g} on {dataset}" for dataset in datasets for loss in losses if loss not in peers
-                           and (v := dataset_table.loss_defaults(dataset, loss).get(name, losses[loss].get(name))) is not None
-                           and v != losses[loss].get(name))
+                           and (v := dataset_table.loss_defaults(dataset, loss).get(name, losses[loss].get(name)))
+                           is not None and v != losses[loss].get(name))
         authors = "; ".join(f"{loss} " + ", ".join(  # a dataset without the authors' value: the loss's own
             f"{dataset_table.loss_defaults(d, loss).get(name, losses[loss][name]):g} on {d}" for d in datasets)
             for loss in peers)

@@ -241,8 +241,9 @@ def loss_defaults(dataset, loss):
     CIFAR-10) or, for a peer loss, its authors' configs (peers) set them: the defaults of a single run,
     so that it is the same run as the grid's cell; {} where neither does (the loss's own defaults)."""
     entry = DATASETS[dataset]
-    return dict(entry["losses"].get(loss) or entry.get("peers", {}).get(loss, {}))
+    return dict(entry["losses"].get(loss) or entry["peers"].get(loss, {}))
 
 
 check()
-HUMAN_NOISE = {name: entry["human"] for name, entry in DATASETS.items() if entry.get("human")}
+DATASETS = {name: {**OPTIONAL, **entry} for name, entry in DATASETS.items()}  # every key, so readers index it
+HUMAN_NOISE = {name: entry["human"] for name, entry in DATASETS.items() if entry["human"]}

@@ -1,7 +1,8 @@
 """The report's experiment grid, defined once (standard library only).
 
 run_all.sh runs it (through runner.py), aggregate.py lays out its tables with its row labels and
-order, and the training scripts take their per-dataset defaults from the table it reads (dataset_table.py):
+order, and the training scripts take the same per-dataset settings, from the dataset table it reads
+(dataset_table.py):
 
     report_rows     the loss settings of a dataset's table, in its order (its parameters: dataset_table.py)
     NAMES, BASE     how tables name each loss; which base loss each partially Huberised loss is paired with
@@ -57,7 +58,7 @@ def report_rows(dataset):
     parameters are the dataset's (dataset_table: losses, then extra_rows)."""
     entry = dataset_table.DATASETS[dataset]
     extra = [Row(flags["loss"], dict(flags), NAMES[flags["loss"]] + "".join(
-        f" {SYMBOLS[k]} = {v:g}" for k, v in flags.items() if k != "loss")) for flags in entry.get("extra_rows", ())]
+        f" {SYMBOLS[k]} = {v:g}" for k, v in flags.items() if k != "loss")) for flags in entry["extra_rows"]]
     return loss_rows(entry["losses"], [entry["losses"]["phuber_ce"]["tau"]]) + extra
 
 
@@ -91,11 +92,11 @@ TUNE_STUDY = dict(datasets=dataset_table.TUNE_STUDY, rhos=RHOS, trials=3,
                   flags=("--epochs", "20", "--limit-train", "5000", "--lr-decay", "1", "--weight-decay", "0"))
 
 
-# What cells cost, for --list (estimate). On a GPU: the report's own timings (dataset_table.py: each
-# dataset's gpu_epoch_seconds and sizes). On the CPU (the
-# memorisation settings): measured on this project's 2-core machine with two cells at a time
-# (run_all.sh --cpu-workers 2, one thread each), pilot runs of TUNE_STUDY: LeNet trains about 2,900
-# and evaluates about 13,000 images/s per cell, and a run needs about 6 s to start.
+# What cells cost, for --list (estimate). On a GPU: the report's own timings (each dataset's
+# gpu_epoch_seconds and sizes in dataset_table.py). On the CPU (the memorisation settings): measured
+# on this project's 2-core machine with two cells at a time (run_all.sh --cpu-workers 2, one thread
+# each), pilot runs of TUNE_STUDY: LeNet trains about 2,900 and evaluates about 13,000 images/s per
+# cell, and a run needs about 6 s to start.
 CPU = dict(train_rate=2900, eval_rate=13000, start_seconds=6, workers=2)
 
 
@@ -277,8 +278,8 @@ def cells(datasets=DEFAULT_DATASETS, *, losses=None, rhos=RHOS, trials=TRIALS, t
     """The numbered cells of a selection. The order depends only on the selection, so that a SLURM
     array task given the same selection finds the same cell: tuning cells first (--tune-tau), then
     per dataset, row, rho (or human-noise key), label noise seed and seed. memorisation: that
-    setting's rows and flags; human: the CIFAR-N keys of dataset_table.HUMAN_NOISE instead of rhos; tune: the fair
-    comparison's candidates (TUNE) instead of the rows, into the setting's tune/ folder."""
+    setting's rows and flags; human: the CIFAR-N keys of dataset_table.HUMAN_NOISE instead of rhos;
+    tune: the fair comparison's candidates (TUNE) instead of the rows, into the setting's tune/ folder."""
     if tune:
         return tune_cells(datasets, losses, rhos, trials, val_split=val_split, quick=quick, memorisation=memorisation)
     setting = MEMORISATION if memorisation else dict(flags=(), folder="")

@@ -249,7 +249,8 @@ def tuned_tables(root, out, stem, note=()):
 def describe(dataset, setting):
     """The settings of a table's runs that are not the report's for the dataset, e.g. 'epochs 20,
     limit_train 5000, lr_decay 1, weight_decay 0, val_split 0.1'."""
-    report = {**dataset_table.DATASETS[dataset]["settings"], "noise": "symmetric", "noise_seed": 0, "channels_last": False, "init": "report"}
+    report = {**dataset_table.DATASETS[dataset]["settings"], "noise": "symmetric", "noise_seed": 0,
+              "channels_last": False, "init": "report"}
     report = {k: " ".join(map(str, v)) if isinstance(v, list) else v for k, v in report.items()}  # as CSV cells
     shown = [f"{k} {v}" for k, v in setting if k != "model" and not (k in report and same(v, report[k]))]
     return ", ".join(shown) or "the report's settings"
