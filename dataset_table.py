@@ -1,9 +1,9 @@
 """The datasets, one entry each: everything the project knows about a dataset (standard library only).
 
-Every module reads this table and no other: data.py its files, classes, flip map and torchvision
-class; cli.py its training script and that script's optimiser, the report's settings and a single
-run's loss defaults; grid.py the report's table rows, sizes and timings, and the studies a dataset
-is in. Adding a dataset is adding its entry to DATASETS (docs/adding-a-loss.md); importing this
+Every module reads what it needs of a dataset here, and nowhere else: data.py its files, classes,
+flip map and torchvision class; cli.py its training script and that script's optimiser, the report's
+settings and a single run's loss defaults; grid.py the report's table rows, sizes and timings, and
+the studies a dataset is in. Adding a dataset is adding its entry to DATASETS (docs/adding-a-loss.md); importing this
 module checks every entry and names, in one line, the dataset and what its entry lacks.
 
     DATASETS      name -> entry (the keys an entry takes: FIELDS)
@@ -91,7 +91,7 @@ DATASETS = {
         classes=10, shape=(1, 28, 28), format="idx", folder="MNIST", torchvision="MNIST",
         flips={2: 7, 3: 8, 5: 6, 6: 5, 7: 1}, sizes=(60000, 10000), gpu_epoch_seconds=6),
     # Not in the report: MNIST's settings (and the peers' MNIST configs: no official one), on data that
-    # installs offline.
+    # installs offline. Its sizes: Xiao et al. (2017); its GPU time: MNIST's (the same network and sizes).
     "fashion-mnist": dict(
         script="train_mnist.py", settings=MNIST_SETTINGS, losses=MNIST_LOSSES, peers=MNIST_PEERS,
         classes=10, shape=(1, 28, 28), format="idx", folder="FashionMNIST", torchvision="FashionMNIST",
