@@ -3,7 +3,7 @@
     Parser              argparse, but a bad value is one line naming it and exit status 2
     fail                the same for errors found after parsing
     training_parser     the flags of train_mnist.py / train_cifar.py; defaults are the report's,
-                        per dataset (dataset_table.py), and each loss's (the registry of losses.py)
+                        per dataset (catalog.py), and each loss's (the registry of losses.py)
     parse               parse, fill in the defaults, validate: (args, config)
     parse_grid          run_all.sh's options: the selection, its cells, the workers (runner.py)
 
@@ -19,7 +19,7 @@ import shlex
 import subprocess
 import sys
 
-import dataset_table
+import catalog
 import grid
 import registry
 import results
@@ -60,14 +60,14 @@ def fail(message, code=2):
 def per_dataset(script, key):
     """'mnist 20, fashion-mnist 20': the report's value of `key` for each dataset of `script`."""
     values = [f"{d} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-              for d in dataset_table.scripts_datasets(script)
-              if (v := dataset_table.DATASETS[d]["settings"].get(key)) is not None]
+              for d in catalog.scripts_datasets(script)
+              if (v := catalog.DATASETS[d]["settings"].get(key)) is not None]
     return ", ".join(values)
 
 
 def training_parser(script, doc=None):
     """The flags of `script` (train_mnist.py or train_cifar.py); None defaults are resolved by parse."""
-    datasets = dataset_table.scripts_datasets(script)
+    datasets = catalog.scripts_datasets(script)
     losses, params = registry.read()
     p = Parser(prog=script, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("experiment (what the grid sweeps)")
@@ -79,16 +79,16 @@ def training_parser(script, doc=None):
             g.add_argument(f"--{name.replace('_', '-')}", type=float,
                            help=f"{meta['help']}, in {meta['range']} (default: off)")
             continue
-        # a peer loss's value on each dataset (dataset_table.py: peers); any other loss's default, and the
+        # a peer loss's value on each dataset (catalog.py: peers); any other loss's default, and the
         # report's value where it differs per dataset
-        peers = [loss for loss in losses if any(name in dataset_table.DATASETS[d]["peers"].get(loss, {})
+        peers = [loss for loss in losses if any(name in catalog.DATASETS[d]["peers"].get(loss, {})
                                                 for d in datasets)]
         takes = ", ".join(f"{loss} {d[name]:g}" for loss, d in losses.items() if name in d and loss not in peers)
         report = "; ".join(f"{loss} {v:g} on {dataset}" for dataset in datasets for loss in losses if loss not in peers
-                           and (v := dataset_table.loss_defaults(dataset, loss).get(name, losses[loss].get(name)))
+                           and (v := catalog.loss_defaults(dataset, loss).get(name, losses[loss].get(name)))
                            is not None and v != losses[loss].get(name))
         authors = "; ".join(f"{loss} " + ", ".join(  # a dataset without the authors' value: the loss's own
-            f"{dataset_table.loss_defaults(d, loss).get(name, losses[loss][name]):g} on {d}" for d in datasets)
+            f"{catalog.loss_defaults(d, loss).get(name, losses[loss][name]):g} on {d}" for d in datasets)
             for loss in peers)
         default = "; ".join(filter(None, (
             takes and f"the loss's: {takes}", report and f"the report's {report}", authors and "per dataset, as their "
@@ -115,10 +115,10 @@ def training_parser(script, doc=None):
     if script == "train_cifar.py":
         g.add_argument("--noise-key", help="--noise human: the label set of the file; "
                        + "; ".join(f"{d}: {', '.join(v['keys'])} (or the official code's names: "
-                                   f"{', '.join(v['aliases'])})" for d, v in dataset_table.HUMAN_NOISE.items()) + " (default: "
-                       + ", ".join(f"{d} {v['default']}" for d, v in dataset_table.HUMAN_NOISE.items()) + ")")
+                                   f"{', '.join(v['aliases'])})" for d, v in catalog.HUMAN_NOISE.items()) + " (default: "
+                       + ", ".join(f"{d} {v['default']}" for d, v in catalog.HUMAN_NOISE.items()) + ")")
         g.add_argument("--noise-file", help="--noise human: the CIFAR-N label file (default: "
-                       + ", ".join(f"DATA_DIR/{v['file']} for {d}" for d, v in dataset_table.HUMAN_NOISE.items()) + ")")
+                       + ", ".join(f"DATA_DIR/{v['file']} for {d}" for d, v in catalog.HUMAN_NOISE.items()) + ")")
     g.add_argument("--noise-seed", type=int, default=0,
                    help="seed of the label noise, the same for all trials as in the paper (default: %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="trial seed: initialisation, data order, "
@@ -152,7 +152,7 @@ def training_parser(script, doc=None):
     g = p.add_argument_group("run scale, hardware and files")
     g.add_argument("--limit-train", type=int, help="train on the first N training samples only (smoke runs)")
     g.add_argument("--limit-test", type=int, help="evaluate on the first N test samples only (smoke runs)")
-    entries = [dataset_table.DATASETS[d] for d in datasets]
+    entries = [catalog.DATASETS[d] for d in datasets]
     folders = " or ".join(e["folder"] + ("/raw/" if e["format"] == "idx" else "/") for e in entries)
     g.add_argument("--data-dir", default="data", help=f"dataset folder: {folders} (torchvision's layout)" + (
         ", or the four IDX files themselves" if script == "train_mnist.py" else ", and the CIFAR-N label files for "
@@ -181,7 +181,7 @@ def parse(script, argv=None, doc=None):
     """
     parser = training_parser(script, doc)
     args = parser.parse_args(argv)
-    settings = dataset_table.DATASETS[args.dataset]["settings"]
+    settings = catalog.DATASETS[args.dataset]["settings"]
     for key, value in settings.items():  # the report's values, unless given
         if getattr(args, key, value) is None:
             setattr(args, key, value)
@@ -206,7 +206,7 @@ def check(parser, args):
                      f"it takes {takes}")
     # the effective parameters are part of the run's identity: the report's for the dataset where it
     # set them (tau = 2 for PHuber-CE on CIFAR-10), else the loss's defaults
-    defaults = {**losses[args.loss], **dataset_table.loss_defaults(args.dataset, args.loss)}
+    defaults = {**losses[args.loss], **catalog.loss_defaults(args.dataset, args.loss)}
     for name in params:
         value = defaults.get(name) if getattr(args, name) is None else getattr(args, name)
         if name in losses[args.loss] and value is not None:
@@ -236,7 +236,7 @@ def check(parser, args):
             bad("--clip-mode", args.clip_mode, "per-example clipping needs --clip-norm")
         if args.amp == "fp16":
             bad("--amp", args.amp, "per-example clipping supports --amp bf16 or float32 (no gradient scaler)")
-    if dataset_table.optimiser(args.dataset) == "adam":
+    if catalog.optimiser(args.dataset) == "adam":
         if not (0 < args.lr_decay <= 1 and 0 < args.lr_decay_steps < math.inf):
             parser.error(f"--lr-decay {args.lr_decay} / --lr-decay-steps {args.lr_decay_steps} are not allowed: "
                          "the decay must be in (0, 1] and the steps > 0")
@@ -264,11 +264,11 @@ def check_noise(parser, args):
         parser.error(f"--noise-features {args.noise_features!r} is not allowed without --noise instance")
     if args.noise == "instance":  # part of the run's identity for instance noise only: None otherwise
         args.noise_features = args.noise_features or "raw"
-    if human and args.dataset not in dataset_table.HUMAN_NOISE:
+    if human and args.dataset not in catalog.HUMAN_NOISE:
         parser.error(f"--noise human is not allowed with --dataset {args.dataset}: it has no CIFAR-N label file "
-                     f"(those of {', '.join(dataset_table.HUMAN_NOISE)})")
+                     f"(those of {', '.join(catalog.HUMAN_NOISE)})")
     if human:
-        spec = dataset_table.HUMAN_NOISE[args.dataset]
+        spec = catalog.HUMAN_NOISE[args.dataset]
         # the official code's name is the same run as the file's key it stands for
         args.noise_key = spec["aliases"].get(args.noise_key, args.noise_key or spec["default"])
         if args.noise_key not in spec["keys"]:
@@ -330,7 +330,7 @@ def parse_grid(argv):
     named = dict(grid.TUNE_STUDY, losses=None) if opts.tune and opts.memorisation else \
         dict(datasets=tuple(d for d in grid.DEFAULT_DATASETS if d != "synthetic"), losses=None, rhos=grid.RHOS) \
         if opts.tune else grid.TABLE3 if opts.table3 else dict(grid.MEMORISATION, losses=None) if opts.memorisation \
-        else dict(datasets=tuple(dataset_table.HUMAN_NOISE), losses=None, rhos=()) if opts.human_noise else \
+        else dict(datasets=tuple(catalog.HUMAN_NOISE), losses=None, rhos=()) if opts.human_noise else \
         dict(datasets=grid.DEFAULT_DATASETS, losses=None, rhos=grid.RHOS)
     if opts.table3 + opts.memorisation + opts.human_noise > 1:
         p.error("--table3, --memorisation and --human-noise are three settings: choose one")
@@ -360,8 +360,8 @@ def parse_grid(argv):
         return distinct(flag, values)
     datasets = distinct("--datasets", opts.datasets.split(","))
     for d in datasets:
-        if d != "synthetic" and d not in dataset_table.DATASETS:
-            p.error(f"--datasets: {d!r} is not allowed: use synthetic, {', '.join(dataset_table.DATASETS)}")
+        if d != "synthetic" and d not in catalog.DATASETS:
+            p.error(f"--datasets: {d!r} is not allowed: use synthetic, {', '.join(catalog.DATASETS)}")
     losses = distinct("--losses", opts.losses.split(",")) if opts.losses else None
     for loss in losses or ():
         if loss not in grid.known_losses(opts.tune):
@@ -373,8 +373,8 @@ def parse_grid(argv):
     setting = "--human-noise" if opts.human_noise else "--memorisation" if opts.memorisation else "--table3" \
         if opts.table3 else None
     for d in datasets if setting else ():  # each setting is defined for its own datasets (and none is synthetic's)
-        allowed = {"--human-noise": tuple(dataset_table.HUMAN_NOISE), "--memorisation": grid.MEMORISATION["datasets"],
-                   "--table3": tuple(dataset_table.DATASETS)}[setting]
+        allowed = {"--human-noise": tuple(catalog.HUMAN_NOISE), "--memorisation": grid.MEMORISATION["datasets"],
+                   "--table3": tuple(catalog.DATASETS)}[setting]
         if d not in allowed:
             p.error(f"--datasets: {d!r} is not allowed with {setting}: use {', '.join(sorted(allowed))}")
     clips = numbers("--logit-clip", opts.logit_clip, lambda d: 0 < d < float("inf"), "one norm > 0, e.g. 1") \

@@ -25,9 +25,9 @@ import torch.nn.functional as F
 
 import noise
 import results
-from dataset_table import DATASETS  # files, classes, flip maps, torchvision classes: one entry per dataset
+from catalog import DATASETS  # files, classes, flip maps, torchvision classes: one entry per dataset
 
-CIFAR_N = "https://github.com/UCSC-REAL/cifar-10-100n"  # the human label files (dataset_table.HUMAN_NOISE)
+CIFAR_N = "https://github.com/UCSC-REAL/cifar-10-100n"  # the human label files (catalog.HUMAN_NOISE)
 LABEL_FILE_LIMIT = 64 << 20  # they are 2.4 MB and less (CIFAR-10N: six arrays of 50,000 int64 labels)
 IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 

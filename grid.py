@@ -2,9 +2,9 @@
 
 run_all.sh runs it (through runner.py), aggregate.py lays out its tables with its row labels and
 order, and the training scripts take the same per-dataset settings, from the dataset table it reads
-(dataset_table.py):
+(catalog.py):
 
-    report_rows     the loss settings of a dataset's table, in its order (its parameters: dataset_table.py)
+    report_rows     the loss settings of a dataset's table, in its order (its parameters: catalog.py)
     NAMES, BASE     how tables name each loss; which base loss each partially Huberised loss is paired with
     RHOS, TRIALS    the noise rates and trials of every table; TABLE3, the noise-seed study
     TAU_CANDIDATES, VAL_SPLIT, choose_tau   the original paper's tau protocol
@@ -15,11 +15,11 @@ order, and the training scripts take the same per-dataset settings, from the dat
 """
 from dataclasses import dataclass, field
 
-import dataset_table
+import catalog
 import registry
 
 SYNTHETIC = {"long_servedio": "synthetic_long_servedio.py", "ding": "synthetic_ding.py"}
-DEFAULT_DATASETS = ("synthetic", *dataset_table.DEFAULT_GRID)
+DEFAULT_DATASETS = ("synthetic", *catalog.DEFAULT_GRID)
 RHOS = (0.0, 0.2, 0.4, 0.6)
 TRIALS = 3                       # seeds 0, 1, 2; the label noise seed is 0 for every trial
 SYNTHETIC_TRIALS = 500           # Long & Servedio trials per rho
@@ -55,8 +55,8 @@ def num(value):
 
 def report_rows(dataset):
     """The report's loss settings for `dataset`, in the order and with the labels of its tables: its
-    parameters are the dataset's (dataset_table: losses, then extra_rows)."""
-    entry = dataset_table.DATASETS[dataset]
+    parameters are the dataset's (catalog.py: losses, then extra_rows)."""
+    entry = catalog.DATASETS[dataset]
     extra = [Row(flags["loss"], dict(flags), NAMES[flags["loss"]] + "".join(
         f" {SYMBOLS[k]} = {v:g}" for k, v in flags.items() if k != "loss")) for flags in entry["extra_rows"]]
     return loss_rows(entry["losses"], [entry["losses"]["phuber_ce"]["tau"]]) + extra
@@ -73,14 +73,14 @@ def loss_rows(params, taus):
 
 
 # The report's Table 3: CE and PHuber-GCE at rho = 0.6 on MNIST and CIFAR-100, label noise seeds 0-3.
-TABLE3 = dict(datasets=dataset_table.TABLE3, losses=("ce", "phuber_gce"), rhos=(0.6,), noise_seeds=(0, 1, 2, 3))
+TABLE3 = dict(datasets=catalog.TABLE3, losses=("ce", "phuber_gce"), rhos=(0.6,), noise_seeds=(0, 1, 2, 3))
 
 # Not the report's: the paper's mechanism on a 2-core CPU (docs/memorisation.md). With the report's
 # MNIST settings LeNet never memorises (its learning rate decays 5000x in 20 epochs), so Adam keeps a
 # constant rate and no weight decay. 30 epochs: in a pilot at rho = 0.6, CE peaked at 86% test
 # accuracy at epochs 5-10 and had lost 19 points by epoch 30 (20% of the corrupted samples
 # memorised); epochs 30-60 lost 10 more at twice the cost. Its own results folder (and log names).
-MEMORISATION = dict(datasets=dataset_table.MEMORISATION, rhos=(0.0, 0.4, 0.6), trials=3, folder="memorisation",
+MEMORISATION = dict(datasets=catalog.MEMORISATION, rhos=(0.0, 0.4, 0.6), trials=3, folder="memorisation",
                     flags=("--epochs", "30", "--lr-decay", "1", "--weight-decay", "0"),
                     taus=(2.0, 5.0, 10.0, 50.0))
 # The fair comparison in that regime, on the same CPU (run_all.sh --tune --memorisation,
@@ -88,12 +88,12 @@ MEMORISATION = dict(datasets=dataset_table.MEMORISATION, rhos=(0.0, 0.4, 0.6), t
 # 5,000 of the noisy training samples for 20 epochs (a run takes about a minute). Pilot (rho = 0.6,
 # seed 0, docs/tuning.md): CE peaked at 75.6% test accuracy at epoch 6 and fell to 65.7% by epoch 20,
 # with 25% of the corrupted samples memorised; PHuber-CE tau = 2 was at 76.4% (5% memorised).
-TUNE_STUDY = dict(datasets=dataset_table.TUNE_STUDY, rhos=RHOS, trials=3,
+TUNE_STUDY = dict(datasets=catalog.TUNE_STUDY, rhos=RHOS, trials=3,
                   flags=("--epochs", "20", "--limit-train", "5000", "--lr-decay", "1", "--weight-decay", "0"))
 
 
 # What cells cost, for --list (estimate). On a GPU: the report's own timings (each dataset's
-# gpu_epoch_seconds and sizes in dataset_table.py). On the CPU (the memorisation settings): measured
+# gpu_epoch_seconds and sizes in catalog.py). On the CPU (the memorisation settings): measured
 # on this project's 2-core machine with two cells at a time (run_all.sh --cpu-workers 2, one thread
 # each), pilot runs of TUNE_STUDY: LeNet trains about 2,900 and evaluates about 13,000 images/s per
 # cell, and a run needs about 6 s to start.
@@ -111,7 +111,7 @@ def cell_cost(cell, cpu, extra=()):
     """Seconds of one training cell (with the pass-through flags `extra`): on the CPU of CPU, or on the
     report's GPU. ValueError for a value the script would refuse."""
     argv = [*cell.argv, *extra]
-    entry = dataset_table.DATASETS[cell.dataset]
+    entry = catalog.DATASETS[cell.dataset]
     train, test = entry["sizes"]
     epochs = int(flag_value(argv, "--epochs", entry["settings"]["epochs"]))
     val = round(float(flag_value(argv, "--val-split", 0)) * train)
@@ -136,7 +136,7 @@ def estimate(cells, cpu=False, extra=()):
                 f"(run_all.sh --cpu-workers {CPU['workers']}): about {hours(seconds / CPU['workers'])}, "
                 "from timings measured on this project's machine (grid.CPU)")
     return (f"time estimate: {len(training)} training cells, about {hours(seconds)} on one RTX 2080 Ti in full "
-            "precision, from the report's timings (dataset_table.py); --amp fp16 about halves it, --gpus N "
+            "precision, from the report's timings (catalog.py); --amp fp16 about halves it, --gpus N "
             "divides it by N")
 
 
@@ -146,8 +146,8 @@ def hours(seconds):
 
 def memorisation_rows():
     """CE, CE + clipping 0.1, linear, GCE, PHuber-CE at each tau of MEMORISATION, PHuber-GCE, with the
-    report's parameters on MNIST (dataset_table.MEMORISATION_LOSSES), in this order."""
-    return loss_rows(dataset_table.DATASETS[dataset_table.MEMORISATION_LOSSES]["losses"], MEMORISATION["taus"])
+    report's parameters on MNIST (catalog.MEMORISATION_LOSSES), in this order."""
+    return loss_rows(catalog.DATASETS[catalog.MEMORISATION_LOSSES]["losses"], MEMORISATION["taus"])
 
 
 def choose_tau(rows, dataset, loss, candidates=None, logit_clip=None):
@@ -268,7 +268,7 @@ def cell_id(dataset, row, noise, seed, noise_seed=0):
 def noise_columns(dataset, rhos, human):
     """The noise a table's columns vary: (id part, flags) per rho, or per CIFAR-N key (--human-noise)."""
     if human:
-        return [(key, ("--noise", "human", "--noise-key", key)) for key in dataset_table.HUMAN_NOISE[dataset]["grid"]]
+        return [(key, ("--noise", "human", "--noise-key", key)) for key in catalog.HUMAN_NOISE[dataset]["grid"]]
     return [(rho, ("--rho", num(rho))) for rho in rhos]
 
 
@@ -278,7 +278,7 @@ def cells(datasets=DEFAULT_DATASETS, *, losses=None, rhos=RHOS, trials=TRIALS, t
     """The numbered cells of a selection. The order depends only on the selection, so that a SLURM
     array task given the same selection finds the same cell: tuning cells first (--tune-tau), then
     per dataset, row, rho (or human-noise key), label noise seed and seed. memorisation: that
-    setting's rows and flags; human: the CIFAR-N keys of dataset_table.HUMAN_NOISE instead of rhos;
+    setting's rows and flags; human: the CIFAR-N keys of catalog.HUMAN_NOISE instead of rhos;
     tune: the fair comparison's candidates (TUNE) instead of the rows, into the setting's tune/ folder."""
     if tune:
         return tune_cells(datasets, losses, rhos, trials, val_split=val_split, quick=quick, memorisation=memorisation)
@@ -295,7 +295,7 @@ def cells(datasets=DEFAULT_DATASETS, *, losses=None, rhos=RHOS, trials=TRIALS, t
             for tau in candidates:
                 tuned = Row(row.key, {**row.flags, "tau": tau})
                 found.append(Cell(f"tau-tuning-{cell_id(dataset, tuned, max(rhos), 0)}", dataset,
-                                  dataset_table.DATASETS[dataset]["script"],
+                                  catalog.DATASETS[dataset]["script"],
                                   ("--dataset", dataset, *tuned.argv(), "--rho", num(max(rhos)), "--seed", "0",
                                    "--val-split", num(val_split), *budget), "tuning", tuning=True))
     for dataset in datasets:
@@ -305,7 +305,7 @@ def cells(datasets=DEFAULT_DATASETS, *, losses=None, rhos=RHOS, trials=TRIALS, t
                               ("--trials", str(trials_ls)), "synthetic"))
             found.append(Cell("synthetic-ding", "synthetic", SYNTHETIC["ding"], (), "synthetic"))
             continue
-        script = dataset_table.DATASETS[dataset]["script"]
+        script = catalog.DATASETS[dataset]["script"]
         for row in rows_for(dataset, losses, taus, tune_tau, memorisation, logit_clip):
             tuned = row.flags["loss"] if row.flags.get("tau") == "TUNED" else ""
             for column, noise in noise_columns(dataset, rhos, human):
@@ -339,7 +339,7 @@ def tune_cells(datasets, losses, rhos, trials, *, val_split, quick, memorisation
                 for part, row in family.candidates():
                     for seed in range(trials):
                         found.append(Cell(f"{prefix}{dataset}-{part}-rho{num(rho)}-seed{seed}", dataset,
-                                          dataset_table.DATASETS[dataset]["script"],
+                                          catalog.DATASETS[dataset]["script"],
                                           ("--dataset", dataset, *row.argv(), "--rho", num(rho), "--seed", str(seed),
                                            "--val-split", num(val_split), *budget), tune_folder(memorisation)))
     return found

@@ -8,9 +8,9 @@ import sys
 import pytest
 
 import aggregate
+import catalog
 import cli
 import conftest
-import dataset_table
 import results
 import train_mnist
 from results import read_csv
@@ -18,7 +18,7 @@ from results import read_csv
 SCRIPTS = ["train_mnist.py", "train_cifar.py", "synthetic_long_servedio.py", "synthetic_ding.py", "aggregate.py",
            "runner.py", "bench.py"]
 TORCH_FREE = ["aggregate", "tables", "figures", "runner", "slurm", "grid", "cli", "results", "registry", "margin_losses", "synthetic_long_servedio",
-              "synthetic_ding", "dataset_table"]
+              "synthetic_ding", "catalog"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -32,7 +32,7 @@ def test_every_written_column_is_classified(mnist_dir, tmp_path):
     epochs = read_csv(os.path.join(conftest.only_run_dir(tmp_path), "epochs.csv"))
     assert results.unclassified(row) == [] and results.unclassified(epochs[0], epochs=True) == []
     assert all(row[c] != "" for c in ("clipped_clean", "val_acc", "grad_norm_corrupted"))
-    for script in dataset_table.SCRIPTS:  # every setting of every script, including those of train_cifar.py
+    for script in catalog.SCRIPTS:  # every setting of every script, including those of train_cifar.py
         assert results.unclassified(cli.parse(script, [])[1]) == []
 
 

@@ -1,4 +1,4 @@
-"""The dataset table (dataset_table.py): one entry per dataset, read by every module, checked on import."""
+"""The dataset catalog (catalog.py): one entry per dataset, read by every module, checked on import."""
 import ast
 import os
 import subprocess
@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
+import catalog
 import cli
 import conftest
-import dataset_table
 import grid
 from results import read_csv
 
@@ -29,27 +29,27 @@ def test_a_dataset_is_named_in_the_table_only():
         tree = ast.parse(open(os.path.join(conftest.ROOT, module), encoding="utf-8").read())
         skip = docstrings(tree)
         named += [f"{module}:{node.lineno} {node.value!r}" for node in ast.walk(tree)
-                  if isinstance(node, ast.Constant) and node.value in dataset_table.DATASETS and id(node) not in skip]
-    assert named and all(n.startswith("dataset_table.py:") for n in named), [n for n in named
-                                                                              if not n.startswith("dataset_table.py:")]
+                  if isinstance(node, ast.Constant) and node.value in catalog.DATASETS and id(node) not in skip]
+    assert named and all(n.startswith("catalog.py:") for n in named), [n for n in named
+                                                                              if not n.startswith("catalog.py:")]
 
 
 def test_every_entry_is_well_formed_and_its_losses_run():
-    dataset_table.check()
-    assert set(dataset_table.DATASETS) >= {"mnist", "fashion-mnist", "cifar10", "cifar100"}
-    for name, entry in dataset_table.DATASETS.items():
-        assert name in dataset_table.scripts_datasets(entry["script"])
+    catalog.check()
+    assert set(catalog.DATASETS) >= {"mnist", "fashion-mnist", "cifar10", "cifar100"}
+    for name, entry in catalog.DATASETS.items():
+        assert name in catalog.scripts_datasets(entry["script"])
         for loss in {*entry["losses"], *entry.get("peers", {})}:  # each a registry loss with its own parameters
             _, config = cli.parse(entry["script"], ["--dataset", name, "--loss", loss])
-            assert {k: config[k] for k in dataset_table.loss_defaults(name, loss)} == \
-                dataset_table.loss_defaults(name, loss)
+            assert {k: config[k] for k in catalog.loss_defaults(name, loss)} == \
+                catalog.loss_defaults(name, loss)
         for flags in entry.get("extra_rows", ()):
             cli.parse(entry["script"], ["--dataset", name, *grid.Row(flags["loss"], flags).argv()])
 
 
 def entry(**changes):
     """Fashion-MNIST's entry under the name kmnist, with `changes` (None: that key removed)."""
-    new = {**dataset_table.DATASETS["fashion-mnist"], **changes}
+    new = {**catalog.DATASETS["fashion-mnist"], **changes}
     return {"kmnist": {k: v for k, v in new.items() if v is not None}}
 
 
@@ -65,12 +65,12 @@ def entry(**changes):
     (entry(losses={"gce": {"q": 0.7}}), "dataset 'kmnist': losses has no phuber_ce tau, phuber_gce tau, phuber_gce q"),
     (entry(settigns={}), "dataset 'kmnist': its entry has settigns, which are not fields"),
     (entry(human=dict(file="k.pt", default="a", grid=("b",), keys=("a",), aliases={})), "dataset 'kmnist': human "),
-    ({k: v for k, v in dataset_table.DATASETS.items() if k != "cifar100"},
+    ({k: v for k, v in catalog.DATASETS.items() if k != "cifar100"},
      "DEFAULT_GRID names dataset 'cifar100', which has no entry in DATASETS"),
 ])
 def test_a_malformed_entry_is_one_line_naming_the_dataset_and_what_it_lacks(table, message):
     with pytest.raises(ValueError) as error:
-        dataset_table.check({**dataset_table.DATASETS, **table} if "kmnist" in table else table)
+        catalog.check({**catalog.DATASETS, **table} if "kmnist" in table else table)
     assert message in str(error.value) and "\n" not in str(error.value)
 
 
@@ -105,9 +105,9 @@ def test_a_new_dataset_needs_only_its_entry(mnist_dir, tmp_path):
     for name in tracked.stdout.split():
         if "/" not in name:  # the flat project; docs/ and golden/ play no part
             (project / name).write_bytes(open(os.path.join(conftest.ROOT, name), "rb").read())
-    source = (project / "dataset_table.py").read_text()
+    source = (project / "catalog.py").read_text()
     assert source.count(END) == 1
-    (project / "dataset_table.py").write_text(source.replace(END, "\n" + TINY + "}\n\n# The datasets of each study"))
+    (project / "catalog.py").write_text(source.replace(END, "\n" + TINY + "}\n\n# The datasets of each study"))
     env = dict(os.environ, PYTHON=sys.executable)
     listing = subprocess.run(["bash", "run_all.sh", "--list", "--datasets", "tiny-fashion"], cwd=project, env=env,
                              capture_output=True, text=True)

@@ -1,10 +1,10 @@
-"""The datasets, one entry each: everything the project knows about a dataset (standard library only).
+"""The dataset catalog: one entry per dataset, everything the project knows about it (standard library only).
 
 Every module reads what it needs of a dataset here, and nowhere else: data.py its files, classes,
 flip map and torchvision class; cli.py its training script and that script's optimiser, the report's
 settings and a single run's loss defaults; grid.py the report's table rows, sizes and timings, and
-the studies a dataset is in. Adding a dataset is adding its entry to DATASETS (docs/adding-a-loss.md); importing this
-module checks every entry and names, in one line, the dataset and what its entry lacks.
+the studies a dataset is in. Adding a dataset is adding its entry to DATASETS (docs/adding-a-loss.md);
+importing this module checks every entry and names, in one line, the dataset and what its entry lacks.
 
     DATASETS      name -> entry (the keys an entry takes: FIELDS)
     SCRIPTS       each training script's optimiser family and the settings it takes
@@ -157,13 +157,13 @@ def check(table=None):
     for name, entry in table.items():
         problem = entry_problem(entry)
         if problem:
-            raise ValueError(f"dataset_table.py: dataset {name!r}: {problem}")
+            raise ValueError(f"catalog.py: dataset {name!r}: {problem}")
     studies = dict(DEFAULT_GRID=DEFAULT_GRID, TABLE3=TABLE3, MEMORISATION=(*MEMORISATION, MEMORISATION_LOSSES),
                    TUNE_STUDY=TUNE_STUDY, BENCH=tuple(BENCH.values()))
     for study, names in studies.items():
         for name in names:
             if name not in table:
-                raise ValueError(f"dataset_table.py: {study} names dataset {name!r}, which has no entry in DATASETS")
+                raise ValueError(f"catalog.py: {study} names dataset {name!r}, which has no entry in DATASETS")
 
 
 def entry_problem(entry):
