@@ -34,6 +34,19 @@ def test_a_dataset_is_named_in_the_table_only():
                                                                               if not n.startswith("catalog.py:")]
 
 
+def test_no_module_hides_a_module_it_imports():
+    # aggregate.py's function dataset_table would have hidden a module of that name: a table read as
+    # dataset_table.DATASETS there fails only when that code runs
+    for module in MODULES:
+        tree = ast.parse(open(os.path.join(conftest.ROOT, module), encoding="utf-8").read())
+        imported = {a.asname or a.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import)
+                    for a in node.names}
+        defined = {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+        defined |= {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
+                    if isinstance(t, ast.Name)}
+        assert not imported & defined, module
+
+
 def test_every_entry_is_well_formed_and_its_losses_run():
     catalog.check()
     assert set(catalog.DATASETS) >= {"mnist", "fashion-mnist", "cifar10", "cifar100"}
