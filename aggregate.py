@@ -41,6 +41,7 @@ from collections import defaultdict
 
 import numpy as np
 
+import catalog
 import figures
 import grid
 import loss_specs
@@ -140,7 +141,7 @@ def noise_seed_table(rows, refs, out, expected):
     if not studied:
         return
     seeds = sorted({s for per_seed in studied.values() for s in per_seed})
-    datasets = list(grid.DATASETS)
+    datasets = list(catalog.DATASETS)
     order = sorted(studied, key=lambda k: (k[0], datasets.index(k[1]) if k[1] in datasets else len(datasets), k[1],
                                            loss_sort(k[3], grid.report_rows(k[1])), k[2]))
     labels = {}  # settings that differ between rows, named per dataset (the datasets' own always differ)

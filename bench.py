@@ -41,6 +41,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+import catalog
 import cli
 import experiment
 import grid
@@ -64,7 +65,7 @@ def timed(fn, device):
 def mnist_like(args):
     """Fashion-MNIST if --data-dir holds it, else random images with the same shapes."""
     if args.data_dir:
-        train_x, train_y, _, _ = load_dataset("fashion-mnist", args.data_dir)
+        train_x, train_y, _, _ = load_dataset(catalog.BENCH["offline"], args.data_dir)
         return train_x[:args.limit], train_y[:args.limit]
     return random_images(args.limit, 1, 28, 10)
 
@@ -79,12 +80,13 @@ def setup(model_name, classes, channels, device, *, amp=None, channels_last=Fals
           per_example=False):
     """(Model, Optimiser) as experiment.setup builds a run's: the report's optimiser for the network (Adam
     for LeNet as in train_mnist.py, SGD with Nesterov momentum for the ResNets as in train_cifar.py, with
-    grid.py's settings), their kernels (training.fused), the gradient scaler for fp16, the loss (cross
-    entropy); a constant learning rate."""
+    the report's settings of catalog.BENCH's datasets), their kernels (training.fused), the gradient
+    scaler for fp16, the loss (cross entropy); a constant learning rate."""
     torch.manual_seed(0)
     net = models.make_model(model_name, classes, channels).to(device)
     net = net.to(memory_format=torch.channels_last) if channels_last else net
-    s, kernels = grid.DATASETS["mnist" if model_name == "lenet" else "cifar100"], fused(device, compile)
+    bench = catalog.BENCH["lenet" if model_name == "lenet" else "resnet50"]
+    s, kernels = catalog.DATASETS[bench]["settings"], fused(device, compile)
     if model_name == "lenet":
         optimizer = torch.optim.Adam(net.parameters(), lr=s["lr"], weight_decay=s["weight_decay"], fused=kernels)
     else:
@@ -297,11 +299,12 @@ def grid_estimate(args, device):
     """Measure, within --budget seconds, what Table 1 (72 LeNet runs) and one 200-epoch CIFAR-100
     ResNet-50 run would take here; write the figures to --grid-estimate as JSON after each."""
     end, folder, test = time.monotonic() + args.budget, tempfile.mkdtemp(prefix="bench-"), args.test_images
-    lenet = dict(images=args.limit, test_images=test, batch=32, runs=len(grid.cells(datasets=("mnist",))),
-                 epochs=grid.DATASETS["mnist"]["epochs"], startup_s=None, waves=[])
+    table1, resnet_data = (catalog.BENCH[k] for k in ("lenet", "resnet50"))
+    lenet = dict(images=args.limit, test_images=test, batch=32, runs=len(grid.cells(datasets=(table1,))),
+                 epochs=catalog.DATASETS[table1]["settings"]["epochs"], startup_s=None, waves=[])
     batch = 128 if device.type == "cuda" else 2  # the report's; 2 lets a CPU check this code (fp16 is slow there)
     resnet = dict(batch=batch, steps=args.resnet_steps, steps_per_epoch=math.ceil(TRAIN["resnet50"] / batch),
-                  test_images=test, epochs=grid.DATASETS["cifar100"]["epochs"], configs=[])
+                  test_images=test, epochs=catalog.DATASETS[resnet_data]["settings"]["epochs"], configs=[])
     report = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                   torch=torch.__version__, cuda=torch.version.cuda, cores=os.cpu_count(),
                   budget_s=args.budget if args.budget < math.inf else None,

@@ -4,7 +4,7 @@
     Failure, edge       the same for errors found after parsing: library code raises a Failure, a
                         script's main turns it into its one line and exit status (with edge())
     training_parser     the flags of train_mnist.py / train_cifar.py; defaults are the report's,
-                        per dataset (grid.DATASETS), and each loss's (the registry of losses.py)
+                        per dataset (catalog.py), and each loss's (the registry of losses.py)
     parse               parse, fill in the defaults, validate: (args, config)
 
 run_all.sh's options are grid_cli.py's.
@@ -20,7 +20,7 @@ import os
 import re
 import sys
 
-import grid
+import catalog
 import loss_specs
 import results
 
@@ -28,7 +28,6 @@ import results
 # run's identity, so a run can be resumed with a different --device or --out.
 RUNTIME_FLAGS = {"device", "out", "data_dir", "download", "prepare_data", "resume", "force", "compile",
                  "save_model", "noise_file"}  # noise_file: where the file is (config.json records its SHA-256)
-SCRIPTS = {"train_mnist.py": ["mnist", "fashion-mnist"], "train_cifar.py": ["cifar10", "cifar100"]}
 
 
 class Parser(argparse.ArgumentParser):
@@ -77,13 +76,14 @@ def edge():
 def per_dataset(script, key):
     """'mnist 20, fashion-mnist 20': the report's value of `key` for each dataset of `script`."""
     values = [f"{d} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-              for d in SCRIPTS[script] if (v := grid.DATASETS[d].get(key)) is not None]
+              for d in catalog.scripts_datasets(script)
+              if (v := catalog.DATASETS[d]["settings"].get(key)) is not None]
     return ", ".join(values)
 
 
 def training_parser(script, doc=None):
     """The flags of `script` (train_mnist.py or train_cifar.py); None defaults are resolved by parse."""
-    datasets = SCRIPTS[script]
+    datasets = catalog.scripts_datasets(script)
     losses, params = loss_specs.read()
     p = Parser(prog=script, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("experiment (what the grid sweeps)")
@@ -95,15 +95,17 @@ def training_parser(script, doc=None):
             g.add_argument(f"--{name.replace('_', '-')}", type=float,
                            help=f"{meta['help']}, in {meta['range']} (default: off)")
             continue
-        # a peer loss's value on each dataset (grid.PEER_DEFAULTS); any other loss's default, and the report's
-        # value where it differs per dataset
-        peers = [loss for loss in losses if any(name in grid.PEER_DEFAULTS[d].get(loss, {}) for d in datasets)]
+        # a peer loss's value on each dataset (catalog.py: peers); any other loss's default, and the
+        # report's value where it differs per dataset
+        peers = [loss for loss in losses if any(name in catalog.DATASETS[d]["peers"].get(loss, {})
+                                                for d in datasets)]
         takes = ", ".join(f"{loss} {d[name]:g}" for loss, d in losses.items() if name in d and loss not in peers)
         report = "; ".join(f"{loss} {v:g} on {dataset}" for dataset in datasets for loss in losses if loss not in peers
-                           and (v := grid.loss_defaults(dataset, loss).get(name, losses[loss].get(name))) is not None
-                           and v != losses[loss].get(name))
-        authors = "; ".join(f"{loss} " + ", ".join(f"{grid.loss_defaults(d, loss)[name]:g} on {d}" for d in datasets)
-                            for loss in peers)
+                           and (v := catalog.loss_defaults(dataset, loss).get(name, losses[loss].get(name)))
+                           is not None and v != losses[loss].get(name))
+        authors = "; ".join(f"{loss} " + ", ".join(  # a dataset without the authors' value: the loss's own
+            f"{catalog.loss_defaults(d, loss).get(name, losses[loss][name]):g} on {d}" for d in datasets)
+            for loss in peers)
         default = "; ".join(filter(None, (
             takes and f"the loss's: {takes}", report and f"the report's {report}", authors and "per dataset, as their "
             f"authors' official configs set them (HanxunH/Active-Passive-Losses configs/; docs/peer-losses.md): {authors}")))
@@ -129,10 +131,10 @@ def training_parser(script, doc=None):
     if script == "train_cifar.py":
         g.add_argument("--noise-key", help="--noise human: the label set of the file; "
                        + "; ".join(f"{d}: {', '.join(v['keys'])} (or the official code's names: "
-                                   f"{', '.join(v['aliases'])})" for d, v in grid.HUMAN_NOISE.items()) + " (default: "
-                       + ", ".join(f"{d} {v['default']}" for d, v in grid.HUMAN_NOISE.items()) + ")")
+                                   f"{', '.join(v['aliases'])})" for d, v in catalog.HUMAN_NOISE.items()) + " (default: "
+                       + ", ".join(f"{d} {v['default']}" for d, v in catalog.HUMAN_NOISE.items()) + ")")
         g.add_argument("--noise-file", help="--noise human: the CIFAR-N label file (default: "
-                       + ", ".join(f"DATA_DIR/{v['file']} for {d}" for d, v in grid.HUMAN_NOISE.items()) + ")")
+                       + ", ".join(f"DATA_DIR/{v['file']} for {d}" for d, v in catalog.HUMAN_NOISE.items()) + ")")
     g.add_argument("--noise-seed", type=int, default=0,
                    help="seed of the label noise, the same for all trials as in the paper (default: %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="trial seed: initialisation, data order, "
@@ -166,10 +168,11 @@ def training_parser(script, doc=None):
     g = p.add_argument_group("run scale, hardware and files")
     g.add_argument("--limit-train", type=int, help="train on the first N training samples only (smoke runs)")
     g.add_argument("--limit-test", type=int, help="evaluate on the first N test samples only (smoke runs)")
-    g.add_argument("--data-dir", default="data", help=(
-        "dataset folder: MNIST/raw/ or FashionMNIST/raw/ (torchvision's layout), or the four IDX files themselves"
-        if script == "train_mnist.py" else "dataset folder: cifar-10-batches-py/ or cifar-100-python/ (torchvision's "
-        "layout), and the CIFAR-N label files for --noise human") + " (default: %(default)s)")
+    entries = [catalog.DATASETS[d] for d in datasets]
+    folders = " or ".join(e["folder"] + ("/raw/" if e["format"] == "idx" else "/") for e in entries)
+    g.add_argument("--data-dir", default="data", help=f"dataset folder: {folders} (torchvision's layout)" + (
+        ", or the four IDX files themselves" if script == "train_mnist.py" else ", and the CIFAR-N label files for "
+        "--noise human") + " (default: %(default)s)")
     g.add_argument("--download", action="store_true", help="fetch the dataset with torchvision first")
     g.add_argument("--prepare-data", action="store_true",
                    help="only load (downloading if needed) and describe the dataset, then exit")
@@ -194,11 +197,12 @@ def parse(script, argv=None, doc=None):
     """
     parser = training_parser(script, doc)
     args = parser.parse_args(argv)
-    for key, value in grid.DATASETS[args.dataset].items():  # the report's values, unless given
-        if key != "script" and getattr(args, key, value) is None:
+    settings = catalog.DATASETS[args.dataset]["settings"]
+    for key, value in settings.items():  # the report's values, unless given
+        if getattr(args, key, value) is None:
             setattr(args, key, value)
     if script == "train_mnist.py":
-        args.model = grid.DATASETS[args.dataset]["model"]
+        args.model = settings["model"]
     check(parser, args)
     config = {k: v for k, v in sorted(vars(args).items()) if k not in RUNTIME_FLAGS}
     return args, config
@@ -218,7 +222,7 @@ def check(parser, args):
                      f"it takes {takes}")
     # the effective parameters are part of the run's identity: the report's for the dataset where it
     # set them (tau = 2 for PHuber-CE on CIFAR-10), else the loss's defaults
-    defaults = {**losses[args.loss], **grid.loss_defaults(args.dataset, args.loss)}
+    defaults = {**losses[args.loss], **catalog.loss_defaults(args.dataset, args.loss)}
     for name in params:
         value = defaults.get(name) if getattr(args, name) is None else getattr(args, name)
         if name in losses[args.loss] and value is not None:
@@ -248,7 +252,7 @@ def check(parser, args):
             bad("--clip-mode", args.clip_mode, "per-example clipping needs --clip-norm")
         if args.amp == "fp16":
             bad("--amp", args.amp, "per-example clipping supports --amp bf16 or float32 (no gradient scaler)")
-    if args.dataset in ("mnist", "fashion-mnist"):
+    if catalog.optimiser(args.dataset) == "adam":
         if not (0 < args.lr_decay <= 1 and 0 < args.lr_decay_steps < math.inf):
             parser.error(f"--lr-decay {args.lr_decay} / --lr-decay-steps {args.lr_decay_steps} are not allowed: "
                          "the decay must be in (0, 1] and the steps > 0")
@@ -276,8 +280,11 @@ def check_noise(parser, args):
         parser.error(f"--noise-features {args.noise_features!r} is not allowed without --noise instance")
     if args.noise == "instance":  # part of the run's identity for instance noise only: None otherwise
         args.noise_features = args.noise_features or "raw"
+    if human and args.dataset not in catalog.HUMAN_NOISE:
+        parser.error(f"--noise human is not allowed with --dataset {args.dataset}: it has no CIFAR-N label file "
+                     f"(those of {', '.join(catalog.HUMAN_NOISE)})")
     if human:
-        spec = grid.HUMAN_NOISE[args.dataset]
+        spec = catalog.HUMAN_NOISE[args.dataset]
         # the official code's name is the same run as the file's key it stands for
         args.noise_key = spec["aliases"].get(args.noise_key, args.noise_key or spec["default"])
         if args.noise_key not in spec["keys"]:

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-import grid
+import catalog
 import results
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -44,8 +44,9 @@ def write_csv_rows(path, rows):
 
 def summary_row(dataset, loss, rho, seed, acc, **extra):
     """A summary.csv row as the training scripts write it, for aggregate.py's tests: the report's
-    settings for the dataset (grid.DATASETS) unless `extra` changes them."""
-    report = {k: results.format_value(v) for k, v in grid.DATASETS.get(dataset, grid.MNIST).items() if k != "script"}
+    settings for the dataset (catalog.py; MNIST's for another) unless `extra` changes them."""
+    entry = catalog.DATASETS.get(dataset, catalog.DATASETS["mnist"])
+    report = {k: results.format_value(v) for k, v in entry["settings"].items()}
     row = dict(run=f"{dataset}-{loss}-{'-'.join(f'{k}{v}' for k, v in sorted(extra.items()))}-{rho}-{seed}",
                dataset=dataset, **report, loss=loss, tau="", q="", alpha="", beta="", clip_norm="",
                clip_mode="global", rho=rho, seed=seed, noise="symmetric", noise_seed=0, val_split=0.0,

@@ -23,44 +23,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import grid
 import noise
 import results
+from catalog import DATASETS  # files, classes, flip maps, torchvision classes: one entry per dataset
 
-# Datasets. The asymmetric flip maps are data (class -> class it is flipped to), the common
-# definitions of Patrini et al. (2017) / Zhang & Sabuncu (2018); see docs/noise.md.
-
-CIFAR100_COARSE = [  # super-class of each fine label, in the order of the dataset's fine labels
-    4, 1, 14, 8, 0, 6, 7, 7, 18, 3, 3, 14, 9, 18, 7, 11, 3, 9, 7, 11, 6, 11, 5, 10, 7, 6, 13, 15, 3, 15,
-    0, 11, 1, 10, 12, 14, 16, 9, 11, 5, 5, 19, 8, 8, 15, 13, 14, 17, 18, 10, 16, 4, 17, 4, 2, 0, 17, 4,
-    18, 17, 10, 3, 2, 12, 12, 16, 12, 1, 9, 19, 2, 10, 0, 1, 16, 12, 9, 13, 15, 13, 16, 19, 2, 4, 6, 19,
-    5, 5, 8, 19, 18, 1, 2, 15, 6, 0, 17, 8, 14, 13]
-
-
-def next_within_superclass(coarse):
-    """Each class flips to the next class of its super-class, circularly."""
-    flips = {}
-    for group in sorted(set(coarse)):
-        members = [c for c, g in enumerate(coarse) if g == group]
-        flips.update({c: members[(i + 1) % len(members)] for i, c in enumerate(members)})
-    return flips
-
-
-DATASETS = {  # shape: of one image; the models are built for it (LeNet's 28 x 28)
-    "mnist": dict(classes=10, shape=(1, 28, 28), format="idx", folder="MNIST",
-                  flips={2: 7, 3: 8, 5: 6, 6: 5, 7: 1}),
-    "fashion-mnist": dict(classes=10, shape=(1, 28, 28), format="idx", folder="FashionMNIST",  # shirt<->t-shirt,
-                          flips={6: 0, 0: 6, 2: 4, 4: 2, 5: 7, 7: 5}),     # pullover<->coat, sandal<->sneaker
-    "cifar10": dict(classes=10, shape=(3, 32, 32), format="cifar", folder="cifar-10-batches-py", label_key="labels",
-                    train_files=[f"data_batch_{i}" for i in range(1, 6)], test_files=["test_batch"],
-                    flips={9: 1, 2: 0, 4: 7, 3: 5, 5: 3}),  # truck->automobile, bird->airplane, deer->horse, cat<->dog
-    "cifar100": dict(classes=100, shape=(3, 32, 32), format="cifar", folder="cifar-100-python", label_key="fine_labels",
-                     train_files=["train"], test_files=["test"], flips=next_within_superclass(CIFAR100_COARSE)),
-}
-CIFAR_N = "https://github.com/UCSC-REAL/cifar-10-100n"  # the human label files (grid.HUMAN_NOISE)
+CIFAR_N = "https://github.com/UCSC-REAL/cifar-10-100n"  # the human label files (catalog.HUMAN_NOISE)
 LABEL_FILE_LIMIT = 64 << 20  # they are 2.4 MB and less (CIFAR-10N: six arrays of 50,000 int64 labels)
 IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-TORCHVISION_CLASS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10", "cifar100": "CIFAR100"}
 
 
 class DataError(Exception):
@@ -153,9 +122,10 @@ def check_labels(path, labels, classes):
 def download(name, data_dir):
     """Fetch through torchvision's dataset class (which checks the MD5 sums)."""
     import torchvision  # only needed to download
-    getattr(torchvision.datasets, TORCHVISION_CLASS[name])(data_dir, train=True, download=True)
+    fetch = getattr(torchvision.datasets, DATASETS[name]["torchvision"])
+    fetch(data_dir, train=True, download=True)
     if DATASETS[name]["format"] == "idx":  # MNIST-like classes fetch the test files separately
-        getattr(torchvision.datasets, TORCHVISION_CLASS[name])(data_dir, train=False, download=True)
+        fetch(data_dir, train=False, download=True)
 
 
 def expected_files(name, data_dir):
@@ -214,7 +184,7 @@ def load_dataset(name, data_dir, force_download=False):
 def read_human_labels(path, dataset, key):
     """(clean, noisy, sha256) from a CIFAR-N file: a torch-saved dict of 50,000 labels per key, in the
     order of the CIFAR training set. Read as untrusted input: only tensors and numpy arrays unpickle."""
-    name = grid.HUMAN_NOISE[dataset]["file"]
+    name = DATASETS[dataset]["human"]["file"]
     if os.path.isdir(path):
         raise DataError(f"{path}: is a folder; --noise-file names the CIFAR-N label file itself ({name})")
     if not os.path.exists(path):

@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 
+import catalog
 import cli
 import results
 
@@ -88,7 +89,7 @@ def generate_data(folder, cuda):
     import conftest  # numpy and pytest: only now, past the check for CUDA
     if cuda:
         conftest.make_idx_dataset(folder, n_train=60000, n_test=10000)
-        conftest.make_cifar_dataset(folder, "cifar100", n_train=300, n_test=100)
+        conftest.make_cifar_dataset(folder, catalog.BENCH["resnet50"], n_train=300, n_test=100)
     else:
         conftest.make_idx_dataset(folder)
 
@@ -105,7 +106,8 @@ def plan(cuda, data, scratch):
     tier = [sys.executable, "-m", "pytest", "-m", "cuda", "-v", "-rfE", "--durations=15", "-p", "no:cacheprovider",
             "test_cuda.py", *tests]
     # the self-check: MNIST only, two losses (ResNet-50 in float16 takes many minutes on a CPU)
-    cells = ["--datasets", "mnist,cifar100"] if cuda else ["--datasets", "mnist", "--losses", "ce,linear"]
+    lenet, resnet = catalog.BENCH["lenet"], catalog.BENCH["resnet50"]  # the benchmark's datasets
+    cells = ["--datasets", f"{lenet},{resnet}"] if cuda else ["--datasets", lenet, "--losses", "ce,linear"]
     grid = ["bash", os.path.join(HERE, "run_all.sh"), "--quick", *cells, "--rhos", "0.6", "--gpus", "0", "--per-gpu",
             str(per_gpu), "--out", os.path.join(scratch, "quick"), "--", "--data-dir", data, "--amp", "fp16",
             *([] if cuda else ["--device", "cpu"])]

@@ -1,13 +1,11 @@
 """The report's experiment grid, defined once (standard library only).
 
 run_all.sh runs it (through runner.py), aggregate.py lays out its tables with its row labels and
-order, and the training scripts take their per-dataset defaults from it:
+order, and the training scripts take the same per-dataset settings, from the dataset table it reads
+(catalog.py):
 
-    DATASETS        each dataset's script and the report's training settings (section 5)
-    report_rows     the loss settings of a dataset's table, in its order
+    report_rows     the loss settings of a dataset's table, in its order (its parameters: catalog.py)
     NAMES, BASE     how tables name each loss; which base loss each partially Huberised loss is paired with
-    PEER_DEFAULTS   the peer losses' alpha and beta per dataset, as their authors' official configs set them
-    loss_defaults   a loss's parameters on a dataset, as the report or PEER_DEFAULTS set them (a single run's defaults)
     RHOS, TRIALS    the noise rates and trials of every table; TABLE3, the noise-seed study
     TAU_CANDIDATES, VAL_SPLIT, choose_tau   the original paper's tau protocol
     TUNE            the fair comparison (run_all.sh --tune): each loss's candidate parameters
@@ -17,21 +15,11 @@ order, and the training scripts take their per-dataset defaults from it:
 """
 from dataclasses import dataclass, field
 
+import catalog
 import loss_specs
 
-# Report section 5, with the authors' corrections (CIFAR weight decay 5e-4, Nesterov momentum).
-MNIST = dict(script="train_mnist.py", model="lenet", epochs=20, batch_size=32, lr=1e-3, weight_decay=1e-3,
-             lr_decay=0.1, lr_decay_steps=10000)
-DATASETS = {
-    "mnist": MNIST,
-    "fashion-mnist": MNIST,  # not in the report: the same settings, on data that installs offline
-    "cifar10": dict(script="train_cifar.py", model="resnet50", epochs=400, batch_size=64, lr=0.1, weight_decay=5e-4,
-                    momentum=0.1, milestones=[160, 300, 360], lr_gamma=0.1),
-    "cifar100": dict(script="train_cifar.py", model="resnet50", epochs=200, batch_size=128, lr=0.1,
-                     weight_decay=5e-4, momentum=0.1, milestones=[60, 120, 160], lr_gamma=0.2),
-}
 SYNTHETIC = {"long_servedio": "synthetic_long_servedio.py", "ding": "synthetic_ding.py"}
-DEFAULT_DATASETS = ("synthetic", "mnist", "cifar10", "cifar100")
+DEFAULT_DATASETS = ("synthetic", *catalog.DEFAULT_GRID)
 RHOS = (0.0, 0.2, 0.4, 0.6)
 TRIALS = 3                       # seeds 0, 1, 2; the label noise seed is 0 for every trial
 SYNTHETIC_TRIALS = 500           # Long & Servedio trials per rho
@@ -66,69 +54,33 @@ def number_text(value):
 
 
 def report_rows(dataset):
-    """The report's loss settings for `dataset`, in the order and with the labels of its tables."""
-    tau = 2.0 if dataset == "cifar10" else 10.0  # report section 5.2.1: tau = 2 for PHuber-CE on CIFAR-10
-    rows = [Row("ce", {"loss": "ce"}, "CE"), Row("ce+clip", {"loss": "ce", "clip_norm": 0.1}, "CE + clipping"),
-            Row("linear", {"loss": "linear"}, "Linear"), Row("gce", {"loss": "gce", "q": 0.7}, "GCE"),
-            Row("phuber_ce", {"loss": "phuber_ce", "tau": tau}, f"PHuber-CE τ = {tau:g}"),
-            Row("phuber_gce", {"loss": "phuber_gce", "tau": 10.0, "q": 0.7}, "PHuber-GCE τ = 10")]
-    if dataset == "cifar100":  # the report's additional experiment, last in its Table 2
-        rows.append(Row("phuber_ce", {"loss": "phuber_ce", "tau": 50.0}, "PHuber-CE τ = 50"))
-    return rows
+    """The report's loss settings for `dataset`, in the order and with the labels of its tables: its
+    parameters are the dataset's (catalog.py: losses, then extra_rows)."""
+    entry = catalog.DATASETS[dataset]
+    extra = [Row(flags["loss"], dict(flags), NAMES[flags["loss"]] + "".join(
+        f" {SYMBOLS[k]} = {v:g}" for k, v in flags.items() if k != "loss")) for flags in entry["extra_rows"]]
+    return loss_rows(entry["losses"], [entry["losses"]["phuber_ce"]["tau"]]) + extra
 
 
-# The peer losses as their authors ran them: alpha and beta per dataset from the official configs,
-# HanxunH/Active-Passive-Losses configs/<dataset>/{sym,asym}/<loss>.yaml (the code of Ma et al., 2020, which
-# also runs SCE). Its sym and asym configs set the same values, so one entry serves every noise kind
-# (instance and human noise have no config there: the dataset's values). RCE's constant A: losses.py.
-MNIST_PEERS = {
-    "sce": dict(alpha=0.01, beta=1.0),     # configs/mnist/{sym,asym}/sce.yaml; the same in YisenWang/
-                                           # symmetric_cross_entropy_for_noisy_labels train_models.py (MNIST)
-    "nce_rce": dict(alpha=1.0, beta=10.0),  # configs/mnist/{sym,asym}/nce+rce.yaml
-}
-PEER_DEFAULTS = {
-    "mnist": MNIST_PEERS,
-    "fashion-mnist": MNIST_PEERS,  # no official config: MNIST's, as for the training settings (DATASETS)
-    "cifar10": {
-        "sce": dict(alpha=0.1, beta=1.0),    # configs/cifar10/{sym,asym}/sce.yaml; SCE repo train_models.py (CIFAR-10)
-        "nce_rce": dict(alpha=1.0, beta=1.0),  # configs/cifar10/{sym,asym}/nce+rce.yaml
-    },
-    "cifar100": {
-        "sce": dict(alpha=6.0, beta=0.1),     # configs/cifar100/{sym,asym}/sce.yaml; SCE repo train_models.py (CIFAR-100)
-        "nce_rce": dict(alpha=10.0, beta=0.1),  # configs/cifar100/{sym,asym}/nce+rce.yaml
-    },
-}
-
-
-def loss_defaults(dataset, loss):
-    """The parameters of `loss` on `dataset` where the report ({'tau': 2.0} for PHuber-CE on CIFAR-10) or,
-    for a peer loss, its authors' configs (PEER_DEFAULTS) set them: the defaults of a single run, so that
-    it is the same run as the grid's cell."""
-    row = next((r for r in report_rows(dataset) if r.flags["loss"] == loss and "clip_norm" not in r.flags), None)
-    return {k: v for k, v in row.flags.items() if k != "loss"} if row else dict(PEER_DEFAULTS[dataset].get(loss, {}))
+def loss_rows(params, taus):
+    """CE, CE + clipping 0.1 (the paper's, report section 5.1), linear, GCE, PHuber-CE at each of `taus`,
+    PHuber-GCE, in this order, with the parameters `params` ({loss: {parameter: value}}) set."""
+    gce, phuber_gce = ({"loss": loss, **params[loss]} for loss in ("gce", "phuber_gce"))
+    return [Row("ce", {"loss": "ce"}, "CE"), Row("ce+clip", {"loss": "ce", "clip_norm": 0.1}, "CE + clipping"),
+            Row("linear", {"loss": "linear"}, "Linear"), Row("gce", gce, "GCE"),
+            *(Row("phuber_ce", {"loss": "phuber_ce", "tau": t}, f"PHuber-CE τ = {t:g}") for t in taus),
+            Row("phuber_gce", phuber_gce, f"PHuber-GCE τ = {phuber_gce['tau']:g}")]
 
 
 # The report's Table 3: CE and PHuber-GCE at rho = 0.6 on MNIST and CIFAR-100, label noise seeds 0-3.
-TABLE3 = dict(datasets=("mnist", "cifar100"), losses=("ce", "phuber_gce"), rhos=(0.6,), noise_seeds=(0, 1, 2, 3))
-
-# Human label noise (Wei et al., ICLR 2022): each CIFAR-N label file, the keys it holds for the
-# dataset's fine labels, the default, the keys of run_all.sh --human-noise (docs/noise.md), and the names
-# the official training code gives them (UCSC-REAL/cifar-10-100n main.py, noise_type_map), accepted as aliases.
-HUMAN_NOISE = {
-    "cifar10": dict(file="CIFAR-10_human.pt", default="worse_label", grid=("aggre_label", "random_label1", "worse_label"),
-                    keys=("aggre_label", "random_label1", "random_label2", "random_label3", "worse_label"),
-                    aliases=dict(aggre="aggre_label", rand1="random_label1", rand2="random_label2",
-                                 rand3="random_label3", worst="worse_label")),
-    "cifar100": dict(file="CIFAR-100_human.pt", default="noisy_label", grid=("noisy_label",), keys=("noisy_label",),
-                     aliases=dict(noisy100="noisy_label")),
-}
+TABLE3 = dict(datasets=catalog.TABLE3, losses=("ce", "phuber_gce"), rhos=(0.6,), noise_seeds=(0, 1, 2, 3))
 
 # Not the report's: the paper's mechanism on a 2-core CPU (docs/memorisation.md). With the report's
 # MNIST settings LeNet never memorises (its learning rate decays 5000x in 20 epochs), so Adam keeps a
 # constant rate and no weight decay. 30 epochs: in a pilot at rho = 0.6, CE peaked at 86% test
 # accuracy at epochs 5-10 and had lost 19 points by epoch 30 (20% of the corrupted samples
 # memorised); epochs 30-60 lost 10 more at twice the cost. Its own results folder (and log names).
-MEMORISATION = dict(datasets=("fashion-mnist", "mnist"), rhos=(0.0, 0.4, 0.6), trials=3, folder="memorisation",
+MEMORISATION = dict(datasets=catalog.MEMORISATION, rhos=(0.0, 0.4, 0.6), trials=3, folder="memorisation",
                     flags=("--epochs", "30", "--lr-decay", "1", "--weight-decay", "0"),
                     taus=(2.0, 5.0, 10.0, 50.0))
 # The fair comparison in that regime, on the same CPU (run_all.sh --tune --memorisation,
@@ -136,19 +88,15 @@ MEMORISATION = dict(datasets=("fashion-mnist", "mnist"), rhos=(0.0, 0.4, 0.6), t
 # 5,000 of the noisy training samples for 20 epochs (a run takes about a minute). Pilot (rho = 0.6,
 # seed 0, docs/tuning.md): CE peaked at 75.6% test accuracy at epoch 6 and fell to 65.7% by epoch 20,
 # with 25% of the corrupted samples memorised; PHuber-CE tau = 2 was at 76.4% (5% memorised).
-TUNE_STUDY = dict(datasets=("fashion-mnist",), rhos=RHOS, trials=3,
+TUNE_STUDY = dict(datasets=catalog.TUNE_STUDY, rhos=RHOS, trials=3,
                   flags=("--epochs", "20", "--limit-train", "5000", "--lr-decay", "1", "--weight-decay", "0"))
 
 
-# What cells cost, for --list (estimate). On a GPU: the report's own timings on an RTX 2080 Ti in
-# full precision (sections 5.1.2, 5.2.2): MNIST 2 minutes per 20-epoch run, CIFAR-10 12 hours per
-# 400 epochs, CIFAR-100 4 hours per 200 epochs, per epoch of the full training set. On the CPU (the
-# memorisation settings): measured on this project's 2-core machine with two cells at a time
-# (run_all.sh --cpu-workers 2, one thread each), pilot runs of TUNE_STUDY: LeNet trains about 2,900
-# and evaluates about 13,000 images/s per cell, and a run needs about 6 s to start.
-SIZES = {"mnist": (60000, 10000), "fashion-mnist": (60000, 10000), "cifar10": (50000, 10000),
-         "cifar100": (50000, 10000)}  # training and test images (report sections 5.1.1, 5.2.1)
-GPU_EPOCH_SECONDS = {"mnist": 6, "fashion-mnist": 6, "cifar10": 108, "cifar100": 72}
+# What cells cost, for --list (estimate). On a GPU: the report's own timings (each dataset's
+# gpu_epoch_seconds and sizes in catalog.py). On the CPU (the memorisation settings): measured
+# on this project's 2-core machine with two cells at a time (run_all.sh --cpu-workers 2, one thread
+# each), pilot runs of TUNE_STUDY: LeNet trains about 2,900 and evaluates about 13,000 images/s per
+# cell, and a run needs about 6 s to start.
 CPU = dict(train_rate=2900, eval_rate=13000, start_seconds=6, workers=2)
 
 
@@ -163,15 +111,16 @@ def cell_cost(cell, cpu, extra=()):
     """Seconds of one training cell (with the pass-through flags `extra`): on the CPU of CPU, or on the
     report's GPU. ValueError for a value the script would refuse."""
     argv = [*cell.argv, *extra]
-    train, test = SIZES[cell.dataset]
-    epochs = int(flag_value(argv, "--epochs", DATASETS[cell.dataset]["epochs"]))
+    entry = catalog.DATASETS[cell.dataset]
+    train, test = entry["sizes"]
+    epochs = int(flag_value(argv, "--epochs", entry["settings"]["epochs"]))
     val = round(float(flag_value(argv, "--val-split", 0)) * train)
     limit_train, limit_test = (flag_value(argv, f) for f in ("--limit-train", "--limit-test"))
     trained = min(int(limit_train or train), train - val)
     tested = min(int(limit_test or test), test)
     if cpu:
         return CPU["start_seconds"] + epochs * (trained / CPU["train_rate"] + (val + tested) / CPU["eval_rate"])
-    return epochs * GPU_EPOCH_SECONDS[cell.dataset] * trained / train
+    return epochs * entry["gpu_epoch_seconds"] * trained / train
 
 
 def estimate(cells, cpu=False, extra=()):
@@ -187,7 +136,7 @@ def estimate(cells, cpu=False, extra=()):
                 f"(run_all.sh --cpu-workers {CPU['workers']}): about {hours(seconds / CPU['workers'])}, "
                 "from timings measured on this project's machine (grid.CPU)")
     return (f"time estimate: {len(training)} training cells, about {hours(seconds)} on one RTX 2080 Ti in full "
-            "precision, from the report's timings (grid.GPU_EPOCH_SECONDS); --amp fp16 about halves it, --gpus N "
+            "precision, from the report's timings (catalog.py); --amp fp16 about halves it, --gpus N "
             "divides it by N")
 
 
@@ -196,9 +145,9 @@ def hours(seconds):
 
 
 def memorisation_rows():
-    """CE, CE + clipping 0.1, linear, GCE, PHuber-CE at each tau, PHuber-GCE tau = 10, in this order."""
-    ph = [Row("phuber_ce", {"loss": "phuber_ce", "tau": t}, f"PHuber-CE τ = {t:g}") for t in MEMORISATION["taus"]]
-    return [*report_rows("mnist")[:4], *ph, report_rows("mnist")[5]]
+    """CE, CE + clipping 0.1, linear, GCE, PHuber-CE at each tau of MEMORISATION, PHuber-GCE, with the
+    report's parameters on MNIST (catalog.MEMORISATION_LOSSES), in this order."""
+    return loss_rows(catalog.DATASETS[catalog.MEMORISATION_LOSSES]["losses"], MEMORISATION["taus"])
 
 
 def choose_tau(rows, dataset, loss, candidates=None, logit_clip=None):
@@ -319,7 +268,7 @@ def cell_id(dataset, row, noise, seed, noise_seed=0):
 def noise_columns(dataset, rhos, human):
     """The noise a table's columns vary: (id part, flags) per rho, or per CIFAR-N key (--human-noise)."""
     if human:
-        return [(key, ("--noise", "human", "--noise-key", key)) for key in HUMAN_NOISE[dataset]["grid"]]
+        return [(key, ("--noise", "human", "--noise-key", key)) for key in catalog.HUMAN_NOISE[dataset]["grid"]]
     return [(rho, ("--rho", number_text(rho))) for rho in rhos]
 
 
@@ -329,8 +278,8 @@ def cells(datasets=DEFAULT_DATASETS, *, losses=None, rhos=RHOS, trials=TRIALS, t
     """The numbered cells of a selection. The order depends only on the selection, so that a SLURM
     array task given the same selection finds the same cell: tuning cells first (--tune-tau), then
     per dataset, row, rho (or human-noise key), label noise seed and seed. memorisation: that
-    setting's rows and flags; human: the CIFAR-N keys of HUMAN_NOISE instead of rhos; tune: the fair
-    comparison's candidates (TUNE) instead of the rows, into the setting's tune/ folder."""
+    setting's rows and flags; human: the CIFAR-N keys of catalog.HUMAN_NOISE instead of rhos;
+    tune: the fair comparison's candidates (TUNE) instead of the rows, into the setting's tune/ folder."""
     if tune:
         return tune_cells(datasets, losses, rhos, trials, val_split=val_split, quick=quick, memorisation=memorisation)
     setting = MEMORISATION if memorisation else dict(flags=(), folder="")
@@ -346,7 +295,7 @@ def cells(datasets=DEFAULT_DATASETS, *, losses=None, rhos=RHOS, trials=TRIALS, t
             for tau in candidates:
                 tuned = Row(row.key, {**row.flags, "tau": tau})
                 found.append(Cell(f"tau-tuning-{cell_id(dataset, tuned, max(rhos), 0)}", dataset,
-                                  DATASETS[dataset]["script"],
+                                  catalog.DATASETS[dataset]["script"],
                                   ("--dataset", dataset, *tuned.argv(), "--rho", number_text(max(rhos)), "--seed", "0",
                                    "--val-split", number_text(val_split), *budget), "tuning", tuning=True))
     for dataset in datasets:
@@ -356,6 +305,7 @@ def cells(datasets=DEFAULT_DATASETS, *, losses=None, rhos=RHOS, trials=TRIALS, t
                               ("--trials", str(trials_ls)), "synthetic"))
             found.append(Cell("synthetic-ding", "synthetic", SYNTHETIC["ding"], (), "synthetic"))
             continue
+        script = catalog.DATASETS[dataset]["script"]
         for row in rows_for(dataset, losses, taus=taus, tune_tau=tune_tau, memorisation=memorisation,
                             logit_clip=logit_clip):
             tuned = row.flags["loss"] if row.flags.get("tau") == "TUNED" else ""
@@ -364,8 +314,8 @@ def cells(datasets=DEFAULT_DATASETS, *, losses=None, rhos=RHOS, trials=TRIALS, t
                     seeded = ("--noise-seed", str(noise_seed)) if noise_seed else ()
                     for seed in range(trials):
                         found.append(Cell(prefix + cell_id(dataset, row, column, seed, noise_seed), dataset,
-                                          DATASETS[dataset]["script"], ("--dataset", dataset, *row.argv(), *noise,
-                                                                        *seeded, "--seed", str(seed), *budget),
+                                          script, ("--dataset", dataset, *row.argv(), *noise, *seeded,
+                                                   "--seed", str(seed), *budget),
                                           setting["folder"], tuned=tuned))
     return found
 
@@ -390,7 +340,7 @@ def tune_cells(datasets, losses, rhos, trials, *, val_split, quick, memorisation
                 for part, row in family.candidates():
                     for seed in range(trials):
                         found.append(Cell(f"{prefix}{dataset}-{part}-rho{number_text(rho)}-seed{seed}", dataset,
-                                          DATASETS[dataset]["script"],
+                                          catalog.DATASETS[dataset]["script"],
                                           ("--dataset", dataset, *row.argv(), "--rho", number_text(rho), "--seed", str(seed),
                                            "--val-split", number_text(val_split), *budget), tune_folder(memorisation)))
     return found

@@ -8,6 +8,7 @@ import os
 import shlex
 import subprocess
 
+import catalog
 import grid
 from cli import Parser, python, whole_number
 
@@ -51,7 +52,7 @@ def parse_grid(argv):
     named = dict(grid.TUNE_STUDY, losses=None) if opts.tune and opts.memorisation else \
         dict(datasets=tuple(d for d in grid.DEFAULT_DATASETS if d != "synthetic"), losses=None, rhos=grid.RHOS) \
         if opts.tune else grid.TABLE3 if opts.table3 else dict(grid.MEMORISATION, losses=None) if opts.memorisation \
-        else dict(datasets=tuple(grid.HUMAN_NOISE), losses=None, rhos=()) if opts.human_noise else \
+        else dict(datasets=tuple(catalog.HUMAN_NOISE), losses=None, rhos=()) if opts.human_noise else \
         dict(datasets=grid.DEFAULT_DATASETS, losses=None, rhos=grid.RHOS)
     if opts.table3 + opts.memorisation + opts.human_noise > 1:
         p.error("--table3, --memorisation and --human-noise are three settings: choose one")
@@ -81,8 +82,8 @@ def parse_grid(argv):
         return distinct(flag, values)
     datasets = distinct("--datasets", opts.datasets.split(","))
     for d in datasets:
-        if d != "synthetic" and d not in grid.DATASETS:
-            p.error(f"--datasets: {d!r} is not allowed: use synthetic, {', '.join(grid.DATASETS)}")
+        if d != "synthetic" and d not in catalog.DATASETS:
+            p.error(f"--datasets: {d!r} is not allowed: use synthetic, {', '.join(catalog.DATASETS)}")
     losses = distinct("--losses", opts.losses.split(",")) if opts.losses else None
     for loss in losses or ():
         if loss not in grid.known_losses(opts.tune):
@@ -94,8 +95,8 @@ def parse_grid(argv):
     setting = "--human-noise" if opts.human_noise else "--memorisation" if opts.memorisation else "--table3" \
         if opts.table3 else None
     for d in datasets if setting else ():  # each setting is defined for its own datasets (and none is synthetic's)
-        allowed = {"--human-noise": tuple(grid.HUMAN_NOISE), "--memorisation": grid.MEMORISATION["datasets"],
-                   "--table3": tuple(grid.DATASETS)}[setting]
+        allowed = {"--human-noise": tuple(catalog.HUMAN_NOISE), "--memorisation": grid.MEMORISATION["datasets"],
+                   "--table3": tuple(catalog.DATASETS)}[setting]
         if d not in allowed:
             p.error(f"--datasets: {d!r} is not allowed with {setting}: use {', '.join(sorted(allowed))}")
     clips = numbers("--logit-clip", opts.logit_clip, lambda d: 0 < d < float("inf"), "one norm > 0, e.g. 1") \

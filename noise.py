@@ -1,7 +1,7 @@
 """Label noise: applied once to the training labels, on the CPU, from its own seeded generator.
 
     symmetric    flip with probability rho to one of the other K-1 classes uniformly (the report's)
-    asymmetric   flip with probability rho along the dataset's class map (data.DATASETS flips)
+    asymmetric   flip with probability rho along the dataset's class map (catalog.py: flips)
     instance     Xia et al. (NeurIPS 2020): a flip rate per sample and a random linear map of its
                  image choose whether and where its label goes (instance_noise)
     human        CIFAR-10N / CIFAR-100N (Wei et al., ICLR 2022): annotators' labels, read from the

@@ -19,6 +19,7 @@ looked up for the chosen candidate afterwards.
 import os
 from collections import defaultdict
 
+import catalog
 import grid
 from tables import (LOSS_KEYS, fmt_cell, load_epochs, load_runs, loss_key, mean_se, paired_interval, parse_number, same,
                     setting_of, smoke_banner, write_table)
@@ -115,7 +116,7 @@ def flags(family, index, dataset):
     """A candidate as the command that trains it (with the table's other settings), e.g.
     'train_mnist.py --loss phuber_ce --tau 2': a spreadsheet would take a cell that begins with '-'
     for a formula."""
-    return " ".join([grid.DATASETS[dataset]["script"], *family.candidates()[index][1].argv()])
+    return " ".join([catalog.DATASETS[dataset]["script"], *family.candidates()[index][1].argv()])
 
 
 def value(run, column, early):
@@ -248,7 +249,8 @@ def tuned_tables(root, out, stem, note=()):
 def describe(dataset, setting):
     """The settings of a table's runs that are not the report's for the dataset, e.g. 'epochs 20,
     limit_train 5000, lr_decay 1, weight_decay 0, val_split 0.1'."""
-    report = {**grid.DATASETS[dataset], "noise": "symmetric", "noise_seed": 0, "channels_last": False, "init": "report"}
+    report = {**catalog.DATASETS[dataset]["settings"], "noise": "symmetric", "noise_seed": 0,
+              "channels_last": False, "init": "report"}
     report = {k: " ".join(map(str, v)) if isinstance(v, list) else v for k, v in report.items()}  # as CSV cells
     shown = [f"{k} {v}" for k, v in setting if k != "model" and not (k in report and same(v, report[k]))]
     return ", ".join(shown) or "the report's settings"

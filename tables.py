@@ -21,6 +21,7 @@ from collections import defaultdict
 import numpy as np
 from scipy import stats
 
+import catalog
 import cli
 import grid
 import loss_specs
@@ -285,7 +286,7 @@ def load_reference(path):
 
 
 # A run is set against a published number only when each of its settings is the published runs': the
-# report's for the dataset (grid.DATASETS), symmetric noise of seed 0 (the noise-seed table: any
+# report's for the dataset (catalog.py), symmetric noise of seed 0 (the noise-seed table: any
 # seed), no held-out split, no subset, every other setting unset. Two settings have more than one
 # published value: --init, the report's words and its authors' code, which made the numbers; and
 # --amp, as the report trained in fp16 mixed precision and found it as accurate as float32 (its
@@ -297,10 +298,11 @@ NOISE = {"instance": "instance-dependent noise", "asymmetric": "asymmetric noise
 
 def deviations(dataset, setting, ignore=()):
     """{setting: value} of those of `setting` (setting_of) that are not the published runs' on
-    `dataset`; {} for a dataset outside grid.DATASETS (no published settings to differ from)."""
-    if dataset not in grid.DATASETS:
+    `dataset`; {} for a dataset outside catalog.py (no published settings to differ from)."""
+    if dataset not in catalog.DATASETS:
         return {}
-    published = {k: canonical(results.format_value(v)) for k, v in grid.DATASETS[dataset].items() if k != "script"}
+    published = {k: canonical(results.format_value(v))
+                 for k, v in catalog.DATASETS[dataset]["settings"].items()}
     published.update(noise="symmetric", noise_seed="0", val_split="0")
     have = dict(setting)
     return {k: have.get(k, "unset") for k in sorted(set(have) | set(published)) if k not in (*ignore, *LAYOUT_ONLY)
@@ -322,7 +324,7 @@ def reference_key(dataset, key, rho, setting, ignore=()):
     row = dict(zip(LOSS_KEYS, key))
     unpublished = [k for k in loss_specs.param_names() if k not in ("tau", "q") and row[k]]
     if row["clip_mode"] == "per-example" or unpublished or deviations(dataset, setting, ignore) \
-            or dataset not in grid.DATASETS:
+            or dataset not in catalog.DATASETS:
         return None
     return (dataset, row["loss"], parse_number(row["tau"]),
             parse_number(row["q"]) if row["loss"] in ("gce", "phuber_gce") else None, parse_number(row["clip_norm"]), rho)

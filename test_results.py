@@ -8,6 +8,7 @@ import sys
 import pytest
 
 import aggregate
+import catalog
 import cli
 import conftest
 import results
@@ -17,7 +18,7 @@ from results import read_csv
 SCRIPTS = ["train_mnist.py", "train_cifar.py", "synthetic_long_servedio.py", "synthetic_ding.py", "aggregate.py",
            "runner.py", "bench.py", "gpu_check.py"]
 TORCH_FREE = ["aggregate", "tables", "figures", "runner", "slurm", "grid", "cli", "grid_cli", "results", "loss_specs",
-              "margin_losses", "synthetic_long_servedio", "synthetic_ding", "gpu_check"]
+              "margin_losses", "synthetic_long_servedio", "synthetic_ding", "gpu_check", "catalog"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -31,7 +32,7 @@ def test_every_written_column_is_classified(mnist_dir, tmp_path):
     epochs = read_csv(os.path.join(conftest.only_run_dir(tmp_path), "epochs.csv"))
     assert results.unclassified(row) == [] and results.unclassified(epochs[0], epochs=True) == []
     assert all(row[c] != "" for c in ("clipped_clean", "val_acc", "grad_norm_corrupted"))
-    for script in cli.SCRIPTS:  # every setting of every script, including those of train_cifar.py
+    for script in catalog.SCRIPTS:  # every setting of every script, including those of train_cifar.py
         assert results.unclassified(cli.parse(script, [])[1]) == []
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 from scipy import stats
 
+import catalog
 import cli
 import conftest
 import data
@@ -72,7 +73,7 @@ def test_lenet_init_and_shapes():
 # Label noise.
 
 def noisy(labels, rho, k=10, kind="symmetric", dataset="mnist", seed=0):
-    flips = data.DATASETS[dataset]["flips"] if kind == "asymmetric" else {}
+    flips = catalog.DATASETS[dataset]["flips"] if kind == "asymmetric" else {}
     return noise.add_label_noise(labels, rho, k, kind, noise.flip_map(flips, k),
                                  generator=torch.Generator().manual_seed(seed))
 
@@ -135,7 +136,7 @@ def test_random_crop_flip_stays_inside_padded_image_and_flips_half():
 # Learning-rate schedules.
 
 def test_mnist_schedule_is_exponential_per_iteration():
-    f = train_mnist.lr_factor(grid.DATASETS["mnist"]["lr_decay"], grid.DATASETS["mnist"]["lr_decay_steps"])
+    f = train_mnist.lr_factor(*(catalog.DATASETS["mnist"]["settings"][k] for k in ("lr_decay", "lr_decay_steps")))
     assert [f(n) for n in (0, 5000, 10000, 20000)] == pytest.approx([1, 0.1 ** 0.5, 0.1, 0.01])
     opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1e-3)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, f)
@@ -347,12 +348,12 @@ def test_expected_calibration_error_by_hand():
 # ---------------------------------------------------------------------------------------------
 # Noise models, their record, and the noisy validation split.
 
-@pytest.mark.parametrize("dataset", list(data.DATASETS))
+@pytest.mark.parametrize("dataset", list(catalog.DATASETS))
 def test_asymmetric_flips_only_along_the_map_at_the_set_rate(dataset):
-    k, rho, n = data.DATASETS[dataset]["classes"], 0.3, 400_000
+    k, rho, n = catalog.DATASETS[dataset]["classes"], 0.3, 400_000
     clean = torch.randint(0, k, (n,), generator=torch.Generator().manual_seed(2))
     y = noisy(clean, rho, k, "asymmetric", dataset)
-    target = noise.flip_map(data.DATASETS[dataset]["flips"], k)
+    target = noise.flip_map(catalog.DATASETS[dataset]["flips"], k)
     changed = y != clean
     assert torch.equal(y[changed], target[clean[changed]])          # only along the map
     moved = target != torch.arange(k)
@@ -364,10 +365,10 @@ def test_asymmetric_flips_only_along_the_map_at_the_set_rate(dataset):
 
 
 def test_flip_maps_are_the_documented_ones():
-    assert dict(data.DATASETS["mnist"]["flips"]) == {2: 7, 3: 8, 5: 6, 6: 5, 7: 1}
-    assert dict(data.DATASETS["cifar10"]["flips"]) == {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
-    cifar100 = data.DATASETS["cifar100"]["flips"]
-    coarse = data.CIFAR100_COARSE
+    assert dict(catalog.DATASETS["mnist"]["flips"]) == {2: 7, 3: 8, 5: 6, 6: 5, 7: 1}
+    assert dict(catalog.DATASETS["cifar10"]["flips"]) == {9: 1, 2: 0, 4: 7, 3: 5, 5: 3}
+    cifar100 = catalog.DATASETS["cifar100"]["flips"]
+    coarse = catalog.CIFAR100_COARSE
     assert sorted(cifar100) == list(range(100)) and sorted(cifar100.values()) == list(range(100))  # a permutation
     assert all(coarse[a] == coarse[b] and a != b for a, b in cifar100.items())  # within the super-class
     assert [coarse.count(g) for g in range(20)] == [5] * 20
@@ -512,7 +513,7 @@ def test_per_example_run_logs_clipping(mnist_dir, tmp_path):
 @pytest.mark.parametrize("dataset,loss,expected", [("cifar10", "phuber_ce", 2.0), ("cifar100", "phuber_ce", 10.0),
                                                    ("cifar10", "phuber_gce", 10.0), ("mnist", "phuber_ce", 10.0)])
 def test_single_run_takes_the_reports_tau_for_its_dataset(dataset, loss, expected):
-    script = grid.DATASETS[dataset]["script"]
+    script = catalog.DATASETS[dataset]["script"]
     _, config = cli.parse(script, ["--dataset", dataset, "--loss", loss])
     assert config["tau"] == expected
     cell = next(c for c in grid.cells(datasets=[dataset]) if c.argv[3] == loss and "-rho0-seed0" in c.id)
@@ -526,7 +527,7 @@ def test_single_run_takes_the_reports_tau_for_its_dataset(dataset, loss, expecte
     ("cifar100", "nce_rce", 10.0, 0.1)])
 def test_peer_losses_run_as_their_authors_configs_set_them(dataset, loss, alpha, beta):
     # HanxunH/Active-Passive-Losses configs/<dataset>/{sym,asym}/{sce,nce+rce}.yaml; Fashion-MNIST takes MNIST's
-    script = grid.DATASETS[dataset]["script"]
+    script = catalog.DATASETS[dataset]["script"]
     _, config = cli.parse(script, ["--dataset", dataset, "--loss", loss])
     assert (config["alpha"], config["beta"], config["A"]) == (alpha, beta, math.log(1e-4))
     papers = cli.parse(script, ["--dataset", dataset, "--loss", loss, "--A", "-4", "--alpha", "2"])[1]

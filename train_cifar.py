@@ -8,7 +8,7 @@ for every trial), with the standard augmentation (zero-pad 4, random 32x32 crop,
 and adds the final test accuracy to results/summary.csv (per-epoch curves in
 results/runs/<run>/epochs.csv). The report gets 60.2 +- 0.2 % for this cell.
 
-The report's settings per dataset (grid.DATASETS; any flag overrides them):
+The report's settings per dataset (catalog.py; any flag overrides them):
     cifar10:  batch 64,  400 epochs, lr divided by 10 at epochs 160, 300, 360   (~12 GPU hours fp32)
     cifar100: batch 128, 200 epochs, lr divided by 5  at epochs 60, 120, 160    (~4 GPU hours fp32)
 The report trained in fp16 mixed precision (autocast with a gradient scaler; 2x faster, same
