@@ -297,7 +297,8 @@ def test_another_label_file_is_another_run(cifar_dir, tmp_path):
     write_human_file(first, clean, {"worse_label": flipped(clean, 0.4, 1)})
     write_human_file(second, clean, {"worse_label": flipped(clean, 0.4, 2)})
     for path in (first, second, first):  # the third is the first run again: already finished
-        assert cifar(cifar_dir, tmp_path / "out", "--noise", "human", "--noise-file", str(path)) == 0
+        assert cifar(cifar_dir, tmp_path / "out", "--noise", "human", "--noise-file", str(path), "--limit-train", "50",
+                     "--limit-test", "50") == 0
     rows = read_csv(tmp_path / "out" / "summary.csv")
     assert len(rows) == 2 and len({r["run"] for r in rows}) == 2 and len({r["label_hash"] for r in rows}) == 2
     assert {r["noise_file_sha256"] for r in rows} == {hashlib.sha256(p.read_bytes()).hexdigest() for p in (first, second)}
