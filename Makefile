@@ -2,9 +2,9 @@
 # (torch's CUDA build: about 5.5 GB, 2 minutes).
 #
 #   make figure1     the synthetic experiments of the report's Figure 1 (about 5 s on 2 CPU cores)
-#   make test        the whole test suite, as CI runs it, in two streams at once (about 12 minutes on
+#   make test        the whole test suite, as CI runs it, in two streams at once (about 15 minutes on
 #                    2 CPU cores; one stream, `python -m pytest -q`, takes about 19)
-#   make test-fast   the tests without the end-to-end runs (about a minute)
+#   make test-fast   the tests without the end-to-end runs
 #
 # And one that uses $(PYTHON) as it is, no venv, nothing installed (docs/speed.md):
 #
@@ -25,7 +25,8 @@ figure1: $(VENV)/installed
 # training script, torch's import), so one stream leaves a core idle, and CI has 20 minutes. The
 # halves take about equal time; each has its own temporary folder; the first's output follows the
 # second's; the status fails if either does; Ctrl-C stops both.
-SUITE_A := test_reliability.py test_golden.py test_catalog.py test_losses.py test_structure.py test_synthetic.py
+SUITE_A := test_reliability.py test_golden.py test_catalog.py test_gpu_check.py test_losses.py test_structure.py \
+           test_synthetic.py
 SUITE_B := $(filter-out $(SUITE_A),$(sort $(wildcard test_*.py)))
 
 test: $(VENV)/installed
