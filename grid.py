@@ -102,9 +102,13 @@ CPU = dict(train_rate=2900, eval_rate=13000, start_seconds=6, workers=2)
 
 def flag_value(argv, flag, default=None):
     """The value a script takes for `flag` from argv (its last occurrence, as `flag V` or `flag=V`), else default."""
-    values = [v for i, a in enumerate(argv) for v in ([argv[i + 1]] if a == flag and i + 1 < len(argv) else
-                                                   [a.split("=", 1)[1]] if a.startswith(flag + "=") else [])]
-    return values[-1] if values else default
+    value = default
+    for i, arg in enumerate(argv):
+        if arg == flag and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
 
 
 def cell_cost(cell, cpu, extra=()):
