@@ -44,10 +44,9 @@ import numpy as np
 import catalog
 import figures
 import grid
-import loss_specs
 import results
 import selection
-from cli import Parser
+from errors import Parser
 from tables import (LOSS_KEYS, describe_settings, smoke_banner, fmt_cell, load_epochs, load_reference, load_runs, loss_key,
                     loss_label, loss_sort, mean_se, neutralise, paired_interval, parse_number, peak, read_rows,
                     reference_key, setting_of, shared_deviations, summary_table, table_entries, unreadable, warn,
@@ -178,7 +177,7 @@ def base_loss(key):
         return None
     base = {k: "" for k in LOSS_KEYS}
     base.update(loss=grid.BASE[row["loss"]], clip_mode=row["clip_mode"],
-                **{k: row[k] for k in loss_specs.read()[0][grid.BASE[row["loss"]]]})
+                **{k: row[k] for k in {**catalog.LOSSES[grid.BASE[row["loss"]]], **catalog.WRAPPERS}})
     return tuple(base[k] for k in LOSS_KEYS)
 
 

@@ -11,12 +11,12 @@ prints, for the chosen device (default: cuda if available):
   2. CIFAR augmentation images/s: our batched crop + flip + normalise against torchvision's
      per-image RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize;
   3. ResNet-50 (CIFAR variant) training images/s with our loop;
-  4. instance-dependent label noise (noise.instance_noise) for 50,000 CIFAR-sized images, K = 10
+  4. instance-dependent label noise (data.instance_noise) for 50,000 CIFAR-sized images, K = 10
      and 100, on the raw pixels (Xia et al.'s features, the default), on the CPU (where it always
      runs). --noise-only: just this.
 Measurements only; nothing is asserted. On a 2-core CPU the whole run takes about three minutes.
 
---grid-estimate JSON (make gpu-check runs it) times instead one epoch as a run does it (experiment.fit:
+--grid-estimate JSON (make gpu-check runs it) times instead one epoch as a run does it (the scripts' loop:
 train, evaluate 10,000 test images, checkpoint) of LeNet on 60,000 random MNIST-sized images, alone
 and K at a time in K processes, and of ResNet-50 at batch 128 on CIFAR-100-sized images per precision,
 layout and compile (--resnet-steps steps after --warmup untimed ones, scaled to an epoch's 391), and
@@ -42,15 +42,14 @@ import torch
 import torch.nn.functional as F
 
 import catalog
-import cli
-import experiment
 import grid
+import losses
 import models
-import noise
 import results
 import training
-from data import channel_stats, in_memory, load_dataset, normalise, random_crop_flip
-from training import fused
+from config import parse
+from data import channel_stats, in_memory, instance_noise, load_dataset, normalise, random_crop_flip
+from errors import Parser
 
 
 def timed(fn, device):
@@ -76,27 +75,28 @@ def random_images(n, channels, size, classes):
             torch.randint(0, classes, (n,), generator=g))
 
 
-def setup(model_name, classes, channels, device, *, amp=None, channels_last=False, compile=False, clip_norm=None,
-          per_example=False):
-    """(Model, Optimiser) as experiment.setup builds a run's: the report's optimiser for the network (Adam
-    for LeNet as in train_mnist.py, SGD with Nesterov momentum for the ResNets as in train_cifar.py, with
-    the report's settings of catalog.BENCH's datasets), their kernels (training.fused), the gradient
-    scaler for fp16, the loss (cross entropy); a constant learning rate."""
+def setup(model_name, classes, device, folder=None, *, batch_size=32, **flags):
+    """A Learner as the training scripts build a run's, from config.parse of the report's settings of
+    catalog.BENCH's dataset for the network and `flags` (amp="fp16", channels_last=True, ...): Adam for
+    LeNet (train_mnist.py), SGD with Nesterov momentum for the ResNets (train_cifar.py), their kernels,
+    the gradient scaler for fp16, cross entropy without a per-step check of the targets; a constant
+    learning rate. Its results folder (for fit_seconds): `folder`."""
+    lenet = model_name == "lenet"
+    argv = ["--dataset", catalog.BENCH["lenet" if lenet else "resnet50"], "--epochs", "1", "--batch-size",
+            str(batch_size), "--force", "--out", folder or ".", *([] if lenet else ["--model", model_name])]
+    for flag, value in flags.items():
+        argv += [f"--{flag.replace('_', '-')}"] + ([] if value is True else [str(value)]) if value else []
+    config = parse("train_mnist.py" if lenet else "train_cifar.py", argv)
     torch.manual_seed(0)
-    net = models.make_model(model_name, classes, channels).to(device)
-    net = net.to(memory_format=torch.channels_last) if channels_last else net
-    bench = catalog.BENCH["lenet" if model_name == "lenet" else "resnet50"]
-    s, kernels = catalog.DATASETS[bench]["settings"], fused(device, compile)
-    if model_name == "lenet":
-        optimizer = torch.optim.Adam(net.parameters(), lr=s["lr"], weight_decay=s["weight_decay"], fused=kernels)
-    else:
-        optimizer = torch.optim.SGD(net.parameters(), lr=s["lr"], momentum=s["momentum"], nesterov=True,
-                                    weight_decay=s["weight_decay"], fused=kernels)
-    optimiser = training.Optimiser(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: 1.0),
-                                   torch.amp.GradScaler(device.type, enabled=amp == "fp16"), clip_norm, per_example)
-    criterion = experiment.criterion_for(dict(loss="ce"))  # a run's: no per-step check of targets (a host sync)
-    return training.Model(net, criterion, torch.compile(net) if compile else net, training.AMP[amp],
-                          channels_last), optimiser
+    layout = torch.channels_last if config.channels_last else torch.preserve_format
+    net = models.make_model(model_name, classes, 1 if lenet else 3).to(device, memory_format=layout)
+    kernels = training.fused(device, config.compile)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=kernels) \
+        if lenet else torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True,
+                                      weight_decay=config.weight_decay, fused=kernels)
+    criterion = losses.make_loss("ce", check_targets=False)
+    return training.Learner(net, criterion, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: 1.0),
+                            config)
 
 
 def head(data, n):
@@ -110,12 +110,12 @@ def our_loop(model_name, images, labels, device, batch_size, *, augment, steps=N
     untimed batches on the same network (cuDNN's autotuning, compilation); options: setup's."""
     n = len(labels) if steps is None else steps * batch_size
     data = in_memory(images[:n], labels[:n], device)
-    model, optimiser = setup(model_name, 10, images.shape[1], device, **options)
+    learner = setup(model_name, 10, device, batch_size=batch_size, **options)
     generator = torch.Generator(device).manual_seed(0)
     if warmup:
-        training.train_epoch(model, optimiser, head(data, warmup * batch_size), generator, batch_size=batch_size,
+        training.train_epoch(learner, head(data, warmup * batch_size), generator, batch_size=batch_size,
                              augment=augment)
-    return n / timed(lambda: training.train_epoch(model, optimiser, data, generator, batch_size=batch_size,
+    return n / timed(lambda: training.train_epoch(learner, data, generator, batch_size=batch_size,
                                                   augment=augment), device)
 
 
@@ -124,8 +124,8 @@ def bare_loop(images, labels, device, batch_size):
     mean, std = channel_stats(images)
     x = ((images.float() - mean.float().view(1, -1, 1, 1)) / std.float().view(1, -1, 1, 1)).to(device)
     batches = [(x[i:i + batch_size], labels[i:i + batch_size].to(device)) for i in range(0, len(x), batch_size)]
-    model, optimiser = setup("lenet", 10, 1, device)
-    net, optimizer = model.net, optimiser.optimizer
+    learner = setup("lenet", 10, device)
+    net, optimizer = learner.net, learner.optimizer
 
     def epoch():
         for xb, yb in batches:
@@ -158,8 +158,8 @@ def dataloader_loop(images, labels, device, batch_size, workers):
     loader = torch.utils.data.DataLoader(PILDataset(images, labels, transform), batch_size=batch_size,
                                          shuffle=True, num_workers=workers, pin_memory=device.type == "cuda",
                                          persistent_workers=False)
-    model, optimiser = setup("lenet", 10, 1, device)
-    net, optimizer = model.net, optimiser.optimizer
+    learner = setup("lenet", 10, device)
+    net, optimizer = learner.net, learner.optimizer
 
     def epoch():
         for xb, yb in loader:
@@ -202,7 +202,7 @@ def instance_noise_seconds(k, repeats=3):
     times = []
     for seed in range(repeats):
         start = time.perf_counter()
-        noisy = noise.instance_noise(images.flatten(1), labels, k, 0.4, torch.Generator().manual_seed(seed))
+        noisy = instance_noise(images.flatten(1), labels, k, 0.4, torch.Generator().manual_seed(seed))
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2], (noisy != labels).double().mean().item()
 
@@ -221,31 +221,40 @@ TRAIN = {"lenet": 60000, "resnet50": 50000}  # the training sets of MNIST and CI
 TEST = 10000
 
 
-def fit_seconds(model, optimiser, data, folder, *, batch_size, augment):
-    """(wall seconds, training seconds) of one epoch as a run does it: experiment.fit, which trains
-    (training.train_epoch), evaluates the test set, checkpoints and writes epochs.csv."""
-    device = model.device
-    job = experiment.Run("bench", dict(epochs=1, batch_size=batch_size), folder, device, augment=augment)
-    history, state = [], experiment.State(model, optimiser, torch.Generator(device).manual_seed(0))
-    os.makedirs(job.folder, exist_ok=True)
-    with contextlib.redirect_stdout(io.StringIO()):  # fit's line per epoch
-        wall = timed(lambda: experiment.fit(job, state, data, history, 0.0), device)
-    return wall, len(data.train_y) / history[0]["images_per_second"]
+def fit_seconds(learner, data, *, augment):
+    """(wall seconds, training seconds) of one epoch as a run does it (the training scripts' loop):
+    train (training.train_epoch), evaluate, checkpoint and write epochs.csv."""
+    run, generator = training.RunFolder(learner.config), torch.Generator(learner.device).manual_seed(0)
+    batch_size = learner.config.batch_size
+
+    def epoch():
+        with run.training(learner, data, generator):
+            t0 = time.perf_counter()
+            stats = training.train_epoch(learner, data, generator, batch_size=batch_size, augment=augment)
+            train_seconds = time.perf_counter() - t0
+            test = training.evaluate(learner, data.test_x, data.test_y, data.mean, data.std)
+            val = training.evaluate(learner, data.val_x, data.val_y, data.mean, data.std, clean=data.val_clean)
+            run.end_epoch(training.epoch_row(stats, test, val, epoch=1, steps=math.ceil(len(data.train_y) / batch_size),
+                                             lr=learner.optimizer.param_groups[0]["lr"], train_seconds=train_seconds,
+                                             seconds=time.perf_counter() - t0))
+    with contextlib.redirect_stdout(io.StringIO()):  # the run's lines
+        wall = timed(epoch, learner.device)
+    return wall, len(data.train_y) / run.history[0]["images_per_second"]
 
 
 def measure(model_name, device, n, folder, *, batch_size, warmup, test=TEST, ready=None, **options):
-    """Time one epoch of `n` random images (experiment.fit) after an untimed one of `warmup` batches
+    """Time one epoch of `n` random images (fit_seconds) after an untimed one of `warmup` batches
     on the same network (cuDNN's autotuning, compilation), then `ready()` (a barrier) if given.
-    Returns (wall seconds, training seconds); options: setup's."""
+    Returns (wall seconds, training seconds); options: setup's flags."""
     size, classes = (28, 10) if model_name == "lenet" else (32, 100)
     images, labels = random_images(n + test, 1 if model_name == "lenet" else 3, size, classes)
     data = in_memory(images, labels, device, classes, test)
-    model, optimiser = setup(model_name, classes, images.shape[1], device, **options)
+    learner = setup(model_name, classes, device, folder, batch_size=batch_size, **options)
     augment = model_name != "lenet"
-    fit_seconds(model, optimiser, head(data, warmup * batch_size), folder, batch_size=batch_size, augment=augment)
+    fit_seconds(learner, head(data, warmup * batch_size), augment=augment)
     if ready:
         ready()
-    return fit_seconds(model, optimiser, data, folder, batch_size=batch_size, augment=augment)
+    return fit_seconds(learner, data, augment=augment)
 
 
 def lenet_worker(device, n, folder, *, test, barrier, spans):
@@ -359,7 +368,7 @@ def grid_estimate(args, device):
 
 
 def main():
-    p = cli.Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device (default: %(default)s)")
     p.add_argument("--data-dir", help="folder with the Fashion-MNIST IDX files (default: random images)")
@@ -406,7 +415,7 @@ def main():
         floor = max(floor, bare_loop(images, labels, device, 32))
         ours = max(ours, our_loop("lenet", images, labels, device, 32, augment=False))
     usual = dataloader_loop(images, labels, device, 32, args.workers)
-    per_example = our_loop("lenet", images, labels, device, 32, augment=False, clip_norm=0.1, per_example=True)
+    per_example = our_loop("lenet", images, labels, device, 32, augment=False, clip_norm=0.1, clip_mode="per-example")
     print(f"  bare loop (floor)          {floor:10,.0f} img/s  {len(images) / floor:6.1f} s/epoch")
     print(f"  our loop                   {ours:10,.0f} img/s  {len(images) / ours:6.1f} s/epoch  "
           f"({floor / ours:.2f}x the floor's time)")

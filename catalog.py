@@ -1,17 +1,76 @@
-"""The dataset catalog: one entry per dataset, everything the project knows about it (standard library only).
+"""The project's tables: every dataset and every loss parameter, literal (standard library only).
 
-Every module reads what it needs of a dataset here, and nowhere else: data.py its files, classes,
-flip map and torchvision class; cli.py its training script and that script's optimiser, the report's
-settings and a single run's loss defaults; grid.py the report's table rows, sizes and timings, and
-the studies a dataset is in. Adding a dataset is adding its entry to DATASETS (docs/adding-a-loss.md);
-importing this module checks every entry and names, in one line, the dataset and what its entry lacks.
+Every module reads what it needs of a dataset or a loss's parameters here, and nowhere else: data.py
+a dataset's files, classes, flip map and torchvision class; config.py its training script, the
+report's settings and a single run's loss defaults; grid.py the report's table rows, sizes and
+timings, and the studies a dataset is in. Adding a dataset is adding its entry to DATASETS
+(docs/adding-a-loss.md); importing this module checks every entry and names, in one line, the
+dataset and what its entry lacks.
 
+    PARAMS, LOSSES   every loss parameter (range, help, symbols), and each loss's parameters with their
+                     defaults: what its function in losses.py takes (test_catalog.py checks the two agree)
+    check_param, describe_losses   a parameter's range check; one line naming every loss
     DATASETS      name -> entry (the keys an entry takes: FIELDS)
     SCRIPTS       each training script's optimiser family and the settings it takes
     REPORT_LOSSES the parameters the report sets for its losses, which every entry gives
-    scripts_datasets, optimiser, loss_defaults   what the other modules ask of the table
-    DEFAULT_GRID, TABLE3, MEMORISATION, TUNE_STUDY, BENCH   the datasets of each study, in its order
+    scripts_datasets, loss_defaults   what the other modules ask of the table
+    DEFAULT_GRID, TABLE3_DATASETS, MEMORISATION, TUNE_STUDY, BENCH   the datasets of each study, in its order
 """
+import numbers
+
+# Every parameter a loss can take: allowed interval, what it is (the --help text of its flag) and its
+# symbol in tables. Each is parsed as a float (--tau 10 reads 10.0).
+PARAMS = {
+    "tau": {"range": "(1, inf)", "help": "partially Huberised threshold", "symbol": "τ", "tex": r"$\tau$"},
+    "q": {"range": "(0, 1]", "help": "GCE exponent", "symbol": "q", "tex": "$q$"},
+    "alpha": {"range": "(0, inf)", "help": "sce / nce_rce weight of the first term", "symbol": "α",
+              "tex": r"$\alpha$"},
+    "beta": {"range": "(0, inf)", "help": "sce / nce_rce weight of the RCE term", "symbol": "β",
+             "tex": r"$\beta$"},
+    "A": {"range": "(-inf, 0)", "help": "sce / nce_rce: RCE's value of log 0; log(1e-4) = -9.21034 is the official "
+          "codes' (they clamp the one-hot target at 1e-4), -4 the papers' (--A -4; docs/peer-losses.md)",
+          "symbol": "A", "tex": "$A$"},
+    # Every loss takes it, off (None) by default: a wrapper, named in tables as "+ LogitClip δ = 1". Its
+    # range keeps float32 sound: below 1e-6 every logit is ~0, above 1e6 no trained network is clipped.
+    "logit_clip": {"range": "[1e-06, 1e+06]", "help": "LogitClip (Wei et al., ICML 2023): each sample's logit vector "
+                   "is scaled down to this L2 norm where it is longer, before the loss; any loss", "symbol": "δ",
+                   "tex": r"$\delta$", "wrapper": "LogitClip"},
+}
+WRAPPERS = {"logit_clip": None}  # what every loss also takes, and its default: off
+# Each loss of losses.py (in its registry's order) with its parameters and their defaults (its
+# function's signature): GCE's q is Zhang & Sabuncu's (2018), tau 10 the paper's (Menon et al., 2020);
+# SCE's and NCE+RCE's are their losses.py classes' defaults, A = log(1e-4) from the one-hot target their
+# official codes clamp at 1e-4 (docs/peer-losses.md).
+LOSSES = {
+    "ce": {}, "linear": {}, "gce": {"q": 0.7}, "phuber_ce": {"tau": 10.0}, "phuber_gce": {"tau": 10.0, "q": 0.7},
+    "sce": {"alpha": 0.1, "beta": 1.0, "A": -9.210340371976182},
+    "nce_rce": {"alpha": 1.0, "beta": 1.0, "A": -9.210340371976182},
+}
+
+
+def check_param(name, value, interval=None):
+    """float(value) if it is a real number in `interval` ("(1, inf)", "(0, 1]"; default PARAMS[name]'s),
+    else ValueError naming it."""
+    interval = interval or PARAMS[name]["range"]
+    low, high = (float(end) for end in interval[1:-1].split(","))
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if ok:
+        v = float(value)
+        ok = (v > low if interval[0] == "(" else v >= low) and (v < high if interval[-1] == ")" else v <= high)
+    if not ok:
+        raise ValueError(f"{name}={value!r} is not allowed: {name} must be a number in {interval}")
+    return float(value)
+
+
+def describe_losses():
+    """One line naming every loss with the allowed range and default of each of its parameters, then
+    the wrappers every loss takes (off by default)."""
+    def one(name):
+        parts = [f"{k} in {PARAMS[k]['range']}, default {v:g}" for k, v in LOSSES[name].items()]
+        return f"{name} ({'; '.join(parts)})" if parts else name
+    return ", ".join(map(one, LOSSES)) + "".join(
+        f"; every loss also takes {k} in {PARAMS[k]['range']} (default off)" for k in WRAPPERS)
+
 
 # What an entry holds: required keys, then optional ones with their default.
 FIELDS = {
@@ -142,7 +201,7 @@ DATASETS = {
 # the paper's mechanism on a 2-core CPU, on data that installs offline first; MEMORISATION_LOSSES: the
 # dataset whose report settings its losses take (grid.memorisation_rows).
 DEFAULT_GRID = ("mnist", "cifar10", "cifar100")
-TABLE3 = ("mnist", "cifar100")
+TABLE3_DATASETS = ("mnist", "cifar100")
 MEMORISATION, MEMORISATION_LOSSES = ("fashion-mnist", "mnist"), "mnist"
 TUNE_STUDY = ("fashion-mnist",)
 # bench.py's: the report's LeNet setting (Table 1), its ResNet-50 setting (a 200-epoch CIFAR-100 run),
@@ -158,7 +217,7 @@ def check(table=None):
         problem = entry_problem(entry)
         if problem:
             raise ValueError(f"catalog.py: dataset {name!r}: {problem}")
-    studies = dict(DEFAULT_GRID=DEFAULT_GRID, TABLE3=TABLE3, MEMORISATION=(*MEMORISATION, MEMORISATION_LOSSES),
+    studies = dict(DEFAULT_GRID=DEFAULT_GRID, TABLE3_DATASETS=TABLE3_DATASETS, MEMORISATION=(*MEMORISATION, MEMORISATION_LOSSES),
                    TUNE_STUDY=TUNE_STUDY, BENCH=tuple(BENCH.values()))
     for study, names in studies.items():
         for name in names:
@@ -229,11 +288,6 @@ def entry_problem(entry):
 def scripts_datasets(script):
     """The datasets `script` trains, in the table's order (the first is its default)."""
     return [name for name, entry in DATASETS.items() if entry["script"] == script]
-
-
-def optimiser(dataset):
-    """The optimiser family of the dataset's script: 'adam' or 'sgd' (SCRIPTS)."""
-    return SCRIPTS[DATASETS[dataset]["script"]]["optimiser"]
 
 
 def loss_defaults(dataset, loss):

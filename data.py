@@ -1,7 +1,10 @@
-"""Data for the training scripts: datasets, the split, augmentation (label noise: noise.py).
+"""Data for the training scripts: datasets, label noise, the split, augmentation.
 
     load_dataset      the four arrays of a dataset as uint8 / int64 tensors (torchvision downloads)
-    load_with_labels  load_dataset, plus a CIFAR-10N / CIFAR-100N label file checked against it
+    add_label_noise   symmetric (the report's) or asymmetric (the dataset's flip map) noise
+    instance_noise    Xia et al. (NeurIPS 2020): a flip rate per sample, a random linear map of its image
+                      chooses where its label goes (human noise, CIFAR-N's files: human_labels.py)
+    noise_record      realised flip rate, clean x noisy counts and a hash of the noisy labels
     prepare           all of it for one run: noise, noisy validation split, limits, on the device
     in_memory         images already in memory as Data (benchmarks, tests)
     normalise, random_crop_flip   per batch, on the device (one gather for crop + flip)
@@ -10,11 +13,9 @@ Data stay on the device as uint8 tensors for the whole run; nothing here runs pe
 """
 import gzip
 import hashlib
-import io
 import math
 import os
 import pickle
-import re
 import struct
 import warnings
 from dataclasses import dataclass, field
@@ -23,22 +24,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-import noise
-import results
 from catalog import DATASETS  # files, classes, flip maps, torchvision classes: one entry per dataset
+from errors import Failure
 
-CIFAR_N = "https://github.com/UCSC-REAL/cifar-10-100n"  # the human label files (catalog.HUMAN_NOISE)
-LABEL_FILE_LIMIT = 64 << 20  # they are 2.4 MB and less (CIFAR-10N: six arrays of 50,000 int64 labels)
 IDX_FILES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
 
 
-class DataError(Exception):
+class DataError(Failure):
     """Data unreadable; the message names the file. Scripts exit 2 (bad input) with it."""
 
 
 class DataMissing(DataError):
     """Data not found and not downloadable; the message says which files are expected where. Scripts
     exit 3 with it, which run_all.sh reports as 'skipped (data unavailable)'."""
+
+    def __init__(self, message):
+        super().__init__(message, code=3)
 
 
 def read_idx(path, ndim):
@@ -178,85 +179,6 @@ def load_dataset(name, data_dir, force_download=False):
             torch.cat([x for x, _ in test]), torch.cat([y for _, y in test]))
 
 
-# ---------------------------------------------------------------------------------------------
-# Human label noise: the CIFAR-10N / CIFAR-100N label files (Wei et al., ICLR 2022).
-
-def read_human_labels(path, dataset, key):
-    """(clean, noisy, sha256) from a CIFAR-N file: a torch-saved dict of 50,000 labels per key, in the
-    order of the CIFAR training set. Read as untrusted input: only tensors and numpy arrays unpickle."""
-    name = DATASETS[dataset]["human"]["file"]
-    if os.path.isdir(path):
-        raise DataError(f"{path}: is a folder; --noise-file names the CIFAR-N label file itself ({name})")
-    if not os.path.exists(path):
-        raise DataMissing(f"{path}: CIFAR-N label file not found. Get {name} from {CIFAR_N} (its data/ folder) "
-                          f"and put it there, or give its path with --noise-file")
-    try:  # the bytes parsed are the bytes hashed: the run's name carries their hash (experiment.setup)
-        raw = results.read_file(path, LABEL_FILE_LIMIT)
-    except (OSError, results.BadFile) as e:
-        raise DataError(str(e) if isinstance(e, results.BadFile) else f"{path}: cannot read it ({e.strerror})")
-    try:  # torch's warnings about odd files would be more lines: the error below says it all
-        with torch.serialization.safe_globals(numpy_globals()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            content = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 -- any unreadable file is the user's input: one line
-        text = " ".join(str(e).split())  # torch's message is many lines, some in terminal colours
-        unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", text)
-        why = f"it holds {unsupported[1]}, not only tensors and numpy arrays of numbers" if unsupported else \
-            "".join(c for c in text if c.isprintable())[:200] or "no message"
-        raise DataError(f"{path}: not a CIFAR-N label file ({type(e).__name__}: {why})")
-    if not isinstance(content, dict):
-        raise DataError(f"{path}: not a CIFAR-N label file: holds a {type(content).__name__}, not a dict of labels")
-    missing = [k for k in ("clean_label", key) if k not in content]
-    if missing:
-        raise DataError(f"{path}: has no {' or '.join(missing)} (its keys: {', '.join(map(str, content))})")
-    clean, noisy = (as_labels(path, k, content[k]) for k in ("clean_label", key))
-    return clean, noisy, hashlib.sha256(raw).hexdigest()
-
-
-def numpy_globals():
-    """What numpy arrays need to unpickle under torch.load(weights_only=True), under numpy 2's
-    module names and numpy 1's (files saved with either). An empty array pickles its data as bytes():
-    that call only, as bytes(n) would allocate what a file asks for."""
-    core = np._core.multiarray._reconstruct
-    dtypes = [type(np.dtype(t)) for t in ("int64", "int32", "int16", "int8", "uint8", "uint16", "uint32", "uint64",
-                                          "float64", "float32", "float16", "bool")]  # to say they are not labels
-    return [core, (core, "numpy.core.multiarray._reconstruct"), np.ndarray, np.dtype, *dtypes,
-            (no_bytes, "builtins.bytes"), (no_bytes, "__builtin__.bytes")]
-
-
-def no_bytes():
-    return b""
-
-
-def as_labels(path, key, value):
-    """The labels under `key` as an int64 vector; anything else is a one-line DataError."""
-    try:
-        labels = torch.as_tensor(int64_labels(path, key, np.asarray(value)))
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise DataError(f"{path}: {key} is not a label array ({e})")
-    if labels.dim() != 1:
-        raise DataError(f"{path}: {key} has shape {tuple(labels.shape)}, not one label per training image")
-    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
-        raise DataError(f"{path}: {key} holds {labels.dtype} values, not integer labels")
-    return labels.long()
-
-
-def check_human_labels(path, dataset, clean_file, noisy, train_labels, *, num_classes):
-    """The file's clean labels must be the training set's, in its order; its noisy ones valid classes."""
-    if len(clean_file) != len(train_labels) or len(noisy) != len(train_labels):
-        raise DataError(f"{path}: holds {len(clean_file)} clean and {len(noisy)} noisy labels, the {dataset} training "
-                        f"set {len(train_labels)}: a file for another dataset?")
-    differ = (clean_file != train_labels).nonzero()
-    if len(differ):
-        i = int(differ[0])
-        raise DataError(f"{path}: clean_label differs from the {dataset} training labels first at index {i} "
-                        f"(file {int(clean_file[i])}, data {int(train_labels[i])}): wrong dataset or wrong order")
-    bad = ((noisy < 0) | (noisy >= num_classes)).nonzero()
-    if len(bad):
-        raise DataError(f"{path}: noisy label {int(noisy[int(bad[0])])} at index {int(bad[0])} is not a class of "
-                        f"{dataset} (0 to {num_classes - 1})")
-
-
 def derived_seed(*keys):
     """An independent 63-bit seed for each purpose (noise, validation split, ...) from integer keys."""
     return int(np.random.SeedSequence(list(keys)).generate_state(2, np.uint64)[0] >> np.uint64(1))
@@ -270,8 +192,85 @@ def fingerprint(arrays, noisy_hash, sizes):
     images = hashlib.sha256()
     for x in (train_x, test_x):
         images.update(x.numpy().data)  # a view of the uint8 tensor's memory: no copy
-    return dict(images=images.hexdigest()[:16], clean_labels=noise.label_hash(train_y), noisy_labels=noisy_hash,
-                test_labels=noise.label_hash(test_y), **sizes)
+    return dict(images=images.hexdigest()[:16], clean_labels=label_hash(train_y), noisy_labels=noisy_hash,
+                test_labels=label_hash(test_y), **sizes)
+
+
+# ---------------------------------------------------------------------------------------------
+# Label noise: applied once to the training labels, on the CPU (so that every device sees the same
+# labels), from its own seeded generator; every kind is one vectorised function (docs/noise.md).
+
+def flip_map(flips, num_classes):
+    """Target class of every class as a tensor (identity where `flips` does not move the class)."""
+    target = torch.arange(num_classes)
+    for src, dst in flips.items():
+        target[src] = dst
+    return target
+
+
+def add_label_noise(labels, rho, num_classes, noise, target, *, generator):
+    """Flip each label with probability rho, on the CPU so every device sees the same labels.
+
+    symmetric:  to one of the other K-1 classes uniformly (the report's convention);
+    asymmetric: to target[label], for the classes the flip map moves (others never flip).
+    """
+    flip = torch.rand(len(labels), generator=generator) < rho
+    if noise == "symmetric":
+        offset = torch.randint(1, num_classes, (len(labels),), generator=generator)
+        return torch.where(flip, (labels + offset) % num_classes, labels)
+    return torch.where(flip, target[labels], labels)
+
+
+def truncated_normal(n, mean, std, generator):
+    """n draws of N(mean, std^2) truncated to [0, 1], for a mean in [0, 1], by the inverse CDF of
+    uniforms from `generator` (float64). The window's lower end is at or below the mean, so its CDF
+    values are not rounded to 1 (where the inverse would lose the tail)."""
+    cdf = lambda z: 0.5 * math.erfc(-z / math.sqrt(2))  # noqa: E731
+    low, high = cdf((0 - mean) / std), cdf((1 - mean) / std)
+    u = torch.rand(n, generator=generator, dtype=torch.float64)
+    return (mean + std * torch.special.ndtri(low + u * (high - low))).clamp(0, 1)
+
+
+def instance_noise(images, labels, num_classes, rho, generator, *, std=0.1):
+    """Xia et al.'s instance-dependent noise on `images` (N, d), any real or uint8 dtype (their code: the
+    raw pixel values 0-255, flattened; data.prepare): sample i gets a flip rate q_i ~ N(rho, std^2)
+    truncated to [0, 1] (their std 0.1), then instance_flips. Returns the noisy labels. rho = 0 is
+    clean labels: the truncated normal's mean would be 0.0798 (a table's rho = 0 column is the clean
+    baseline)."""
+    if rho == 0:
+        return labels.clone()
+    return instance_flips(images, labels, num_classes, truncated_normal(len(labels), rho, std, generator), generator)
+
+
+def instance_flips(images, labels, num_classes, rates, generator):
+    """Labels flipped as Xia et al.'s generator does, for given per-sample flip rates q.
+
+    W ~ N(0, 1) is K x d x K. Label y of sample x moves to class j != y with probability
+    q softmax_j(x W[y]) over j != y, and stays with 1 - q. Drawn in two equivalent stages: a flip with
+    probability q (so q = 0 never flips), then the class by the Gumbel-max trick over the scores.
+    The scores are one matmul per class; where a label goes depends on x, how often it flips on q.
+    """
+    n = len(labels)
+    w = torch.randn(num_classes, images.shape[1], num_classes, generator=generator)
+    scores = torch.empty(n, num_classes)
+    for c in range(num_classes):  # K matmuls, not N: samples grouped by their label
+        idx = (labels == c).nonzero().squeeze(1)
+        scores[idx] = images[idx].float() @ w[c]
+    scores[torch.arange(n), labels] = -math.inf  # the label's own class is not a flip target
+    flip = torch.rand(n, generator=generator, dtype=torch.float64) < rates
+    gumbel = -torch.log(-torch.log(torch.rand(n, num_classes, generator=generator).clamp_min(1e-30)))
+    return torch.where(flip, (scores + gumbel).argmax(1), labels)
+
+
+def noise_record(clean, noisy, num_classes):
+    """Realised flip rate, K x K transition counts (clean x noisy) and a hash of the noisy labels."""
+    counts = torch.bincount(clean * num_classes + noisy, minlength=num_classes ** 2).view(num_classes, -1)
+    return dict(flip_rate=(clean != noisy).double().mean().item(), transitions=counts,
+                label_hash=label_hash(noisy))
+
+
+def label_hash(labels):
+    return hashlib.sha256(labels.to(torch.int64).numpy().astype("<i8").tobytes()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,54 +295,47 @@ class Data:
     fingerprint: dict = field(default_factory=dict)  # what the run trains and tests on (fingerprint())
 
 
-def load_with_labels(dataset, data_dir, download, spec):
-    """load_dataset, and for human noise (noise.Spec) the label file's labels checked against it:
-    (arrays, (noisy labels, file SHA-256) or None). The file is read first, so that its errors come
-    before the dataset's load."""
-    if spec.kind == "human":
-        clean, noisy, sha256 = read_human_labels(spec.file, dataset, spec.key)
-    arrays = load_dataset(dataset, data_dir, download)
-    if spec.kind != "human":
-        return arrays, None
-    check_human_labels(spec.file, dataset, clean, noisy, arrays[1], num_classes=DATASETS[dataset]["classes"])
-    return arrays, (noisy, sha256)
-
-
-def prepare(job):
-    """Load, add label noise, hold out the noisy validation split, limit sizes, move to the device.
-    job: the run's resolved configuration (experiment.Run), of which this reads config (dataset,
-    val_split, limit_train, limit_test), data_dir, download, label_noise (noise.Spec) and device."""
-    config, spec, device = job.config, job.label_noise, job.device
-    dataset, val_split = config["dataset"], config["val_split"]
-    limit_train, limit_test = config["limit_train"], config["limit_test"]
-    k = DATASETS[dataset]["classes"]
-    arrays, human = load_with_labels(dataset, job.data_dir, job.download, spec)
+def prepare(config, device):
+    """Load, add label noise, hold out the noisy validation split, limit sizes, move to the device: the
+    data of the run `config` (a config.Config)."""
+    dataset, k = config.dataset, DATASETS[config.dataset]["classes"]
+    human = None
+    if config.noise == "human":
+        import human_labels  # the CIFAR-N files: only for human noise
+        arrays, human = human_labels.load_with_labels(config)
+    else:
+        arrays = load_dataset(dataset, config.data_dir, config.download)
     train_x, train_y, test_x, test_y = arrays
+    if human and human[1] != config.noise_file_sha256:  # replaced since config.parse named the run for it
+        raise DataError(f"{config.noise_file} changed while the run started: the run is named for SHA-256 "
+                        f"{config.noise_file_sha256}, its labels are now {human[1]}: start it again")
+    if config.noise == "symmetric" and config.rho > (k - 1) / k:
+        warnings.warn(f"--rho {config.rho} exceeds (K-1)/K = {(k - 1) / k:.3f}: noisy labels are then "
+                      "anti-correlated with the true ones")
     mean, std = channel_stats(train_x)
     mean, std = mean.float().view(1, -1, 1, 1), std.float().view(1, -1, 1, 1)
-    noise_gen = torch.Generator().manual_seed(derived_seed(spec.seed, 0))
+    noise_gen = torch.Generator().manual_seed(derived_seed(config.noise_seed, 0))
     if human:
         noisy_y = human[0]
-    elif spec.kind == "instance":  # Xia et al.'s tools.py: raw pixels 0-255, flattened (normalised: docs/noise.md)
-        features = normalise(train_x, mean, std) if spec.features == "normalised" else train_x
-        noisy_y = noise.instance_noise(features.flatten(1), train_y, k, spec.rho, noise_gen)
+    elif config.noise == "instance":  # Xia et al.'s tools.py: raw pixels 0-255, flattened (normalised: docs/noise.md)
+        features = normalise(train_x, mean, std) if config.noise_features == "normalised" else train_x
+        noisy_y = instance_noise(features.flatten(1), train_y, k, config.rho, noise_gen)
     else:
-        flips = DATASETS[dataset]["flips"] if spec.kind == "asymmetric" else {}
-        noisy_y = noise.add_label_noise(train_y, spec.rho, k, spec.kind, noise.flip_map(flips, k),
-                                        generator=noise_gen)
+        flips = DATASETS[dataset]["flips"] if config.noise == "asymmetric" else {}
+        noisy_y = add_label_noise(train_y, config.rho, k, config.noise, flip_map(flips, k), generator=noise_gen)
     # The noisy validation split depends on the noise seed only: identical across trials.
-    order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(derived_seed(spec.seed, 1)))
-    n_val = int(round(val_split * len(train_y)))
+    order = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(derived_seed(config.noise_seed, 1)))
+    n_val = int(round(config.val_split * len(train_y)))
     if n_val >= len(train_y):
-        raise DataError(f"--val-split {val_split} holds out all {len(train_y)} training samples of {dataset}: "
+        raise DataError(f"--val-split {config.val_split} holds out all {len(train_y)} training samples of {dataset}: "
                         "no sample would be left to train on")
     val_idx, train_idx = order[:n_val].sort().values, order[n_val:].sort().values
-    if limit_train is not None:
-        train_idx = train_idx[:limit_train]
-    test_n = len(test_y) if limit_test is None else min(limit_test, len(test_y))
-    record = noise.noise_record(train_y, noisy_y, k)
+    if config.limit_train is not None:
+        train_idx = train_idx[:config.limit_train]
+    test_n = len(test_y) if config.limit_test is None else min(config.limit_test, len(test_y))
+    record = noise_record(train_y, noisy_y, k)
     if human:
-        record["file"] = dict(name=os.path.basename(spec.file), sha256=human[1])
+        record["file"] = dict(name=os.path.basename(config.noise_file), sha256=human[1])
     on = lambda t: t.to(device, non_blocking=True)  # noqa: E731
     return Data(
         classes=k, channels=train_x.shape[1], record=record,
@@ -353,6 +345,20 @@ def prepare(job):
         train_x=on(train_x[train_idx]), train_y=on(noisy_y[train_idx]), train_clean=on(train_y[train_idx]),
         val_x=on(train_x[val_idx]), val_y=on(noisy_y[val_idx]), val_clean=on(train_y[val_idx]),
         test_x=on(test_x[:test_n]), test_y=on(test_y[:test_n]))
+
+
+def describe(config):
+    """--prepare-data: load (downloading if needed) and describe the dataset, and check a human-noise
+    label file against it (run_all.sh checks each dataset this way before any cell runs)."""
+    if config.noise == "human":
+        import human_labels
+        (train_x, _, test_x, _), _ = human_labels.load_with_labels(config)
+    else:
+        train_x, _, test_x, _ = load_dataset(config.dataset, config.data_dir, config.download)
+    print(f"{config.dataset}: {len(train_x)} training and {len(test_x)} test images of shape "
+          f"{tuple(train_x.shape[1:])} in {config.data_dir}"
+          + (f"; labels {config.noise_key} of {config.noise_file}" if config.noise == "human" else ""))
+    return 0
 
 
 def in_memory(images, labels, device, classes=10, test=0):

@@ -35,8 +35,8 @@ import tempfile
 import time
 
 import catalog
-import cli
 import results
+from errors import Failure, Parser, edge
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TIER_S, GRID_S, REPORT_S = 180, 120, 20  # the most the first two parts take; stopping the last one and the report
@@ -125,9 +125,9 @@ def plan(cuda, data, scratch):
             ("benchmark", bench, math.inf, r": (measured|FAILED)")]
 
 
-@cli.edge()
+@edge()
 def main(argv=None):
-    p = cli.Parser(prog="gpu_check.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="gpu_check.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
                    help="cpu: a self-check of this script at toy sizes, not of a GPU (default: %(default)s)")
     p.add_argument("--minutes", type=float, help="time for all three parts (default: 8 on cuda, 40 on cpu)")
@@ -142,7 +142,7 @@ def main(argv=None):
     try:
         results.check_writable(out, "gpu-check.json")
     except ValueError as e:
-        raise cli.Failure(f"$OUT or results/gpu-check: {e}") from None
+        raise Failure(f"$OUT or results/gpu-check: {e}") from None
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stops the part running, as Ctrl-C does
     scratch = tempfile.mkdtemp(prefix="gpu-check-")
     try:

@@ -16,7 +16,7 @@ order, and the training scripts take the same per-dataset settings, from the dat
 from dataclasses import dataclass, field
 
 import catalog
-import loss_specs
+import config
 
 SYNTHETIC = {"long_servedio": "synthetic_long_servedio.py", "ding": "synthetic_ding.py"}
 DEFAULT_DATASETS = ("synthetic", *catalog.DEFAULT_GRID)
@@ -73,7 +73,7 @@ def loss_rows(params, taus):
 
 
 # The report's Table 3: CE and PHuber-GCE at rho = 0.6 on MNIST and CIFAR-100, label noise seeds 0-3.
-TABLE3 = dict(datasets=catalog.TABLE3, losses=("ce", "phuber_gce"), rhos=(0.6,), noise_seeds=(0, 1, 2, 3))
+TABLE3 = dict(datasets=catalog.TABLE3_DATASETS, losses=("ce", "phuber_gce"), rhos=(0.6,), noise_seeds=(0, 1, 2, 3))
 
 # Not the report's: the paper's mechanism on a 2-core CPU (docs/memorisation.md). With the report's
 # MNIST settings LeNet never memorises (its learning rate decays 5000x in 20 epochs), so Adam keeps a
@@ -100,41 +100,37 @@ TUNE_STUDY = dict(datasets=catalog.TUNE_STUDY, rhos=RHOS, trials=3,
 CPU = dict(train_rate=2900, eval_rate=13000, start_seconds=6, workers=2)
 
 
-def flag_value(argv, flag, default=None):
-    """The value a script takes for `flag` from argv (its last occurrence, as `flag V` or `flag=V`), else default."""
-    value = default
-    for i, arg in enumerate(argv):
-        if arg == flag and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith(flag + "="):
-            value = arg.split("=", 1)[1]
-    return value
+def cell_config(cell, extra=(), tau=TAU_CANDIDATES[0], argv=None):
+    """The config.Config that the training cell's script makes of its flags (`argv`, default the cell's)
+    and the pass-through ones (`extra`): one line and exit status 2 for a value it refuses. A tuned
+    cell's TUNED stands for `tau`."""
+    return config.parse(cell.script, [*with_tau(argv or cell.argv, tau), *extra])
+
+
+def with_tau(argv, tau):
+    """argv with `tau` for the TUNED a tuned cell's tau stands as until its tuning runs have chosen it
+    (to check its flags before, any candidate will do), written exactly (number_text)."""
+    return [number_text(float(tau)) if a == "TUNED" else a for a in argv]
 
 
 def cell_cost(cell, cpu, extra=()):
     """Seconds of one training cell (with the pass-through flags `extra`): on the CPU of CPU, or on the
-    report's GPU. ValueError for a value the script would refuse."""
-    argv = [*cell.argv, *extra]
-    entry = catalog.DATASETS[cell.dataset]
+    report's GPU."""
+    c, entry = cell_config(cell, extra), catalog.DATASETS[cell.dataset]
     train, test = entry["sizes"]
-    epochs = int(flag_value(argv, "--epochs", entry["settings"]["epochs"]))
-    val = round(float(flag_value(argv, "--val-split", 0)) * train)
-    limit_train, limit_test = (flag_value(argv, f) for f in ("--limit-train", "--limit-test"))
-    trained = min(int(limit_train or train), train - val)
-    tested = min(int(limit_test or test), test)
+    val = round(c.val_split * train)
+    trained = min(c.limit_train or train, train - val)
+    tested = min(c.limit_test or test, test)
     if cpu:
-        return CPU["start_seconds"] + epochs * (trained / CPU["train_rate"] + (val + tested) / CPU["eval_rate"])
-    return epochs * entry["gpu_epoch_seconds"] * trained / train
+        return CPU["start_seconds"] + c.epochs * (trained / CPU["train_rate"] + (val + tested) / CPU["eval_rate"])
+    return c.epochs * entry["gpu_epoch_seconds"] * trained / train
 
 
 def estimate(cells, cpu=False, extra=()):
     """One line: the time the training cells of a selection take (with the pass-through flags `extra`,
     e.g. `-- --epochs 5`), and on what it was measured."""
     training = [c for c in cells if c.dataset != "synthetic"]
-    try:
-        seconds = sum(cell_cost(c, cpu, extra) for c in training)
-    except ValueError:  # a value the script will refuse, in its own words
-        return "time estimate: none (a flag's value is not a number the scripts take)"
+    seconds = sum(cell_cost(c, cpu, extra) for c in training)
     if cpu:
         return (f"time estimate: {len(training)} training cells, {CPU['workers']} at a time on a 2-core CPU "
                 f"(run_all.sh --cpu-workers {CPU['workers']}): about {hours(seconds / CPU['workers'])}, "
@@ -353,4 +349,4 @@ def tune_cells(datasets, losses, rhos, trials, *, val_split, quick, memorisation
 def known_losses(tune=False):
     """The names --losses accepts: the report's row keys and every loss of the registry; with --tune,
     the families of TUNE."""
-    return [f.key for f in TUNE] if tune else ["ce+clip"] + list(loss_specs.read()[0])
+    return [f.key for f in TUNE] if tune else ["ce+clip"] + list(catalog.LOSSES)

@@ -1,8 +1,8 @@
 """run_all.sh's command line (runner.py parses it here): the selection of grid.cells, its cells, the
 workers (--gpus, --per-gpu, --cpu-workers) and the flags passed through to every training script.
-Bad input is one line naming the value and exit status 2 (cli.Parser), before anything runs.
+Bad input is one line naming the value and exit status 2 (errors.Parser), before anything runs.
 
-Standard library only, as cli.py: run_all.sh --list resolves the cells without starting torch.
+Standard library only, as config.py: run_all.sh --list resolves the cells without starting torch.
 """
 import os
 import shlex
@@ -10,7 +10,9 @@ import subprocess
 
 import catalog
 import grid
-from cli import Parser, python, whole_number
+from config import python
+from errors import Parser
+from results import whole_number
 
 
 def parse_grid(argv):
@@ -47,7 +49,7 @@ def parse_grid(argv):
         i = argv.index("--sbatch")
         argv[i:i + 2] = [f"--sbatch={argv[i + 1]}"]
     opts = p.parse_args(argv)
-    opts.extra = extra
+    opts.argv, opts.extra = argv, extra  # as given: what SLURM's array tasks run again, with --task
     # --table3 and --memorisation select a named setting of grid.py; the filters can narrow it
     named = dict(grid.TUNE_STUDY, losses=None) if opts.tune and opts.memorisation else \
         dict(datasets=tuple(d for d in grid.DEFAULT_DATASETS if d != "synthetic"), losses=None, rhos=grid.RHOS) \
@@ -135,10 +137,9 @@ def parse_grid(argv):
                                          <= cores):
         p.error(f"--cpu-workers {opts.cpu_workers!r} is not allowed: 1 to {cores} (the CPU cores here), "
                 "without --gpus or --slurm")
-    if opts.cpu_workers is not None:  # a CPU worker sees no GPU: a cell told to use one would fail
-        passed = Parser(prog="run_all.sh", add_help=False)
-        passed.add_argument("--device", default="cpu")
-        device = passed.parse_known_args(opts.extra)[0].device  # as the training scripts will read it
+    training = [c for c in opts.cells if c.dataset != "synthetic"]
+    if opts.cpu_workers is not None and training:  # a CPU worker sees no GPU: a cell told to use one would fail
+        device = grid.cell_config(training[0], opts.extra).device or "cpu"  # as the training scripts read it
         if device.split(":")[0] != "cpu":
             p.error(f"--device {device!r} is not allowed with --cpu-workers: its cells run on the CPU (-- --device cpu)")
     per_gpu = check_per_gpu(p, opts, cores)

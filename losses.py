@@ -24,54 +24,22 @@ Everything is computed from log_softmax in float32 or wider (float16/bfloat16 lo
 autocast, are upcast), with torch.where over two finite branches, so values and gradients stay finite
 for logits up to +-1e4 and nothing forces a host sync.
 
-The registry (PARAMS and LOSSES, with each function's defaults) is the one source of the training
-flags, run names and table keys: a new loss is a function, a module and a LOSSES entry here (see
-docs/adding-a-loss.md). The binary margin losses of the synthetic experiments (logistic, huberised,
+The registry LOSSES below, with each function's defaults, builds the losses; catalog.py lists the
+same parameters and defaults as literal tables for the tools that never import torch (training flags,
+run names, table keys), and test_catalog.py checks that the two agree: a new loss is a function, a
+module and a LOSSES entry here, and its line in catalog.LOSSES (docs/adding-a-loss.md). The binary margin losses of the synthetic experiments (logistic, huberised,
 partially_huberised) live in margin_losses.py, torch-free.
 """
+import inspect
 import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import loss_specs
-
-# The registry's rules: tools that never train read PARAMS, LOSSES and the loss functions' defaults
-# from this file's text, without torch (loss_specs.py), and check these rules as they read, each with
-# an error naming it:
-#   - a loss's key in LOSSES is the name of its function (and of its module's `fn`);
-#   - PARAMS is a literal, and so is each default of a loss's parameters (10.0, not math.log(4));
-#   - every parameter is parsed as a float (--tau 10 reads 10.0): its default is a number, or None
-#     for a wrapper (off).
-# Every parameter a loss can take: allowed interval, what it is (the --help text of its flag) and its
-# symbol in tables.
-PARAMS = {
-    "tau": {"range": "(1, inf)", "help": "partially Huberised threshold", "symbol": "τ", "tex": r"$\tau$"},
-    "q": {"range": "(0, 1]", "help": "GCE exponent", "symbol": "q", "tex": "$q$"},
-    "alpha": {"range": "(0, inf)", "help": "sce / nce_rce weight of the first term", "symbol": "α",
-              "tex": r"$\alpha$"},
-    "beta": {"range": "(0, inf)", "help": "sce / nce_rce weight of the RCE term", "symbol": "β",
-             "tex": r"$\beta$"},
-    "A": {"range": "(-inf, 0)", "help": "sce / nce_rce: RCE's value of log 0; log(1e-4) = -9.21034 is the official "
-          "codes' (they clamp the one-hot target at 1e-4), -4 the papers' (--A -4; docs/peer-losses.md)",
-          "symbol": "A", "tex": "$A$"},
-    # Every loss takes it, off (None) by default: a wrapper, named in tables as "+ LogitClip δ = 1". Its
-    # range keeps float32 sound: below 1e-6 every logit is ~0, above 1e6 no trained network is clipped.
-    "logit_clip": {"range": "[1e-06, 1e+06]", "help": "LogitClip (Wei et al., ICML 2023): each sample's logit vector "
-                   "is scaled down to this L2 norm where it is longer, before the loss; any loss", "symbol": "δ",
-                   "tex": r"$\delta$", "wrapper": "LogitClip"},
-}
+from catalog import PARAMS, check_param, describe_losses  # the parameter table, torch-free (catalog.py)
 
 REDUCTIONS = ("mean", "sum", "none")
-
-
-# ---------------------------------------------------------------------------------------------
-# Parameter checks: each raises ValueError naming the bad value and what is allowed.
-
-def check_param(name, value):
-    """float(value) if it lies in PARAMS[name]'s interval, else ValueError naming it."""
-    return loss_specs.check(name, value, PARAMS[name]["range"])
 
 
 def _check_reduction(reduction):
@@ -213,10 +181,9 @@ def phuber_gce(logits, targets, *, tau=10.0, q=0.7, logit_clip=None, reduction="
     return _reduce(torch.where(log_p <= log_p_star, linearised, _one_minus_power_over_q(log_p, q)), reduction)
 
 
-# RCE's default A: log(1e-4), written as a literal so that loss_specs.py can read it (test_losses.py checks
-# that it equals math.log(1e-4)). HanxunH/Active-Passive-Losses loss.py (SCELoss, ReverseCrossEntropy) and
+# RCE's default A: log(1e-4). HanxunH/Active-Passive-Losses loss.py (SCELoss, ReverseCrossEntropy) and
 # YisenWang/symmetric_cross_entropy_for_noisy_labels loss.py clamp the one-hot target at 1e-4.
-def sce(logits, targets, *, alpha=0.1, beta=1.0, A=-9.210340371976182, logit_clip=None, reduction="mean",
+def sce(logits, targets, *, alpha=0.1, beta=1.0, A=math.log(1e-4), logit_clip=None, reduction="mean",
         check_targets=True):
     """Symmetric CE: alpha CE + beta RCE, with RCE = -A (1 - p_y) (log 0 taken as A)."""
     alpha, beta, A = check_param("alpha", alpha), check_param("beta", beta), check_param("A", A)
@@ -225,7 +192,7 @@ def sce(logits, targets, *, alpha=0.1, beta=1.0, A=-9.210340371976182, logit_cli
     return _reduce(-alpha * log_p - beta * A * (1 - log_p.exp()), reduction)
 
 
-def nce_rce(logits, targets, *, alpha=1.0, beta=1.0, A=-9.210340371976182, logit_clip=None, reduction="mean",
+def nce_rce(logits, targets, *, alpha=1.0, beta=1.0, A=math.log(1e-4), logit_clip=None, reduction="mean",
             check_targets=True):
     """Active-passive loss alpha NCE + beta RCE, NCE = log p_y / sum_k log p_k (Ma et al., 2020)."""
     alpha, beta, A = check_param("alpha", alpha), check_param("beta", beta), check_param("A", A)
@@ -298,21 +265,17 @@ class NCERCE(_Loss):
     fn = staticmethod(nce_rce)
 
 
-# The registry: each key is the name of its function above (the rules above PARAMS), whose defaults
+# The registry: each key is the name of its function above, whose defaults
 # are the loss's defaults.
 LOSSES = {"ce": CrossEntropy, "linear": Linear, "gce": GCE, "phuber_ce": PHuberCE,
           "phuber_gce": PHuberGCE, "sce": SCE, "nce_rce": NCERCE}
 
 
 def loss_defaults(name):
-    """The registry parameters loss `name` takes, with their defaults, e.g. {'tau': 10.0, 'q': 0.7}."""
+    """The registry parameters loss `name` takes, with their defaults, e.g. {'tau': 10.0, 'q': 0.7,
+    'logit_clip': None}: its function's signature (catalog.LOSSES lists the same, without torch)."""
     _check_name(name)
-    return dict(loss_specs.read()[0][name])  # read from the functions' text: one reading of the defaults
-
-
-def describe_losses():
-    """One line listing every loss with the allowed range and default of each parameter."""
-    return loss_specs.describe({name: loss_defaults(name) for name in LOSSES}, PARAMS)
+    return {k: p.default for k, p in inspect.signature(LOSSES[name].fn).parameters.items() if k in PARAMS}
 
 
 def _check_name(name):

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from loss_specs import check
+from catalog import check_param
 from results import check_writable
 
 
@@ -30,7 +30,7 @@ def logistic(z, grad=False):
 
 def huberised_threshold(tau):
     """Margin z0 below which |logistic'(z)| = sigmoid(-z) >= tau: z0 = log((1 - tau) / tau)."""
-    tau = check("tau", tau, "(0, 1)")
+    tau = check_param("tau", tau, "(0, 1)")
     return math.log((1 - tau) / tau)
 
 
@@ -44,7 +44,7 @@ def huberised(z, tau, grad=False):
 
 def partially_huberised_threshold(tau):
     """Margin z0 = logit(1/tau) = -log(tau - 1): sigmoid(z) <= 1/tau exactly when z <= z0."""
-    return -math.log(check("tau", tau, "(1, inf)") - 1)
+    return -math.log(check_param("tau", tau, "(1, inf)") - 1)
 
 
 def partially_huberised(z, tau, grad=False):

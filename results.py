@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 
-import loss_specs
+import catalog
 
 # ---------------------------------------------------------------------------------------------
 # The schema of result rows. A summary row is run + settings + the final epoch's metrics +
@@ -35,7 +35,7 @@ import loss_specs
 #               but the seed agrees; the loss settings name the table row, rho its column
 #   metric      what was measured
 #   provenance  where, when and on what it ran: recorded, never compared
-LOSS_SETTINGS = ("loss", *loss_specs.param_names(), "clip_norm", "clip_mode")
+LOSS_SETTINGS = ("loss", *catalog.PARAMS, "clip_norm", "clip_mode")
 SETTINGS = LOSS_SETTINGS + (
     "dataset", "model", "rho", "noise", "noise_features", "noise_key", "noise_file_sha256", "noise_seed", "seed", "val_split", "epochs", "batch_size", "lr",
     "weight_decay", "limit_train", "limit_test", "amp", "channels_last",
@@ -56,6 +56,12 @@ SCHEMA = {**{c: "setting" for c in SETTINGS}, **{c: "metric" for c in METRICS},
 EPOCH_COLUMNS = ("epoch", "step", "lr", *METRICS, "epoch_seconds", "images_per_second")
 
 
+def whole_number(text):
+    """int(text) for ASCII digits only, else None: str.isdigit() also says yes to '²', which int() rejects,
+    and to '٣', which it reads as 3."""
+    return int(text) if isinstance(text, str) and re.fullmatch("[0-9]+", text) else None
+
+
 def unclassified(columns, epochs=False):
     """The columns the schema does not know, in a summary row (or an epochs.csv row)."""
     return [c for c in columns if c not in (EPOCH_COLUMNS if epochs else SCHEMA)]
@@ -68,7 +74,7 @@ def run_name(config):
     digest = hashlib.sha256(json.dumps({k: v for k, v in config.items() if v is not None},
                                        sort_keys=True).encode()).hexdigest()[:8]
     parts = [config["dataset"], config["model"], config["loss"]]
-    parts += [f"{k}{config[k]:g}" for k in loss_specs.param_names() if config.get(k) is not None]
+    parts += [f"{k}{config[k]:g}" for k in catalog.PARAMS if config.get(k) is not None]
     if config["clip_norm"] is not None:
         parts.append(f"clip{config['clip_norm']:g}" + ("pe" if config["clip_mode"] == "per-example" else ""))
     noise = config["noise_key"] if config["noise"] == "human" else f"{config['noise'][:3]}{config['rho']:g}"

@@ -2,7 +2,7 @@
 
 This is the engine behind run_all.sh (see `bash run_all.sh --help`). Each cell runs as its own
 process, logging to OUT/logs/<cell>.log. Whether a cell is done comes from the result files: its run
-name is resolved as the training script would (cli.parse) and looked up in OUT/summary.csv.
+name is resolved as the training script would (config.parse) and looked up in OUT/summary.csv.
 Before any cell runs, every training script checks the pass-through flags and each dataset's files.
 SIGINT and SIGTERM stop every worker and the cell it runs; everything finished stays, and a rerun
 resumes the rest. Exit status: 0 all cells ran or were done, 1 something failed, 2 bad input,
@@ -16,11 +16,12 @@ import sys
 import threading
 import time
 
-import cli
 import grid
 import grid_cli
 import results
 import slurm
+from config import python
+from errors import Failure, edge
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SKIPPED, BAD_INPUT = 3, 2  # the training scripts' exit status for unavailable data and for bad input
@@ -30,7 +31,7 @@ def command(cell, opts, argv=None):
     """The cell's full command line: the script by absolute path, so children can run in the
     caller's directory, where relative pass-through paths (--data-dir) mean what the caller meant."""
     out = os.path.join(opts.out, cell.folder) if cell.folder else opts.out
-    cmd = [cli.python(), os.path.join(HERE, cell.script), *(argv or cell.argv), "--out", out]
+    cmd = [python(), os.path.join(HERE, cell.script), *(argv or cell.argv), "--out", out]
     if cell.dataset != "synthetic":
         cmd += ["--resume", *(["--device", "cuda"] if opts.gpus else []), *opts.extra]
     return cmd
@@ -47,26 +48,21 @@ def resolve(cell, opts):
                                  opts.selection["logit_clip"])
         if tau is None:
             return None, False
-        argv = with_tau(argv, tau)
+        argv = grid.with_tau(argv, tau)
     if cell.dataset == "synthetic":
         return argv, os.path.exists(os.path.join(opts.out, cell.folder, cell.script[len("synthetic_"):-3] + ".csv"))
     summary = os.path.join(opts.out, cell.folder, "summary.csv")
     return argv, results.finished_row(summary, run_name(cell, opts, argv)) is not None
 
 
-def with_tau(argv, tau):
-    """argv with `tau` for the TUNED a tuned cell's tau stands as until its tuning runs have chosen it
-    (to check its flags before, any candidate will do), written exactly (grid.number_text)."""
-    return [grid.number_text(float(tau)) if a == "TUNED" else a for a in argv]
-
-
 def run_name(cell, opts, argv=None):
     """The run a training cell makes, resolved as its script would (no torch): its result-file key."""
-    return results.run_name(cli.parse(cell.script, [*(argv or cell.argv), *opts.extra])[1])
+    return results.run_name(grid.cell_config(cell, opts.extra, argv=argv).settings())
 
 
-class Tally:
-    """What happened so far, shared by the workers: counts, and cell durations per dataset (ETA)."""
+class Outcomes:
+    """What happened so far, shared by the workers: each cell's outcome, counts, and cell durations per
+    dataset (for the ETA of the line printed before each cell)."""
 
     def __init__(self, cells, workers=1):
         self.cells, self.workers, self.lock, self.start = cells, workers, threading.Lock(), time.monotonic()
@@ -189,11 +185,13 @@ class Workers:
                     return
                 cell = queue.pop(0)
             try:
-                self.one(cell, gpu)
+                self.run_cell(cell, gpu)
             except BaseException as e:  # no cell may vanish without an outcome (a worker thread dies silently)
                 self.tally.record(cell, "failed", why=f"the runner could not run it: {type(e).__name__}: {e}")
 
-    def one(self, cell, gpu):
+    def run_cell(self, cell, gpu):
+        """Run one cell in its process on `gpu` (a CUDA_VISIBLE_DEVICES value), unless it is done or
+        unavailable; record its outcome."""
         opts, tally = self.opts, self.tally
         if cell.dataset in self.unavailable:
             return tally.record(cell, "skipped")
@@ -240,22 +238,22 @@ def check_flags(cells, opts):
     cell rejects (say --q for PHuber-CE) stops everything before any cell runs, with its message."""
     for cell in cells:
         if cell.dataset != "synthetic":
-            # exits 2 with the script's own one-line message
-            cli.parse(cell.script, with_tau(cell.argv, opts.selection["candidates"][0]) + opts.extra)
+            grid.cell_config(cell, opts.extra, opts.selection["candidates"][0])  # exits 2 with the script's line
 
 
 def preflight(cells, opts, stopper):
     """Check every input of the cells (each dataset's files, each CIFAR-N label set the cells train on)
     and the device with the training scripts themselves, before any cell runs. Returns {dataset: why
-    it is unavailable}; a cli.Failure for bad input."""
+    it is unavailable}; a Failure for bad input."""
     unavailable, inputs = {}, {}
     for cell in cells:  # one check per dataset and label set: --noise-key picks the labels of a CIFAR-N file
-        key = cell.argv[cell.argv.index("--noise-key") + 1] if "--noise-key" in cell.argv else None
-        inputs.setdefault((cell.dataset, key), cell)
+        if cell.dataset != "synthetic":
+            key = grid.cell_config(cell, opts.extra, opts.selection["candidates"][0]).noise_key
+            inputs.setdefault((cell.dataset, key), cell)
     for (dataset, key), cell in inputs.items():
-        if dataset == "synthetic" or dataset in unavailable:
+        if dataset in unavailable:
             continue
-        argv = with_tau(cell.argv, opts.selection["candidates"][0])
+        argv = grid.with_tau(cell.argv, opts.selection["candidates"][0])
         code, out, err = stopper.run([*command(cell, opts, argv), "--prepare-data"])
         why = last_line(err or out).removeprefix("error: ")
         if stopper.stopping.is_set():
@@ -264,9 +262,9 @@ def preflight(cells, opts, stopper):
             unavailable[dataset] = why
             print(f"skipping {dataset}: {why}", flush=True)
         elif code == BAD_INPUT:
-            raise cli.Failure(f"{dataset}{' ' + key if key else ''}: {why}")
+            raise Failure(f"{dataset}{' ' + key if key else ''}: {why}")
         elif code != 0:
-            raise cli.Failure(f"{dataset}: the training script cannot start (exit {code}): {why}", code=1)
+            raise Failure(f"{dataset}: the training script cannot start (exit {code}): {why}", code=1)
     return unavailable
 
 
@@ -278,7 +276,7 @@ def check_summaries(cells, opts):
         try:
             results.summary_rows(os.path.join(opts.out, folder, "summary.csv"))
         except (results.BadFile, OSError) as e:
-            raise cli.Failure(str(e) if isinstance(e, results.BadFile) else f"{e.filename}: {e.strerror}")
+            raise Failure(str(e) if isinstance(e, results.BadFile) else f"{e.filename}: {e.strerror}")
 
 
 def run_here(opts, stopper):
@@ -287,7 +285,7 @@ def run_here(opts, stopper):
     check_flags(cells, opts)
     check_summaries(cells, opts)
     unavailable = preflight(cells, opts, stopper) if opts.task is None else {}
-    tally = Tally(cells, len(opts.workers))
+    tally = Outcomes(cells, len(opts.workers))
     os.makedirs(os.path.join(opts.out, "logs"), exist_ok=True)  # only now: bad input writes nothing
     workers = Workers(opts, tally, unavailable, stopper)
     workers.run([c for c in cells if c.tuning])  # --tune-tau: every candidate finishes before a tau is chosen
@@ -300,7 +298,7 @@ def run_here(opts, stopper):
         print(f"  failed: {line}")
     failed = bool(tally.failures) or len(tally.outcomes) < len(cells)
     if opts.task is None and {"ran", "done"} & set(tally.outcomes.values()):
-        code, out, err = stopper.run([cli.python(), os.path.join(HERE, "aggregate.py"), "--results", opts.out])
+        code, out, err = stopper.run([python(), os.path.join(HERE, "aggregate.py"), "--results", opts.out])
         if stopper.stopping.is_set():
             print("interrupted during aggregate.py; rerun it, or the same command", flush=True)
             return stopper.status()
@@ -311,7 +309,7 @@ def run_here(opts, stopper):
     return SKIPPED if opts.task is not None and "skipped" in tally.outcomes.values() else 0
 
 
-@cli.edge()  # a Failure raised below: its one line on stderr and its exit status
+@edge()  # a Failure raised below: its one line on stderr and its exit status
 def main(argv=None):
     stopper = Stopper()  # first: a signal at any point stops what the runner started
     try:
@@ -323,6 +321,7 @@ def main(argv=None):
     if opts.list or opts.dry_run:  # `| head` closes the pipe: stop quietly, as a Unix tool does
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     if opts.list:
+        check_flags(opts.cells, opts)  # the pass-through flags: the estimate reads them as the scripts will
         main_grid = {c.id for c in grid.cells(datasets=opts.selection["datasets"])} if opts.table3 else set()
         for i, cell in enumerate(opts.cells):
             print(f"{i:4d}  {cell.id}" + ("   (a cell of the main grid too: one run)" if cell.id in main_grid else ""))
@@ -337,12 +336,12 @@ def main(argv=None):
     try:  # before the pre-flight checks: what they take long to check must be writable
         results.check_writable(opts.out)
     except ValueError as e:
-        raise cli.Failure(f"--out {e}")
-    if opts.slurm:
+        raise Failure(f"--out {e}")
+    if opts.slurm and opts.task is None:  # an array task (--task) runs its cell here
         if subprocess.run(["sh", "-c", "command -v sbatch"], capture_output=True).returncode != 0:
-            raise cli.Failure("--slurm: sbatch not found")
+            raise Failure("--slurm: sbatch not found")
         check_flags(opts.cells, opts)  # the pass-through flags, before anything is submitted
-        return slurm.submit(opts, cli.python())
+        return slurm.submit(opts, python())
     return run_here(opts, stopper)
 
 

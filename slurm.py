@@ -1,34 +1,22 @@
 """run_all.sh --slurm: the grid as SLURM job arrays (see docs/grid.md and ../shared/notes/slurm.md).
 
-Task i of an array runs `run_all.sh <the same selection> --task i`, which finds the same cell: the
-order of grid.cells depends only on the selection.
+Task i of an array runs run_all.sh with the same arguments plus `--task i`, which finds the same
+cell: the order of grid.cells depends only on the selection.
 """
 import os
 import shlex
 import subprocess
 
-import cli
+from errors import Failure
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def submit(opts, python):
-    """One job array per phase (task i runs `run_all.sh <same selection> --task i`) and an
-    aggregation job that runs when the grid's array ends."""
-    s = opts.selection
-    flags = ["--datasets", ",".join(s["datasets"]), "--trials", str(s["trials"]), "--out", opts.out]
-    flags += ["--rhos", ",".join(map(repr, s["rhos"]))] if s["rhos"] else []
-    flags += ["--losses", ",".join(s["losses"])] if s["losses"] else []
-    flags += ["--quick"] if s["quick"] else []
-    flags += ["--table3"] if opts.table3 else []
-    flags += ["--memorisation"] if opts.memorisation else []
-    flags += ["--human-noise"] if s["human"] else []
-    flags += ["--logit-clip", repr(s["logit_clip"])] if s["logit_clip"] is not None else []
-    flags += ["--taus", ",".join(map(repr, s["taus"]))] if s["taus"] else []
-    flags += ["--tune-tau", "--tau-candidates", ",".join(map(repr, s["candidates"]))] if s["tune_tau"] else []
-    flags += ["--tune"] if s["tune"] else []
-    flags += ["--val-split", repr(s["val_split"])] if s["tune_tau"] or s["tune"] else []
-    worker = shlex.join(["bash", os.path.join(HERE, "run_all.sh"), *flags, "--task"]) + " $SLURM_ARRAY_TASK_ID"
+    """One job array per phase (task i runs run_all.sh with the original arguments plus `--task i`, so
+    that it finds cell i of the same selection) and an aggregation job that runs when the grid's array
+    ends. A task runs its cell, whatever else its arguments say (--slurm, --sbatch)."""
+    worker = shlex.join(["bash", os.path.join(HERE, "run_all.sh"), *opts.argv, "--task"]) + " $SLURM_ARRAY_TASK_ID"
     worker += (" -- " + shlex.join(opts.extra)) if opts.extra else ""
     os.makedirs(os.path.join(opts.out, "logs"), exist_ok=True)
     common = [*opts.sbatch, f"--chdir={os.getcwd()}"]
@@ -36,7 +24,7 @@ def submit(opts, python):
     def sbatch(*args):
         done = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True)
         if done.returncode != 0:
-            raise cli.Failure(f"sbatch failed: {(done.stderr.strip().splitlines() or ['no message'])[-1]}", code=1)
+            raise Failure(f"sbatch failed: {(done.stderr.strip().splitlines() or ['no message'])[-1]}", code=1)
         return done.stdout.strip().split(";")[0]
     n_tuning = sum(c.tuning for c in opts.cells)
     after = []

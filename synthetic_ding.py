@@ -28,7 +28,7 @@ import os
 
 import numpy as np
 
-from cli import Parser
+from errors import Parser
 from margin_losses import COLOURS, LABELS, MARGIN_LOSSES, check_flags, with_taus
 from results import pyplot, save_figure, versions, write_csv
 

@@ -33,7 +33,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402 (after the line above on purpose)
 from scipy.optimize import minimize  # noqa: E402
 
-from cli import Parser  # noqa: E402
+from errors import Parser  # noqa: E402
 from margin_losses import COLOURS, LABELS, MARGIN_LOSSES, check_flags, with_taus  # noqa: E402
 from results import pyplot, save_figure, versions, write_csv  # noqa: E402
 

@@ -22,9 +22,7 @@ import numpy as np
 from scipy import stats
 
 import catalog
-import cli
 import grid
-import loss_specs
 import results
 
 LOSS_KEYS = results.LOSS_SETTINGS  # a table row: the loss, its parameters and its clipping
@@ -79,7 +77,7 @@ def integer(row, column, optional=False):
     text = row.get(column)
     if optional and text in ("", None):
         return None
-    if cli.whole_number(text) is None:
+    if results.whole_number(text) is None:
         raise ValueError(f"{column} {text!r} is not an integer >= 0")
     return int(text)
 
@@ -97,9 +95,9 @@ def check_run(row):
     integer(row, "seed")
     integer(row, "noise_seed", optional=True)
     real(row, "clip_norm", 0, optional=True)
-    for name, meta in loss_specs.read()[1].items():
+    for name in catalog.PARAMS:
         if row.get(name) not in ("", None):
-            loss_specs.check(name, real(row, name), meta["range"])
+            catalog.check_param(name, real(row, name))
     if not NAME.fullmatch(row["dataset"]):
         raise ValueError(f"dataset {row['dataset']!r} is not a dataset name (letters, digits, _ . + -)")
 
@@ -197,7 +195,7 @@ def loss_label(key, layout=()):
     if report:
         return report[1]
     row = dict(zip(LOSS_KEYS, key))
-    defaults, params = loss_specs.read()
+    defaults, params = catalog.LOSSES, catalog.PARAMS
     label = grid.NAMES.get(row["loss"], row["loss"])
     wrappers = [name for name in params if "wrapper" in params[name]]  # LogitClip: named after the loss
     for name in params:
@@ -219,9 +217,9 @@ def loss_sort(key, layout=()):
     if report:
         return (0, report[0])
     row = dict(zip(LOSS_KEYS, key))
-    order = list(loss_specs.read()[0])
+    order = list(catalog.LOSSES)
     return (1, order.index(row["loss"]) if row["loss"] in order else len(order), row["loss"], bool(row["clip_norm"]),
-            row["clip_mode"], float(row["clip_norm"] or 0), *(float(row[k] or 0) for k in loss_specs.param_names()))
+            row["clip_mode"], float(row["clip_norm"] or 0), *(float(row[k] or 0) for k in catalog.PARAMS))
 
 
 def mean_se(values):
@@ -322,7 +320,7 @@ def reference_key(dataset, key, rho, setting, ignore=()):
     the loss (per-example clipping, LogitClip, a peer loss's parameter) or of the run (deviations, but
     for `ignore`) is not the published runs'."""
     row = dict(zip(LOSS_KEYS, key))
-    unpublished = [k for k in loss_specs.param_names() if k not in ("tau", "q") and row[k]]
+    unpublished = [k for k in catalog.PARAMS if k not in ("tau", "q") and row[k]]
     if row["clip_mode"] == "per-example" or unpublished or deviations(dataset, setting, ignore) \
             or dataset not in catalog.DATASETS:
         return None
@@ -340,7 +338,7 @@ def paired_interval(diffs, level=0.95):
     return mean, round(mean - half, 3), round(mean + half, 3)
 
 
-TEX = {"±": r"$\pm$", "†": r"$\dagger$", **{p["symbol"]: p["tex"] for p in loss_specs.read()[1].values()
+TEX = {"±": r"$\pm$", "†": r"$\dagger$", **{p["symbol"]: p["tex"] for p in catalog.PARAMS.values()
                                           if p["symbol"] != p["tex"].strip("$")}}
 
 

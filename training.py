@@ -1,18 +1,25 @@
-"""The training loop shared by train_mnist.py and train_cifar.py (experiment.py runs it).
+"""What train_mnist.py and train_cifar.py share: the training step, evaluation, and a run's files.
 
-    Model, Optimiser  what is trained, and the optimiser's state (torch optimiser, schedule, gradient
-                      scaler) with its clipping: small dataclasses
-    AMP, fused        the autocast dtype of each --amp; which optimiser kernels a device gets
-    train_epoch       the one loop: forward, loss, backward, optional clip, step, lr step
-    evaluate          accuracy, loss, NLL and calibration error of a labelled set
-    epoch_row         an epoch's row of epochs.csv (results.EPOCH_COLUMNS), and its line on stdout
+    Learner       the network, its loss, optimiser and schedule, and how a batch goes through them
+    train_epoch   the one loop: forward, loss, backward, optional clip, step, lr step
+    evaluate      accuracy, loss, NLL and calibration error of a labelled set
+    epoch_row     an epoch's row of epochs.csv (results.EPOCH_COLUMNS), and its line on stdout
+    RunFolder     a run's lifecycle: its name and lock, skip if finished, resume, checkpoints and
+                  provenance, the summary row (docs/csv-columns.md)
 
 Each batch is gathered from a per-epoch permutation of the uint8 data on the device, augmented and
 normalised there. Nothing in the loop waits for the device: per step, only the loss and the
 predictions are written into device buffers, and they are read once per epoch.
 """
+import contextlib
 import copy
+import io
+import json
 import math
+import os
+import platform
+import shlex
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -20,32 +27,39 @@ from dataclasses import dataclass
 import torch
 
 import losses
+import models
+import results
 from data import normalise, random_crop_flip
-
-
-@dataclass
-class Model:
-    """The network, the loss, and how a batch goes through them."""
-    net: torch.nn.Module
-    criterion: torch.nn.Module
-    forward: object = None          # net itself, or its torch.compile'd form
-    amp: torch.dtype = None         # autocast dtype; None: float32
-    channels_last: bool = False
-
-    def __post_init__(self):
-        self.forward = self.net if self.forward is None else self.forward
-        self.device = next(self.net.parameters()).device
-
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None)
-
-    def inputs(self, images, mean, std):
-        """uint8 images as the network's normalised float input."""
-        x = normalise(images, mean, std)
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
+from errors import Failure
 
 AMP = {"fp16": torch.float16, "bf16": torch.bfloat16, None: None}  # --amp: the autocast dtype (None: float32)
+
+
+def device_for(config):
+    """The device of --device (default: cuda if available, else cpu), checked with what else needs torch to
+    check, before any work: a Failure if it is not usable, or if --clip-mode per-example meets batch norm."""
+    if config.clip_mode == "per-example":
+        with torch.device("meta"):  # the architecture only: no memory, no initialisation cost
+            batch_norm = models.has_batch_norm(models.make_model(config.model, 10, 3))
+        if batch_norm:
+            raise Failure(f"--clip-mode per-example is not allowed with {config.model}: it has batch norm, which "
+                          "couples the samples of a batch, so per-sample gradients are not defined; use --clip-mode "
+                          "global or a model without batch norm (lenet)")
+    name = config.device
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        device = None
+    usable = {"cpu": lambda: True, "mps": torch.backends.mps.is_available,
+              "cuda": lambda: torch.cuda.is_available() and (device.index or 0) < torch.cuda.device_count()}
+    if device is None or device.type not in usable:
+        raise Failure(f"--device {name!r} is not allowed: use cpu, cuda, cuda:N or mps")
+    if not usable[device.type]():
+        raise Failure(f"--device {name!r} is not allowed: this machine has {torch.cuda.device_count()} visible CUDA "
+                      f"device(s){'' if device.type == 'cuda' else ' and no MPS'}; use cpu")
+    return device
 
 
 def fused(device, compiled=False):
@@ -58,32 +72,50 @@ def fused(device, compiled=False):
 
 
 @dataclass
-class Optimiser:
-    """The optimiser's state and settings: what each step of the loop updates and how it clips."""
+class Learner:
+    """What a run trains: the network, its loss, its optimiser and learning-rate schedule (stepped every
+    iteration), and from the run's config how a batch goes through them: precision (--amp, with a
+    gradient scaler for fp16), memory layout, torch.compile and clipping."""
+    net: torch.nn.Module
+    criterion: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler  # stepped every iteration: schedules are per iteration
-    scaler: torch.amp.GradScaler
-    clip_norm: float = None
-    per_example: bool = False       # clip each sample's gradient before averaging, not the batch's
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    config: object  # a config.Config
+
+    def __post_init__(self):
+        c = self.config
+        self.device = next(self.net.parameters()).device
+        self.amp, self.channels_last, self.clip_norm = AMP[c.amp], c.channels_last, c.clip_norm
+        self.per_example = c.clip_mode == "per-example"
+        self.forward = torch.compile(self.net) if c.compile else self.net
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=c.amp == "fp16")
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None)
+
+    def inputs(self, images, mean, std):
+        """uint8 images as the network's normalised float input."""
+        x = normalise(images, mean, std)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
-def per_example_clipped_backward(model, x, y, clip_norm):
-    """Set p.grad to the mean of per-sample gradients, each clipped to norm `clip_norm`.
+def per_example_clipped_backward(learner, x, y):
+    """Set p.grad to the mean of per-sample gradients, each clipped to norm learner.clip_norm.
 
     Per-sample gradients come from torch.func (vmap over grad), not a loop over samples.
     Returns the logits, the mean loss and the per-sample gradient norms (before clipping).
     """
-    net = model.net
+    net = learner.net
     params = {k: p.detach() for k, p in net.named_parameters()}
     buffers = {k: b.detach() for k, b in net.named_buffers()}
-    criterion = model.criterion
+    criterion = learner.criterion
     check = getattr(criterion, "check_targets", False)
     if check:  # a loss's check of its targets reads values, which vmap cannot: the batch is checked below
         criterion = copy.copy(criterion)
         criterion.check_targets = False
 
     def sample_loss(params, xi, yi):
-        with model.autocast():
+        with learner.autocast():
             logits = torch.func.functional_call(net, (params, buffers), (xi.unsqueeze(0),))
         return criterion(logits, yi.unsqueeze(0)), logits.squeeze(0)
 
@@ -92,59 +124,63 @@ def per_example_clipped_backward(model, x, y, clip_norm):
     if check:
         losses.check_targets_in_range(y, logits.shape[1])
     norms = torch.sqrt(sum(g.flatten(1).float().pow(2).sum(1) for g in grads.values()))
-    scale = (clip_norm / (norms + 1e-6)).clamp(max=1.0)
+    scale = (learner.clip_norm / (norms + 1e-6)).clamp(max=1.0)
     for name, p in net.named_parameters():
         g = grads[name]  # the mean laid out as its weight (channels-last): fused optimisers need that
         p.grad = torch.empty_like(p).copy_((g * scale.view(-1, *[1] * (g.dim() - 1)).to(g.dtype)).mean(0))
     return logits, sample_losses.mean(), norms
 
 
-def train_epoch(model, optimiser, data, generator, *, batch_size, augment):
-    """One pass over the training set in a fresh random order; returns (step losses, statistics).
-
-    A non-finite loss is still reported with its step, from the buffer of step losses.
-    """
-    model.net.train()
+def train_epoch(learner, data, generator, *, batch_size, augment, epoch=1):
+    """One pass over the training set in a fresh random order; returns the epoch's statistics. A
+    non-finite loss is a Failure naming its step (read from the buffer of step losses, once)."""
+    learner.net.train()
     dev = data.train_y.device
     n, b = len(data.train_y), batch_size
     steps = math.ceil(n / b)
     perm = torch.randperm(n, device=dev, generator=generator)
     step_losses = torch.zeros(steps, device=dev)
     preds = torch.empty(n, dtype=torch.long, device=dev)
-    norms = torch.zeros(n, device=dev) if optimiser.per_example else None
+    norms = torch.zeros(n, device=dev) if learner.per_example else None
     progress = Progress(steps) if sys.stderr.isatty() else None
+    optimizer, scaler = learner.optimizer, learner.scaler
     for i in range(steps):
         batch = slice(i * b, (i + 1) * b)
         idx = perm[batch]
         images = data.train_x[idx]
         if augment:
             images = random_crop_flip(images, generator)
-        x, y = model.inputs(images, data.mean, data.std), data.train_y[idx]
-        optimiser.optimizer.zero_grad(set_to_none=True)
+        x, y = learner.inputs(images, data.mean, data.std), data.train_y[idx]
+        optimizer.zero_grad(set_to_none=True)
         if norms is not None:
-            logits, loss, norms[batch] = per_example_clipped_backward(model, x, y, optimiser.clip_norm)
+            logits, loss, norms[batch] = per_example_clipped_backward(learner, x, y)
         else:
-            with model.autocast():
-                logits = model.forward(x)
-                loss = model.criterion(logits, y)
-            optimiser.scaler.scale(loss).backward()
-            if optimiser.clip_norm is not None:  # clip the true gradient: unscale first under fp16
-                optimiser.scaler.unscale_(optimiser.optimizer)
-                torch.nn.utils.clip_grad_norm_(model.net.parameters(), optimiser.clip_norm)
-        optimiser.scaler.step(optimiser.optimizer)
-        optimiser.scaler.update()
-        optimiser.scheduler.step()
+            with learner.autocast():
+                logits = learner.forward(x)
+                loss = learner.criterion(logits, y)
+            scaler.scale(loss).backward()
+            if learner.clip_norm is not None:  # clip the true gradient: unscale first under fp16
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(learner.net.parameters(), learner.clip_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        learner.schedule.step()
         step_losses[i] = loss.detach()
         preds[batch] = logits.detach().argmax(1)
         if progress:
             progress.update(i + 1, (i + 1) * b)
     if progress:
         progress.close()
+    bad = (~torch.isfinite(step_losses)).nonzero()  # the epoch's one host sync (with the statistics)
+    if len(bad):
+        raise Failure(f"non-finite training loss at epoch {epoch}, step {bad[0].item() + 1} of {steps} "
+                      f"(global step {(epoch - 1) * steps + bad[0].item() + 1}); no result written, "
+                      f"the last checkpoint is epoch {epoch - 1}", code=1)
     sizes = torch.full((steps,), float(b), device=dev)
     sizes[-1] = n - (steps - 1) * b  # the last batch may be smaller
-    stats = epoch_stats(preds, data.train_y[perm], data.train_clean[perm], norms, optimiser.clip_norm)
+    stats = epoch_stats(preds, data.train_y[perm], data.train_clean[perm], norms, learner.clip_norm)
     stats["loss_sum"] = (step_losses * sizes).sum().item()
-    return step_losses, stats
+    return stats
 
 
 def epoch_stats(pred, y, clean, norms=None, clip_norm=None):
@@ -162,21 +198,18 @@ def epoch_stats(pred, y, clean, norms=None, clip_norm=None):
 
 
 @torch.no_grad()
-def predict(model, images, mean, std, batch=1000):
+def predict(learner, images, mean, std, batch=1000):
     """Logits (float32) of the network in eval mode, in batches."""
-    model.net.eval()
+    learner.net.eval()
     out = []
     for i in range(0, len(images), batch):
-        with model.autocast():
-            out.append(model.forward(model.inputs(images[i:i + batch], mean, std)).float())
+        with learner.autocast():
+            out.append(learner.forward(learner.inputs(images[i:i + batch], mean, std)).float())
     return torch.cat(out)
 
 
 def expected_calibration_error(logits, labels, bins=15):
-    """ECE with equal-width confidence bins: sum_b (n_b / n) |acc_b - conf_b|.
-
-    Computed as sum_b |correct_b - confidence_b| / n with per-bin sums, which is the same thing.
-    """
+    """ECE with equal-width confidence bins: sum_b (n_b / n) |acc_b - conf_b|, from per-bin sums."""
     conf, pred = torch.softmax(logits.float(), 1).max(1)
     correct = (pred == labels).float()
     which = torch.clamp((conf * bins).ceil().long() - 1, 0, bins - 1)  # bin b holds (b/B, (b+1)/B]
@@ -185,16 +218,14 @@ def expected_calibration_error(logits, labels, bins=15):
     return ((correct_sums - conf_sums).abs().sum() / max(len(labels), 1)).item()
 
 
-def evaluate(model, images, labels, mean, std, *, clean=None):
+def evaluate(learner, images, labels, mean, std, *, clean=None):
     """Accuracy (%), loss, NLL and ECE on a labelled set; accuracy against clean labels if given.
-
-    Accuracies come from integer counts (100 * 8899 / 10000 prints as 88.99, not 88.99000000000001).
-    """
+    Accuracies come from integer counts (100 * 8899 / 10000 prints as 88.99, not 88.99000000000001)."""
     if len(labels) == 0:
         return {}
-    logits = predict(model, images, mean, std)
+    logits = predict(learner, images, mean, std)
     pred = logits.argmax(1)
-    out = dict(acc=100 * (pred == labels).sum().item() / len(labels), loss=model.criterion(logits, labels).item(),
+    out = dict(acc=100 * (pred == labels).sum().item() / len(labels), loss=learner.criterion(logits, labels).item(),
                nll=losses.ce(logits, labels).item(), ece=expected_calibration_error(logits, labels))
     if clean is not None:
         out["clean_acc"] = 100 * (pred == clean).sum().item() / len(clean)
@@ -250,3 +281,237 @@ class Progress:
     def close(self):
         sys.stderr.write("\r" + " " * 60 + "\r")
         sys.stderr.flush()
+
+
+# ---------------------------------------------------------------------------------------------
+# A run's files: results/runs/<run name>/ (config.json, noise_transitions.csv, epochs.csv, checkpoint.pt)
+# and its row in results/summary.csv. A finished run is not run again; an interrupted one continues
+# from the checkpoint of its last epoch with every random state restored.
+
+class RunFolder:
+    """One run's lifecycle, around the script's epoch loop:
+
+        run = RunFolder(config)          its name; None from run.finished() unless it should train
+        with run.training(learner, data, generator):     the lock; resumes, or writes config.json
+            for epoch in run.epochs():   the epochs left
+                ... run.end_epoch(row)   epochs.csv and the checkpoint
+            run.finish()                 the summary row, the checkpoint removed
+    """
+
+    def __init__(self, config):
+        self.config, self.name = config, results.run_name(config.settings())
+        self.folder = os.path.join(config.out, "runs", self.name)
+        self.checkpoint = os.path.join(self.folder, "checkpoint.pt")
+        self.summary = os.path.join(config.out, "summary.csv")
+        self.history, self.elapsed, self.left = [], 0.0, True
+
+    def finished(self):
+        """Whether the run has finished (said in one line); before any work, a Failure if it cannot
+        start: --out unwritable, the run in progress elsewhere, its summary unreadable, or --resume /
+        --force not as its checkpoint asks."""
+        try:
+            results.check_writable(self.config.out)
+        except ValueError as e:
+            raise Failure(f"--out {e}")
+        if results.lock_holder(self.folder):  # checked before the data are loaded, and again under the lock
+            raise Failure(f"run {self.name} is in progress (pid {results.lock_holder(self.folder)})")
+        try:  # a summary it cannot read whole it could not add to either: said before any work
+            done = results.finished_row(self.summary, self.name)
+        except results.BadFile as e:
+            raise Failure(str(e))
+        if done and not self.config.force:
+            print(f"{self.name}: already finished (test accuracy {done.get('test_acc')}%); --force re-runs it")
+            return True
+        self.resuming()
+        return False
+
+    def resuming(self):
+        """Whether to resume the interrupted run in the folder; a Failure (bad input) if the flags say
+        otherwise, or if --resume would silently start over beside an interrupted run of the same cell
+        with other settings (say another --lr), leaving it orphaned."""
+        config = self.config
+        if os.path.exists(self.checkpoint) and not config.force:
+            if not config.resume:
+                raise Failure(f"{self.checkpoint} holds an interrupted run of this configuration: pass --resume to "
+                              "continue it or --force to start over")
+            return True
+        if config.resume and not config.force:
+            other = interrupted_sibling(os.path.dirname(self.folder), config.settings())
+            if other:
+                raise Failure(f"--resume: no interrupted run has these settings; the interrupted run {other[0]} "
+                              f"differs in {other[1]}: give its settings to resume it, or --force to start this one")
+        return False
+
+    @contextlib.contextmanager
+    def training(self, learner, data, generator):
+        """Hold the run's lock while it trains; resume its checkpoint (every state of learner and
+        generator), or start it: its sidecar files. Every failure becomes a one-line Failure."""
+        self.learner, self.data, self.generator = learner, data, generator
+        try:
+            with results.run_lock(self.folder), sigterm_as_interrupt():
+                if results.finished_row(self.summary, self.name) and not self.config.force:  # meanwhile
+                    print(f"{self.name}: already finished by another process")
+                    self.left = False
+                elif self.resuming():
+                    results.remove_temporaries(self.folder)  # what a kill during an atomic write left
+                    self.resume()
+                    print(f"{self.name}: resuming after epoch {len(self.history)}")
+                else:
+                    results.remove_temporaries(self.folder)
+                    self.write_run_files()
+                if self.left:
+                    print(f"{self.name}: {len(data.train_y)} training samples (realised flip rate "
+                          f"{100 * data.record['flip_rate']:.2f}% of the full training set), {len(data.val_y)} "
+                          f"validation, {len(data.test_y)} test; {self.config.epochs} epochs on {learner.device}")
+                yield self
+        except results.Busy as e:
+            raise Failure(f"run {self.name} is in progress (pid {e})")
+        except KeyboardInterrupt:
+            raise Failure(f"{self.name}: interrupted; its last checkpoint is epoch {len(self.history)}: rerun with "
+                          "--resume", code=130)
+        except OSError as e:  # a full disk names no file: the results folder then says where
+            raise Failure(f"{self.name}: cannot write its results in {self.config.out}: {e.strerror or e}"
+                          + (f" ({e.filename})" if e.filename else ""), code=1)
+        except results.BadFile as e:  # the summary went bad while it ran
+            raise Failure(f"{self.name}: cannot add its row to the summary: {e}; its checkpoint is kept: rerun with "
+                          "--resume once the file is repaired", code=1)
+
+    def epochs(self):
+        """The epochs left to train, numbered from 1."""
+        return range(len(self.history) + 1, self.config.epochs + 1) if self.left else range(0)
+
+    def end_epoch(self, row):
+        """Record an epoch: its row in epochs.csv and a checkpoint of every state, so that an
+        interruption loses at most this epoch."""
+        learner, self.elapsed = self.learner, self.elapsed + row["epoch_seconds"]
+        self.history.append(row)
+        save_checkpoint(self.checkpoint, dict(
+            model=learner.net.state_dict(), optimizer=learner.optimizer.state_dict(),
+            scheduler=learner.schedule.state_dict(), scaler=learner.scaler.state_dict(),
+            generator=self.generator.get_state(), torch_rng=torch.get_rng_state(), epoch=row["epoch"],
+            history=self.history, elapsed=self.elapsed, data=self.data.fingerprint, threads=torch.get_num_threads()))
+        results.write_csv(os.path.join(self.folder, "epochs.csv"), self.history)
+        print(epoch_line(row, self.config.epochs), flush=True)
+
+    def finish(self):
+        """The summary row (always the final epoch's: no choice is made on test data), then clean up."""
+        if not self.left:
+            return
+        final, data, device = self.history[-1], self.data, self.learner.device
+        row = dict(run=self.name, **self.config.settings(), **{k: final[k] for k in final if k not in ("epoch", "lr")},
+                   train_size=len(data.train_y), val_size=len(data.val_y), test_size=len(data.test_y),
+                   flip_rate=data.record["flip_rate"], label_hash=data.record["label_hash"],
+                   wall_seconds=self.elapsed, device=str(device), device_name=device_name(device),
+                   threads=torch.get_num_threads(), **versions(), code=results.code_version(),
+                   finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        results.record_summary(self.summary, row)
+        if self.config.save_model:
+            save_checkpoint(os.path.join(self.folder, "model.pt"), self.learner.net.state_dict())
+        os.remove(self.checkpoint)
+        print(f"{self.name}: final test accuracy {final['test_acc']:.2f}% after {self.config.epochs} epochs "
+              f"({self.elapsed:.0f} s); summary row in {self.summary}")
+
+    def write_run_files(self):
+        """The run's sidecars: command line, config and versions; the noise's transition counts."""
+        data = self.data
+        os.makedirs(self.folder, exist_ok=True)
+        meta = dict(run=self.name, command=" ".join(shlex.quote(a) for a in sys.argv), config=self.config.settings(),
+                    flip_rate=data.record["flip_rate"], label_hash=data.record["label_hash"],
+                    **({"noise_file": data.record["file"]} if "file" in data.record else {}),  # human noise's file
+                    threads=torch.get_num_threads(), versions=versions(), code=results.code_version(),
+                    started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        results.write_atomic(os.path.join(self.folder, "config.json"), lambda f: json.dump(meta, f, indent=1))
+        counts = data.record["transitions"]
+        results.write_csv(os.path.join(self.folder, "noise_transitions.csv"),
+                          [dict(clean=c, **{f"noisy_{j}": int(counts[c, j]) for j in range(len(counts))})
+                           for c in range(len(counts))])
+
+    def resume(self):
+        """Restore every state of the interrupted run, its history and elapsed seconds. Refuses, in one
+        line, a checkpoint it cannot read, one made on other data, or on the CPU one made with another
+        number of threads (the order of a float sum depends on it: the same run with 1 and 2 threads
+        ends at other numbers, so a resume would make a run that is neither)."""
+        path, learner = self.checkpoint, self.learner
+        try:  # a checkpoint is untrusted input: tensors and plain values only (weights_only), on the CPU
+            with results.open_regular(path) as f:  # a FIFO or a link to /dev/zero would never end
+                saved = torch.load(f, map_location="cpu", weights_only=True)
+            made_on = saved["data"]
+        except Exception as e:  # a truncated or foreign file fails in many ways; each means unreadable
+            why = "not a regular file" if isinstance(e, results.BadFile) else type(e).__name__
+            raise Failure(f"{path} is not a readable checkpoint of this code ({why}): delete it, or pass --force to "
+                          "start over")
+        fingerprint = self.data.fingerprint
+        if made_on != fingerprint:
+            differ = ", ".join(k for k in sorted(set(made_on) | set(fingerprint)) if made_on.get(k) != fingerprint.get(k))
+            raise Failure(f"{path} was made on other data ({differ} differ): resume with the --data-dir it was made "
+                          "with, or pass --force to start over")
+        threads = saved.get("threads")  # None: made before checkpoints kept it
+        if learner.device.type == "cpu" and threads not in (None, torch.get_num_threads()):
+            raise Failure(f"{path} was made with {threads} CPU threads, this process has {torch.get_num_threads()}: "
+                          f"resume it with OMP_NUM_THREADS={threads} (run_all.sh: the --cpu-workers it ran with), or "
+                          "pass --force to start over")
+        learner.net.load_state_dict(saved["model"])
+        load_optimizer(learner.optimizer, saved["optimizer"])
+        learner.schedule.load_state_dict(saved["scheduler"])
+        learner.scaler.load_state_dict(saved["scaler"])
+        self.generator.set_state(saved["generator"])
+        torch.set_rng_state(saved["torch_rng"])
+        self.history, self.elapsed = saved["history"], saved["elapsed"]
+
+
+def load_optimizer(optimizer, saved):
+    """optimizer.load_state_dict, keeping this device's kernels (fused): torch would take the
+    checkpoint's `fused` flag too, and a run may resume on another device."""
+    flags = [group.get("fused") for group in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, flag in zip(optimizer.param_groups, flags):
+        group["fused"] = flag
+        for p in group["params"]:  # Adam's step count lives where the kernels read it: the device if fused
+            state = optimizer.state.get(p, {})
+            if torch.is_tensor(state.get("step")):
+                state["step"] = state["step"].to(p.device if flag else "cpu", torch.float32)
+
+
+CONFIG_LIMIT = 1 << 20  # a run's config.json is about 2 kB
+
+
+def interrupted_sibling(runs_dir, settings):
+    """(name, differences) of an interrupted run of the same grid cell with other settings, or None."""
+    cell = [k for k in results.CELL if k in settings]
+    for name in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else ():
+        folder = os.path.join(runs_dir, name)
+        try:  # another run's file: bounded, a regular file (read_file), well-formed, or passed over
+            theirs = json.loads(results.read_file(os.path.join(folder, "config.json"), CONFIG_LIMIT))["config"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if os.path.exists(os.path.join(folder, "checkpoint.pt")) and all(theirs.get(k) == settings[k] for k in cell):
+            keys = sorted(set(theirs) | set(settings), key=str)
+            return name, ", ".join(f"{k} ({theirs.get(k)} there, {settings.get(k)} here)" for k in keys
+                                   if theirs.get(k) != settings.get(k))
+    return None
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (what run_all.sh, timeout and SLURM send) stops the run as Ctrl-C does: cleanly."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def save_checkpoint(path, state):
+    """torch.save into memory first, then write: on a full disk torch.save into a file raises a
+    RuntimeError of many lines, a write the one-line OSError the run reports."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    results.write_atomic(path, lambda f: f.write(buffer.getbuffer()), binary=True)
+
+
+def versions():
+    return results.versions("torch", "torchvision", "numpy")
+
+
+def device_name(device):
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
