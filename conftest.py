@@ -1,21 +1,14 @@
-"""Shared pytest fixtures: tiny datasets written on the fly in the real file formats.
-
-Images carry a class-dependent pattern (a bright bar whose position is the class) plus noise, so a
-few epochs of training get well above chance and tests can assert that learning happened.
-"""
+"""Shared pytest fixtures (the tiny datasets of tiny_data.py, written once per session) and test helpers."""
 import csv
-import gzip
 import os
-import pickle
-import struct
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 import catalog
 import results
+from tiny_data import make_cifar_dataset, make_idx_dataset
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 TIMING = {"epoch_seconds", "images_per_second", "wall_seconds", "finished"}
@@ -69,51 +62,6 @@ def run_all(*args, env=None, check=True, cwd=ROOT, **kwargs):
         raise AssertionError(f"run_all.sh {' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
 TEMPORARY = ".*.tmp"  # the names results.write_atomic gives its temporary files (test_results.py checks)
-
-
-def patterned_images(labels, channels, size, rng):
-    images = rng.integers(0, 60, size=(len(labels), channels, size, size), dtype=np.uint8)
-    rows = (np.asarray(labels) * 3) % (size - 2)
-    for offset in range(2):
-        images[np.arange(len(labels)), :, rows + offset, :] = 255
-    return images
-
-
-def write_idx(path, array):
-    array = np.ascontiguousarray(array, dtype=np.uint8)
-    header = b"\x00\x00\x08" + bytes([array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    with (gzip.open if path.endswith(".gz") else open)(path, "wb") as f:
-        f.write(header + array.tobytes())
-
-
-def make_idx_dataset(folder, n_train=600, n_test=200, classes=10, seed=0, gz=False):
-    """The four MNIST IDX files, flat in `folder` (as Debian lays out Fashion-MNIST)."""
-    os.makedirs(folder, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    suffix = ".gz" if gz else ""
-    for prefix, n in (("train", n_train), ("t10k", n_test)):
-        labels = rng.integers(0, classes, n)
-        write_idx(os.path.join(folder, f"{prefix}-images-idx3-ubyte{suffix}"), patterned_images(labels, 1, 28, rng)[:, 0])
-        write_idx(os.path.join(folder, f"{prefix}-labels-idx1-ubyte{suffix}"), labels)
-    return folder
-
-
-def make_cifar_dataset(root, name="cifar10", n_train=250, n_test=100, seed=0):
-    """CIFAR-10 (five training batches) or CIFAR-100 python pickles under root, like the real ones."""
-    rng = np.random.default_rng(seed)
-    classes = 10 if name == "cifar10" else 100
-    folder = os.path.join(root, "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
-    os.makedirs(folder, exist_ok=True)
-    files = ([(f"data_batch_{i}", n_train // 5) for i in range(1, 6)] + [("test_batch", n_test)]
-             if name == "cifar10" else [("train", n_train), ("test", n_test)])
-    for filename, n in files:
-        labels = rng.integers(0, classes, n)
-        batch = {"data": patterned_images(labels, 3, 32, rng).reshape(n, -1), "filenames": [f"{i}.png" for i in range(n)]}
-        batch.update({"labels": labels.tolist()} if name == "cifar10" else
-                     {"fine_labels": labels.tolist(), "coarse_labels": (labels // 5).tolist()})
-        with open(os.path.join(folder, filename), "wb") as f:
-            pickle.dump(batch, f)
-    return root
 
 
 def unreachable_folder(tmp_path):

@@ -86,12 +86,12 @@ def generate_data(folder, cuda):
     """MNIST-sized IDX files (60,000 training, 10,000 test images) and a small CIFAR-100 in the real
     formats, from the tests' generators: patterned images that a network learns. The self-check: the
     tests' tiny MNIST."""
-    import conftest  # numpy and pytest: only now, past the check for CUDA
+    import tiny_data  # numpy: only now, past the check for CUDA
     if cuda:
-        conftest.make_idx_dataset(folder, n_train=60000, n_test=10000)
-        conftest.make_cifar_dataset(folder, catalog.BENCH["resnet50"], n_train=300, n_test=100)
+        tiny_data.make_idx_dataset(folder, n_train=60000, n_test=10000)
+        tiny_data.make_cifar_dataset(folder, catalog.BENCH["resnet50"], n_train=300, n_test=100)
     else:
-        conftest.make_idx_dataset(folder)
+        tiny_data.make_idx_dataset(folder)
 
 
 def plan(cuda, data, scratch):

@@ -20,6 +20,7 @@ import experiment
 import grid
 import noise
 import results
+import tiny_data
 import train_cifar
 import train_mnist
 from conftest import only_run_dir
@@ -346,7 +347,7 @@ def test_a_label_file_that_changes_while_the_run_starts_is_refused(cifar_dir, tm
 
 
 def test_a_cifar_batch_label_int64_cannot_hold_is_named_as_it_is(tmp_path, capsys):
-    root = conftest.make_cifar_dataset(str(tmp_path / "data"), "cifar10")
+    root = tiny_data.make_cifar_dataset(str(tmp_path / "data"), "cifar10")
     path = os.path.join(root, "cifar-10-batches-py", "data_batch_2")
     with open(path, "rb") as f:
         batch = pickle.load(f)

@@ -31,6 +31,7 @@ import runner
 import synthetic_ding
 import synthetic_long_servedio
 import tables
+import tiny_data
 import train_cifar
 import train_mnist
 from conftest import only_run_dir, run_all, write_csv_rows
@@ -311,7 +312,7 @@ def test_interrupt_is_one_line_and_leaves_a_checkpoint(mnist_dir, tmp_path, monk
 
 def test_resume_refuses_other_data(mnist_dir, tmp_path, monkeypatch, capsys):
     interrupted(mnist_dir, tmp_path, monkeypatch)
-    other = conftest.make_idx_dataset(str(tmp_path / "other"), seed=1)  # same sizes, other images and labels
+    other = tiny_data.make_idx_dataset(str(tmp_path / "other"), seed=1)  # same sizes, other images and labels
     with pytest.raises(SystemExit) as e:
         train_mnist.main(["--data-dir", other, "--out", str(tmp_path), "--epochs", "3", "--resume"])
     err = capsys.readouterr().err
@@ -507,10 +508,10 @@ def idx_variants(folder):
     }
 
 
-@pytest.mark.parametrize("case", list(idx_variants(conftest.make_idx_dataset(os.path.join(
+@pytest.mark.parametrize("case", list(idx_variants(tiny_data.make_idx_dataset(os.path.join(
     os.environ.get("TMPDIR", "/tmp"), f"idx-variants-{os.getpid()}")))))
 def test_a_broken_idx_file_is_named_alone(case, tmp_path, capsys):
-    folder = conftest.make_idx_dataset(str(tmp_path / "data"))
+    folder = tiny_data.make_idx_dataset(str(tmp_path / "data"))
     name, content = idx_variants(folder)[case]
     open(os.path.join(folder, name), "wb").write(content)
     with pytest.raises(SystemExit) as e:
@@ -528,7 +529,7 @@ def test_a_broken_idx_file_is_named_alone(case, tmp_path, capsys):
     ("label count", lambda b: {**b, "labels": b["labels"][:-1]}), ("not a pickle", None),
 ])
 def test_a_broken_cifar_batch_is_named_alone(case, content, tmp_path, capsys):
-    root = conftest.make_cifar_dataset(str(tmp_path / "data"), "cifar10")
+    root = tiny_data.make_cifar_dataset(str(tmp_path / "data"), "cifar10")
     path = os.path.join(root, "cifar-10-batches-py", "data_batch_3")
     with open(path, "rb") as f:
         batch = pickle.load(f)

@@ -23,6 +23,7 @@ import losses
 import models
 import noise
 import results
+import tiny_data
 import train_cifar
 import train_mnist
 import training
@@ -301,9 +302,9 @@ def test_non_finite_loss_stops_cleanly(mnist_dir, tmp_path, capsys):
 @pytest.mark.parametrize("layout", ["torchvision", "gzip"])
 def test_dataset_layouts(layout, tmp_path):
     if layout == "torchvision":
-        conftest.make_idx_dataset(str(tmp_path / "FashionMNIST" / "raw"), n_train=50, n_test=20)
+        tiny_data.make_idx_dataset(str(tmp_path / "FashionMNIST" / "raw"), n_train=50, n_test=20)
     else:
-        conftest.make_idx_dataset(str(tmp_path), n_train=50, n_test=20, gz=True)
+        tiny_data.make_idx_dataset(str(tmp_path), n_train=50, n_test=20, gz=True)
     train_x, train_y, test_x, test_y = data.load_dataset("fashion-mnist", str(tmp_path))
     assert train_x.shape == (50, 1, 28, 28) and test_x.shape == (20, 1, 28, 28)
     assert train_x.dtype == torch.uint8 and train_y.dtype == torch.int64 and len(test_y) == 20
