@@ -24,7 +24,7 @@ SCRIPTS = tuple(catalog.SCRIPTS)
 # Flags that change how fast a run goes or where files go, never its numbers: not part of the run's
 # identity, so a run can be resumed with a different --device or --out.
 RUNTIME = ("data_dir", "download", "prepare_data", "out", "device", "compile", "resume", "force", "save_model",
-           "noise_file")  # noise_file: where the file is (the settings record its SHA-256)
+           "checkpoint_every", "noise_file")  # noise_file: where the file is (the settings record its SHA-256)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +74,7 @@ class Config:
     resume: bool = False
     force: bool = False
     save_model: bool = False
+    checkpoint_every: int = 1
     noise_file: str = None
     keys: tuple = dataclasses.field(default=(), repr=False)  # the settings' names: the script's flags
 
@@ -195,6 +196,11 @@ def parser(script, doc=None):
     g.add_argument("--channels-last", action="store_true", help="channels-last memory format (faster convs on GPUs)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    # ResNet-50's checkpoint (190 MB, written with fsync) takes 0.3-2 s: every 25 epochs that is under 2% of a
+    # 4.5 s GPU epoch (docs/speed.md); LeNet's takes milliseconds
+    g.add_argument("--checkpoint-every", type=int, default=1 if mnist else 25, metavar="N",
+                   help="save the checkpoint every N epochs and after the last: an interrupted run resumes from its "
+                   "last checkpoint, losing at most N - 1 epochs (default: %(default)s)")
     g.add_argument("--force", action="store_true", help="re-run even if this configuration has finished")
     g.add_argument("--save-model", action="store_true", help="keep the final weights as model.pt in the run folder")
     return p
@@ -248,7 +254,7 @@ def check(args):
             raise bad("--" + flag.replace("_", "-"), getattr(args, flag), "seeds are integers in [0, 2^63)")
     if not 0 <= args.val_split < 1:
         raise bad("--val-split", args.val_split, "the held-out fraction must be in [0, 1)")
-    for flag in ("epochs", "batch_size", "limit_train", "limit_test"):
+    for flag in ("epochs", "batch_size", "limit_train", "limit_test", "checkpoint_every"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             raise bad("--" + flag.replace("_", "-"), value, "must be at least 1")

@@ -2,8 +2,7 @@
 
     load_dataset      the four arrays of a dataset as uint8 / int64 tensors (torchvision downloads)
     add_label_noise   symmetric (the report's) or asymmetric (the dataset's flip map) noise
-    instance_noise    Xia et al. (NeurIPS 2020): a flip rate per sample, a random linear map of its image
-                      chooses where its label goes (human noise, CIFAR-N's files: human_labels.py)
+                      (instance-dependent noise, Xia et al.'s and CIFAR-N's human labels: instance_noise.py)
     noise_record      realised flip rate, clean x noisy counts and a hash of the noisy labels
     prepare           all of it for one run: noise, noisy validation split, limits, on the device
     in_memory         images already in memory as Data (benchmarks, tests)
@@ -221,47 +220,6 @@ def add_label_noise(labels, rho, num_classes, noise, target, *, generator):
     return torch.where(flip, target[labels], labels)
 
 
-def truncated_normal(n, mean, std, generator):
-    """n draws of N(mean, std^2) truncated to [0, 1], for a mean in [0, 1], by the inverse CDF of
-    uniforms from `generator` (float64). The window's lower end is at or below the mean, so its CDF
-    values are not rounded to 1 (where the inverse would lose the tail)."""
-    cdf = lambda z: 0.5 * math.erfc(-z / math.sqrt(2))  # noqa: E731
-    low, high = cdf((0 - mean) / std), cdf((1 - mean) / std)
-    u = torch.rand(n, generator=generator, dtype=torch.float64)
-    return (mean + std * torch.special.ndtri(low + u * (high - low))).clamp(0, 1)
-
-
-def instance_noise(images, labels, num_classes, rho, generator, *, std=0.1):
-    """Xia et al.'s instance-dependent noise on `images` (N, d), any real or uint8 dtype (their code: the
-    raw pixel values 0-255, flattened; data.prepare): sample i gets a flip rate q_i ~ N(rho, std^2)
-    truncated to [0, 1] (their std 0.1), then instance_flips. Returns the noisy labels. rho = 0 is
-    clean labels: the truncated normal's mean would be 0.0798 (a table's rho = 0 column is the clean
-    baseline)."""
-    if rho == 0:
-        return labels.clone()
-    return instance_flips(images, labels, num_classes, truncated_normal(len(labels), rho, std, generator), generator)
-
-
-def instance_flips(images, labels, num_classes, rates, generator):
-    """Labels flipped as Xia et al.'s generator does, for given per-sample flip rates q.
-
-    W ~ N(0, 1) is K x d x K. Label y of sample x moves to class j != y with probability
-    q softmax_j(x W[y]) over j != y, and stays with 1 - q. Drawn in two equivalent stages: a flip with
-    probability q (so q = 0 never flips), then the class by the Gumbel-max trick over the scores.
-    The scores are one matmul per class; where a label goes depends on x, how often it flips on q.
-    """
-    n = len(labels)
-    w = torch.randn(num_classes, images.shape[1], num_classes, generator=generator)
-    scores = torch.empty(n, num_classes)
-    for c in range(num_classes):  # K matmuls, not N: samples grouped by their label
-        idx = (labels == c).nonzero().squeeze(1)
-        scores[idx] = images[idx].float() @ w[c]
-    scores[torch.arange(n), labels] = -math.inf  # the label's own class is not a flip target
-    flip = torch.rand(n, generator=generator, dtype=torch.float64) < rates
-    gumbel = -torch.log(-torch.log(torch.rand(n, num_classes, generator=generator).clamp_min(1e-30)))
-    return torch.where(flip, (scores + gumbel).argmax(1), labels)
-
-
 def noise_record(clean, noisy, num_classes):
     """Realised flip rate, K x K transition counts (clean x noisy) and a hash of the noisy labels."""
     counts = torch.bincount(clean * num_classes + noisy, minlength=num_classes ** 2).view(num_classes, -1)
@@ -300,9 +258,10 @@ def prepare(config, device):
     data of the run `config` (a config.Config)."""
     dataset, k = config.dataset, DATASETS[config.dataset]["classes"]
     human = None
+    if config.noise in ("instance", "human"):
+        import instance_noise  # only for these kinds
     if config.noise == "human":
-        import human_labels  # the CIFAR-N files: only for human noise
-        arrays, human = human_labels.load_with_labels(config)
+        arrays, human = instance_noise.load_with_labels(config)
     else:
         arrays = load_dataset(dataset, config.data_dir, config.download)
     train_x, train_y, test_x, test_y = arrays
@@ -319,7 +278,7 @@ def prepare(config, device):
         noisy_y = human[0]
     elif config.noise == "instance":  # Xia et al.'s tools.py: raw pixels 0-255, flattened (normalised: docs/noise.md)
         features = normalise(train_x, mean, std) if config.noise_features == "normalised" else train_x
-        noisy_y = instance_noise(features.flatten(1), train_y, k, config.rho, noise_gen)
+        noisy_y = instance_noise.instance_noise(features.flatten(1), train_y, k, config.rho, noise_gen)
     else:
         flips = DATASETS[dataset]["flips"] if config.noise == "asymmetric" else {}
         noisy_y = add_label_noise(train_y, config.rho, k, config.noise, flip_map(flips, k), generator=noise_gen)
@@ -351,8 +310,8 @@ def describe(config):
     """--prepare-data: load (downloading if needed) and describe the dataset, and check a human-noise
     label file against it (run_all.sh checks each dataset this way before any cell runs)."""
     if config.noise == "human":
-        import human_labels
-        (train_x, _, test_x, _), _ = human_labels.load_with_labels(config)
+        import instance_noise
+        (train_x, _, test_x, _), _ = instance_noise.load_with_labels(config)
     else:
         train_x, _, test_x, _ = load_dataset(config.dataset, config.data_dir, config.download)
     print(f"{config.dataset}: {len(train_x)} training and {len(test_x)} test images of shape "
@@ -363,12 +322,12 @@ def describe(config):
 
 def in_memory(images, labels, device, classes=10, test=0):
     """Data of uint8 images with clean labels on the device, the last `test` of them the test set,
-    no validation set: what bench.py and the tests feed training.train_epoch and evaluate."""
+    no validation set: what bench.py and the tests train and evaluate on."""
     mean, std = (v.float().view(1, -1, 1, 1).to(device) for v in channel_stats(images))
-    x, y = images.to(device), labels.to(device)
-    n = len(y) - test
+    x, y, n = images.to(device), labels.to(device), len(labels) - test
     return Data(classes=classes, channels=images.shape[1], mean=mean, std=std, train_x=x[:n], train_y=y[:n],
-                train_clean=y[:n], val_x=x[:0], val_y=y[:0], val_clean=y[:0], test_x=x[n:], test_y=y[n:])
+                train_clean=y[:n], val_x=x[:0], val_y=y[:0], val_clean=y[:0], test_x=x[n:], test_y=y[n:],
+                record=noise_record(labels[:n], labels[:n], classes))
 
 
 def channel_stats(images):

@@ -7,6 +7,7 @@ Standard library only, as config.py: run_all.sh --list resolves the cells withou
 import os
 import shlex
 import subprocess
+import sys
 
 import catalog
 import grid
@@ -16,7 +17,8 @@ from results import whole_number
 
 
 def parse_grid(argv):
-    """run_all.sh's options (see its header): the selection of grid.cells, the cells, the workers."""
+    """run_all.sh's options (argv, default sys.argv[1:]; see its header): the selection of grid.cells, the
+    cells, the workers."""
     p = Parser(prog="run_all.sh", description="Run the report's grid; see the header of run_all.sh.",
                    usage="bash run_all.sh [options] [-- flags for every training script]")
     p.add_argument("--datasets")
@@ -42,7 +44,7 @@ def parse_grid(argv):
     p.add_argument("--tune", action="store_true")
     p.add_argument("--tau-candidates", default=",".join(f"{t:g}" for t in grid.TAU_CANDIDATES))
     p.add_argument("--val-split", default=f"{grid.VAL_SPLIT:g}")
-    argv = list(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[:argv.index("--")] if "--" in argv else argv
     if "--sbatch" in argv[:-1]:  # its value is sbatch's options, "--partition=gpu ...": argparse takes it attached

@@ -1,15 +1,10 @@
 """Result files, standard library only: every script can import this without torch.
 
-    SCHEMA          which summary column is a setting, a metric or provenance (one definition,
-                    used by the writer and by aggregate.py)
+    SCHEMA, epoch_row  which summary column is a setting, a metric or provenance; an epoch's row
     run_name        a run's folder name: readable settings plus a hash of all of them
-    write_atomic    write a file so that a reader, or a kill, never sees half of it
-    open_regular, read_file, read_csv   files from outside: regular files (of bounded size); a CSV as
-                    this code wrote it or as a spreadsheet saved it, bad rows named (BadFile)
-    run_lock        one process per run folder
-    check_writable  whether results can go to a folder, checked before any work
-    write_csv, record_summary, finished_row, locked
-    versions, pyplot, save_figure
+    write_atomic, write_csv   write a file so that a reader, or a kill, never sees half of it
+    read_csv        a CSV as this code wrote it or as a spreadsheet saved it, bad rows named (BadFile)
+    run_lock, check_writable, record_summary, finished_row   one process per run; the summary file
 """
 import contextlib
 import csv
@@ -21,6 +16,7 @@ import json
 import os
 import platform
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -80,6 +76,36 @@ def run_name(config):
     noise = config["noise_key"] if config["noise"] == "human" else f"{config['noise'][:3]}{config['rho']:g}"
     parts += [noise, f"ns{config['noise_seed']}", f"s{config['seed']}", digest]
     return "-".join(parts)
+
+
+def epoch_row(stats, test, val, *, epoch, steps, lr, train_seconds, seconds):
+    """The epoch's CSV row (EPOCH_COLUMNS); shares in %, clipping statistics only where
+    per-sample norms exist."""
+    corrupted, clean_seen = stats["corrupted"], stats["clean_seen"]
+    seen = corrupted + clean_seen
+    share = lambda a, b: 100 * a / b if b else None  # noqa: E731
+    mean = lambda a, b: a / b if b else None  # noqa: E731
+    clean_norms, corrupted_norms = (clean_seen, corrupted) if "norm_sum_clean" in stats else (0, 0)
+    return dict(
+        epoch=epoch, step=epoch * steps, lr=lr, train_loss=stats["loss_sum"] / seen,
+        train_acc=share(stats["correct_noisy"], seen), train_clean_acc=share(stats["correct_clean"], seen),
+        memorised=share(stats["memorised"], corrupted), corrupted_clean_acc=share(stats["corrupted_clean"], corrupted),
+        test_loss=test["loss"], test_nll=test["nll"], test_ece=test["ece"], test_acc=test["acc"],
+        val_acc=val.get("acc"), val_clean_acc=val.get("clean_acc"),
+        clipped_clean=share(stats.get("clipped_clean"), clean_norms),
+        clipped_corrupted=share(stats.get("clipped_corrupted"), corrupted_norms),
+        grad_norm_clean=mean(stats.get("norm_sum_clean"), clean_norms),
+        grad_norm_corrupted=mean(stats.get("norm_sum_corrupted"), corrupted_norms),
+        epoch_seconds=seconds, images_per_second=seen / train_seconds)
+
+
+def epoch_line(row, epochs):
+    pct = lambda v: "-" if v is None else f"{v:.1f}%"  # noqa: E731
+    val = f" val {pct(row['val_acc'])}" if row["val_acc"] is not None else ""
+    return (f"epoch {row['epoch']}/{epochs} lr {row['lr']:.2e} loss {row['train_loss']:.4f} "
+            f"train {pct(row['train_acc'])} clean {pct(row['train_clean_acc'])} "
+            f"memorised {pct(row['memorised'])}{val} test {pct(row['test_acc'])} "
+            f"({row['epoch_seconds']:.1f} s, {row['images_per_second']:,.0f} img/s)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,13 +186,11 @@ NOT_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\udc80-\udcff]")
 
 
 def read_csv(path, required=(), check=None, bad=None):
-    """The rows (dicts) of a CSV as this code writes it or as a spreadsheet or editor saved it since: a
-    UTF-8 byte-order mark, CRLF line ends and fields of any length are read. A row that is not one
-    text value per column of the header (too few or too many fields, bytes that are not UTF-8, a
-    NUL), or has an empty `required` value, or that check(row) rejects (ValueError), is bad:
-    bad(line, why) is called and the row left out; without `bad`, the first raises BadFile. A column
-    named twice (as an old writer could leave it) is one column where the two agree or one is empty.
-    BadFile also for a file without the `required` columns or as read_file refuses it."""
+    """The rows (dicts) of a CSV as this code writes it or as a spreadsheet saved it since (a byte-order
+    mark, CRLF). A row that is not one text value per column, has an empty `required` value, or that
+    check(row) rejects (ValueError) is bad: bad(line, why) is called and the row left out; without `bad`,
+    the first raises BadFile, as does a file without the `required` columns or one read_file refuses. A
+    column named twice (as an old writer left it) is one column where the two agree or one is empty."""
     def problem(line, why):
         if bad is None:
             raise BadFile(f"{path} line {line}: {why}")
@@ -261,6 +285,35 @@ def run_lock(folder):
         f.write(str(os.getpid()))
         f.flush()
         yield
+
+
+CONFIG_LIMIT = 1 << 20  # a run's config.json is about 2 kB
+
+
+def interrupted_sibling(runs_dir, settings):
+    """(name, differences) of an interrupted run of the same grid cell with other settings, or None."""
+    cell = [k for k in CELL if k in settings]
+    for name in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else ():
+        folder = os.path.join(runs_dir, name)
+        try:  # another run's file: bounded, a regular file (read_file), well-formed, or passed over
+            theirs = json.loads(read_file(os.path.join(folder, "config.json"), CONFIG_LIMIT))["config"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if os.path.exists(os.path.join(folder, "checkpoint.pt")) and all(theirs.get(k) == settings[k] for k in cell):
+            keys = sorted(set(theirs) | set(settings), key=str)
+            return name, ", ".join(f"{k} ({theirs.get(k)} there, {settings.get(k)} here)" for k in keys
+                                   if theirs.get(k) != settings.get(k))
+    return None
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (what run_all.sh, timeout and SLURM send) stops the run as Ctrl-C does: cleanly."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def remove_temporaries(folder, prefix=""):

@@ -313,7 +313,7 @@ def run_here(opts, stopper):
 def main(argv=None):
     stopper = Stopper()  # first: a signal at any point stops what the runner started
     try:
-        opts = grid_cli.parse_grid(sys.argv[1:] if argv is None else argv)
+        opts = grid_cli.parse_grid(argv)
     except SystemExit:
         if stopper.stopping.is_set():
             return stopper.status()

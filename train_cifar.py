@@ -27,6 +27,7 @@ import data
 import errors
 import losses
 import models
+import results
 import training
 from config import parse
 
@@ -73,7 +74,7 @@ def main(argv=None):
             train_seconds = time.perf_counter() - t0
             test = training.evaluate(learner, d.test_x, d.test_y, d.mean, d.std)
             val = training.evaluate(learner, d.val_x, d.val_y, d.mean, d.std, clean=d.val_clean)
-            run.end_epoch(training.epoch_row(stats, test, val, epoch=epoch, steps=steps, lr=lr,
+            run.end_epoch(results.epoch_row(stats, test, val, epoch=epoch, steps=steps, lr=lr,
                                              train_seconds=train_seconds, seconds=time.perf_counter() - t0))
         # 5. The final row: the last epoch's, in results/summary.csv.
         run.finish()

@@ -1,25 +1,19 @@
-"""What train_mnist.py and train_cifar.py share: the training step, evaluation, and a run's files.
+"""What train_mnist.py and train_cifar.py share: the training step, evaluation, and a run's lifecycle.
 
-    Learner       the network, its loss, optimiser and schedule, and how a batch goes through them
-    train_epoch   the one loop: forward, loss, backward, optional clip, step, lr step
-    evaluate      accuracy, loss, NLL and calibration error of a labelled set
-    epoch_row     an epoch's row of epochs.csv (results.EPOCH_COLUMNS), and its line on stdout
-    RunFolder     a run's lifecycle: its name and lock, skip if finished, resume, checkpoints and
-                  provenance, the summary row (docs/csv-columns.md)
+    Learner, train_epoch   what trains; the one loop: forward, loss, backward, optional clip, step, lr step
+    evaluate               accuracy, loss, NLL and calibration error (an epoch's row: results.epoch_row)
+    RunFolder              a run's name and lock, skip if finished, resume, checkpoints, provenance, summary row
 
 Each batch is gathered from a per-epoch permutation of the uint8 data on the device, augmented and
-normalised there. Nothing in the loop waits for the device: per step, only the loss and the
-predictions are written into device buffers, and they are read once per epoch.
+normalised there; per step only the loss and predictions go into device buffers, read once per epoch.
 """
 import contextlib
-import copy
 import io
 import json
 import math
 import os
 import platform
 import shlex
-import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -27,9 +21,8 @@ from dataclasses import dataclass
 import torch
 
 import losses
-import models
 import results
-from data import normalise, random_crop_flip
+from data import derived_seed, normalise, random_crop_flip
 from errors import Failure
 
 AMP = {"fp16": torch.float16, "bf16": torch.bfloat16, None: None}  # --amp: the autocast dtype (None: float32)
@@ -39,12 +32,8 @@ def device_for(config):
     """The device of --device (default: cuda if available, else cpu), checked with what else needs torch to
     check, before any work: a Failure if it is not usable, or if --clip-mode per-example meets batch norm."""
     if config.clip_mode == "per-example":
-        with torch.device("meta"):  # the architecture only: no memory, no initialisation cost
-            batch_norm = models.has_batch_norm(models.make_model(config.model, 10, 3))
-        if batch_norm:
-            raise Failure(f"--clip-mode per-example is not allowed with {config.model}: it has batch norm, which "
-                          "couples the samples of a batch, so per-sample gradients are not defined; use --clip-mode "
-                          "global or a model without batch norm (lenet)")
+        import per_example
+        per_example.check(config)
     name = config.device
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -63,19 +52,16 @@ def device_for(config):
 
 
 def fused(device, compiled=False):
-    """The optimisers' `fused` flag: torch's fused kernels on CUDA, with which the fp16 gradient
-    scaler skips a step with inf/NaN gradients on the device (with the default kernels GradScaler.step
-    reads that flag back every step: a host sync). Not for a compiled model, whose gradients inductor
-    may lay out otherwise than their weights, which the fused kernels refuse (pytorch/pytorch#126585),
-    nor off CUDA, so that CPU results stay as they were: there torch's default (None)."""
+    """The optimisers' `fused` flag: fused kernels on CUDA, where fp16's scaler skips an inf/NaN step on the
+    device (the default kernels read that flag back each step: a host sync); not for a compiled model, whose
+    gradients the fused kernels may refuse (pytorch/pytorch#126585), nor off CUDA (torch's default, None)."""
     return True if device.type == "cuda" and not compiled else None
 
 
 @dataclass
 class Learner:
-    """What a run trains: the network, its loss, its optimiser and learning-rate schedule (stepped every
-    iteration), and from the run's config how a batch goes through them: precision (--amp, with a
-    gradient scaler for fp16), memory layout, torch.compile and clipping."""
+    """What a run trains: the network, its loss, optimiser and schedule (stepped every iteration), and, from
+    the run's config, how a batch goes through them: --amp (fp16 with a scaler), layout, compile, clipping."""
     net: torch.nn.Module
     criterion: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -84,6 +70,11 @@ class Learner:
 
     def __post_init__(self):
         c = self.config
+        # SGD's momentum buffers start at zero (with dampening 0 the same steps): fused SGD would create them
+        # uninitialised on its first step, and leave them so where fp16's scaler skips that step (an overflow)
+        for group in self.optimizer.param_groups:
+            for p in group["params"] if group.get("momentum") else ():
+                self.optimizer.state[p]["momentum_buffer"] = torch.zeros_like(p)
         self.device = next(self.net.parameters()).device
         self.amp, self.channels_last, self.clip_norm = AMP[c.amp], c.channels_last, c.clip_norm
         self.per_example = c.clip_mode == "per-example"
@@ -99,41 +90,9 @@ class Learner:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
 
-def per_example_clipped_backward(learner, x, y):
-    """Set p.grad to the mean of per-sample gradients, each clipped to norm learner.clip_norm.
-
-    Per-sample gradients come from torch.func (vmap over grad), not a loop over samples.
-    Returns the logits, the mean loss and the per-sample gradient norms (before clipping).
-    """
-    net = learner.net
-    params = {k: p.detach() for k, p in net.named_parameters()}
-    buffers = {k: b.detach() for k, b in net.named_buffers()}
-    criterion = learner.criterion
-    check = getattr(criterion, "check_targets", False)
-    if check:  # a loss's check of its targets reads values, which vmap cannot: the batch is checked below
-        criterion = copy.copy(criterion)
-        criterion.check_targets = False
-
-    def sample_loss(params, xi, yi):
-        with learner.autocast():
-            logits = torch.func.functional_call(net, (params, buffers), (xi.unsqueeze(0),))
-        return criterion(logits, yi.unsqueeze(0)), logits.squeeze(0)
-
-    grads, (sample_losses, logits) = torch.func.vmap(
-        torch.func.grad_and_value(sample_loss, has_aux=True), in_dims=(None, 0, 0))(params, x, y)
-    if check:
-        losses.check_targets_in_range(y, logits.shape[1])
-    norms = torch.sqrt(sum(g.flatten(1).float().pow(2).sum(1) for g in grads.values()))
-    scale = (learner.clip_norm / (norms + 1e-6)).clamp(max=1.0)
-    for name, p in net.named_parameters():
-        g = grads[name]  # the mean laid out as its weight (channels-last): fused optimisers need that
-        p.grad = torch.empty_like(p).copy_((g * scale.view(-1, *[1] * (g.dim() - 1)).to(g.dtype)).mean(0))
-    return logits, sample_losses.mean(), norms
-
-
 def train_epoch(learner, data, generator, *, batch_size, augment, epoch=1):
-    """One pass over the training set in a fresh random order; returns the epoch's statistics. A
-    non-finite loss is a Failure naming its step (read from the buffer of step losses, once)."""
+    """One pass over the training set in a fresh random order: the epoch's statistics, or a Failure naming
+    the step of a non-finite loss."""
     learner.net.train()
     dev = data.train_y.device
     n, b = len(data.train_y), batch_size
@@ -141,8 +100,11 @@ def train_epoch(learner, data, generator, *, batch_size, augment, epoch=1):
     perm = torch.randperm(n, device=dev, generator=generator)
     step_losses = torch.zeros(steps, device=dev)
     preds = torch.empty(n, dtype=torch.long, device=dev)
-    norms = torch.zeros(n, device=dev) if learner.per_example else None
-    progress = Progress(steps) if sys.stderr.isatty() else None
+    norms = None
+    if learner.per_example:
+        from per_example import clipped_backward  # only for --clip-mode per-example
+        norms = torch.zeros(n, device=dev)
+    live, start = sys.stderr.isatty(), time.monotonic()  # a progress line on a terminal: host-side only
     optimizer, scaler = learner.optimizer, learner.scaler
     for i in range(steps):
         batch = slice(i * b, (i + 1) * b)
@@ -153,7 +115,7 @@ def train_epoch(learner, data, generator, *, batch_size, augment, epoch=1):
         x, y = learner.inputs(images, data.mean, data.std), data.train_y[idx]
         optimizer.zero_grad(set_to_none=True)
         if norms is not None:
-            logits, loss, norms[batch] = per_example_clipped_backward(learner, x, y)
+            logits, loss, norms[batch] = clipped_backward(learner, x, y)
         else:
             with learner.autocast():
                 logits = learner.forward(x)
@@ -167,10 +129,12 @@ def train_epoch(learner, data, generator, *, batch_size, augment, epoch=1):
         learner.schedule.step()
         step_losses[i] = loss.detach()
         preds[batch] = logits.detach().argmax(1)
-        if progress:
-            progress.update(i + 1, (i + 1) * b)
-    if progress:
-        progress.close()
+        if live and i % 50 == 49:
+            rate = (i + 1) * b / (time.monotonic() - start)
+            print(f"\r  step {i + 1}/{steps}  {rate:,.0f} img/s  ETA {(n - (i + 1) * b) / rate:.0f} s   ", end="",
+                  file=sys.stderr, flush=True)
+    if live:
+        print("\r" + " " * 60 + "\r", end="", file=sys.stderr, flush=True)
     bad = (~torch.isfinite(step_losses)).nonzero()  # the epoch's one host sync (with the statistics)
     if len(bad):
         raise Failure(f"non-finite training loss at epoch {epoch}, step {bad[0].item() + 1} of {steps} "
@@ -232,57 +196,6 @@ def evaluate(learner, images, labels, mean, std, *, clean=None):
     return out
 
 
-def epoch_row(stats, test, val, *, epoch, steps, lr, train_seconds, seconds):
-    """The epoch's CSV row (results.EPOCH_COLUMNS); shares in %, clipping statistics only where
-    per-sample norms exist."""
-    corrupted, clean_seen = stats["corrupted"], stats["clean_seen"]
-    seen = corrupted + clean_seen
-    share = lambda a, b: 100 * a / b if b else None  # noqa: E731
-    mean = lambda a, b: a / b if b else None  # noqa: E731
-    clean_norms, corrupted_norms = (clean_seen, corrupted) if "norm_sum_clean" in stats else (0, 0)
-    return dict(
-        epoch=epoch, step=epoch * steps, lr=lr, train_loss=stats["loss_sum"] / seen,
-        train_acc=share(stats["correct_noisy"], seen), train_clean_acc=share(stats["correct_clean"], seen),
-        memorised=share(stats["memorised"], corrupted), corrupted_clean_acc=share(stats["corrupted_clean"], corrupted),
-        test_loss=test["loss"], test_nll=test["nll"], test_ece=test["ece"], test_acc=test["acc"],
-        val_acc=val.get("acc"), val_clean_acc=val.get("clean_acc"),
-        clipped_clean=share(stats.get("clipped_clean"), clean_norms),
-        clipped_corrupted=share(stats.get("clipped_corrupted"), corrupted_norms),
-        grad_norm_clean=mean(stats.get("norm_sum_clean"), clean_norms),
-        grad_norm_corrupted=mean(stats.get("norm_sum_corrupted"), corrupted_norms),
-        epoch_seconds=seconds, images_per_second=seen / train_seconds)
-
-
-def epoch_line(row, epochs):
-    pct = lambda v: "-" if v is None else f"{v:.1f}%"  # noqa: E731
-    val = f" val {pct(row['val_acc'])}" if row["val_acc"] is not None else ""
-    return (f"epoch {row['epoch']}/{epochs} lr {row['lr']:.2e} loss {row['train_loss']:.4f} "
-            f"train {pct(row['train_acc'])} clean {pct(row['train_clean_acc'])} "
-            f"memorised {pct(row['memorised'])}{val} test {pct(row['test_acc'])} "
-            f"({row['epoch_seconds']:.1f} s, {row['images_per_second']:,.0f} img/s)")
-
-
-class Progress:
-    """A live single-line display (rate, ETA) on a terminal; host-side only, no device sync."""
-
-    def __init__(self, steps):
-        self.steps, self.start, self.last = steps, time.monotonic(), 0.0
-
-    def update(self, step, images):
-        now = time.monotonic()
-        if now - self.last < 0.5 and step < self.steps:
-            return
-        self.last = now
-        rate = images / max(now - self.start, 1e-9)
-        eta = (now - self.start) / step * (self.steps - step)
-        sys.stderr.write(f"\r  step {step}/{self.steps}  {rate:,.0f} img/s  ETA {eta:.0f} s   ")
-        sys.stderr.flush()
-
-    def close(self):
-        sys.stderr.write("\r" + " " * 60 + "\r")
-        sys.stderr.flush()
-
-
 # ---------------------------------------------------------------------------------------------
 # A run's files: results/runs/<run name>/ (config.json, noise_transitions.csv, epochs.csv, checkpoint.pt)
 # and its row in results/summary.csv. A finished run is not run again; an interrupted one continues
@@ -291,10 +204,9 @@ class Progress:
 class RunFolder:
     """One run's lifecycle, around the script's epoch loop:
 
-        run = RunFolder(config)          its name; None from run.finished() unless it should train
+        run = RunFolder(config)          its name; `if run.finished(): return` (checks all it can first)
         with run.training(learner, data, generator):     the lock; resumes, or writes config.json
-            for epoch in run.epochs():   the epochs left
-                ... run.end_epoch(row)   epochs.csv and the checkpoint
+            for epoch in run.epochs():   the epochs left: each ends with run.end_epoch(row)
             run.finish()                 the summary row, the checkpoint removed
     """
 
@@ -303,7 +215,7 @@ class RunFolder:
         self.folder = os.path.join(config.out, "runs", self.name)
         self.checkpoint = os.path.join(self.folder, "checkpoint.pt")
         self.summary = os.path.join(config.out, "summary.csv")
-        self.history, self.elapsed, self.left = [], 0.0, True
+        self.history, self.elapsed, self.left, self.saved = [], 0.0, True, 0  # saved: the checkpoint's epoch
 
     def finished(self):
         """Whether the run has finished (said in one line); before any work, a Failure if it cannot
@@ -326,9 +238,8 @@ class RunFolder:
         return False
 
     def resuming(self):
-        """Whether to resume the interrupted run in the folder; a Failure (bad input) if the flags say
-        otherwise, or if --resume would silently start over beside an interrupted run of the same cell
-        with other settings (say another --lr), leaving it orphaned."""
+        """Whether to resume the interrupted run; a Failure if the flags say otherwise, or if --resume would start
+        over beside an interrupted run of the same cell with other settings (another --lr), orphaning it."""
         config = self.config
         if os.path.exists(self.checkpoint) and not config.force:
             if not config.resume:
@@ -336,7 +247,7 @@ class RunFolder:
                               "continue it or --force to start over")
             return True
         if config.resume and not config.force:
-            other = interrupted_sibling(os.path.dirname(self.folder), config.settings())
+            other = results.interrupted_sibling(os.path.dirname(self.folder), config.settings())
             if other:
                 raise Failure(f"--resume: no interrupted run has these settings; the interrupted run {other[0]} "
                               f"differs in {other[1]}: give its settings to resume it, or --force to start this one")
@@ -348,16 +259,15 @@ class RunFolder:
         generator), or start it: its sidecar files. Every failure becomes a one-line Failure."""
         self.learner, self.data, self.generator = learner, data, generator
         try:
-            with results.run_lock(self.folder), sigterm_as_interrupt():
+            with results.run_lock(self.folder), results.sigterm_as_interrupt():
+                results.remove_temporaries(self.folder)  # what a kill during an atomic write left
                 if results.finished_row(self.summary, self.name) and not self.config.force:  # meanwhile
                     print(f"{self.name}: already finished by another process")
                     self.left = False
                 elif self.resuming():
-                    results.remove_temporaries(self.folder)  # what a kill during an atomic write left
                     self.resume()
                     print(f"{self.name}: resuming after epoch {len(self.history)}")
                 else:
-                    results.remove_temporaries(self.folder)
                     self.write_run_files()
                 if self.left:
                     print(f"{self.name}: {len(data.train_y)} training samples (realised flip rate "
@@ -367,8 +277,8 @@ class RunFolder:
         except results.Busy as e:
             raise Failure(f"run {self.name} is in progress (pid {e})")
         except KeyboardInterrupt:
-            raise Failure(f"{self.name}: interrupted; its last checkpoint is epoch {len(self.history)}: rerun with "
-                          "--resume", code=130)
+            raise Failure(f"{self.name}: interrupted; its last checkpoint is epoch {self.saved}: rerun with --resume",
+                          code=130)
         except OSError as e:  # a full disk names no file: the results folder then says where
             raise Failure(f"{self.name}: cannot write its results in {self.config.out}: {e.strerror or e}"
                           + (f" ({e.filename})" if e.filename else ""), code=1)
@@ -376,22 +286,24 @@ class RunFolder:
             raise Failure(f"{self.name}: cannot add its row to the summary: {e}; its checkpoint is kept: rerun with "
                           "--resume once the file is repaired", code=1)
 
-    def epochs(self):
-        """The epochs left to train, numbered from 1."""
+    def epochs(self):  # the epochs left to train, numbered from 1
         return range(len(self.history) + 1, self.config.epochs + 1) if self.left else range(0)
 
     def end_epoch(self, row):
-        """Record an epoch: its row in epochs.csv and a checkpoint of every state, so that an
-        interruption loses at most this epoch."""
+        """Record an epoch: its row in epochs.csv and, every --checkpoint-every epochs and after the last, a
+        checkpoint of every state, so that an interruption loses at most the epochs since."""
         learner, self.elapsed = self.learner, self.elapsed + row["epoch_seconds"]
         self.history.append(row)
+        results.write_csv(os.path.join(self.folder, "epochs.csv"), self.history)
+        print(results.epoch_line(row, self.config.epochs), flush=True)
+        if row["epoch"] % self.config.checkpoint_every and row["epoch"] < self.config.epochs:
+            return
+        self.saved = row["epoch"]
         save_checkpoint(self.checkpoint, dict(
             model=learner.net.state_dict(), optimizer=learner.optimizer.state_dict(),
             scheduler=learner.schedule.state_dict(), scaler=learner.scaler.state_dict(),
             generator=self.generator.get_state(), torch_rng=torch.get_rng_state(), epoch=row["epoch"],
             history=self.history, elapsed=self.elapsed, data=self.data.fingerprint, threads=torch.get_num_threads()))
-        results.write_csv(os.path.join(self.folder, "epochs.csv"), self.history)
-        print(epoch_line(row, self.config.epochs), flush=True)
 
     def finish(self):
         """The summary row (always the final epoch's: no choice is made on test data), then clean up."""
@@ -401,9 +313,10 @@ class RunFolder:
         row = dict(run=self.name, **self.config.settings(), **{k: final[k] for k in final if k not in ("epoch", "lr")},
                    train_size=len(data.train_y), val_size=len(data.val_y), test_size=len(data.test_y),
                    flip_rate=data.record["flip_rate"], label_hash=data.record["label_hash"],
-                   wall_seconds=self.elapsed, device=str(device), device_name=device_name(device),
-                   threads=torch.get_num_threads(), **versions(), code=results.code_version(),
-                   finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+                   wall_seconds=self.elapsed, device=str(device), device_name=torch.cuda.get_device_name(device)
+                   if device.type == "cuda" else platform.processor() or platform.machine(),
+                   threads=torch.get_num_threads(), **results.versions("torch", "torchvision", "numpy"),
+                   code=results.code_version(), finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         results.record_summary(self.summary, row)
         if self.config.save_model:
             save_checkpoint(os.path.join(self.folder, "model.pt"), self.learner.net.state_dict())
@@ -418,7 +331,8 @@ class RunFolder:
         meta = dict(run=self.name, command=" ".join(shlex.quote(a) for a in sys.argv), config=self.config.settings(),
                     flip_rate=data.record["flip_rate"], label_hash=data.record["label_hash"],
                     **({"noise_file": data.record["file"]} if "file" in data.record else {}),  # human noise's file
-                    threads=torch.get_num_threads(), versions=versions(), code=results.code_version(),
+                    threads=torch.get_num_threads(), versions=results.versions("torch", "torchvision", "numpy"),
+                    code=results.code_version(),
                     started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         results.write_atomic(os.path.join(self.folder, "config.json"), lambda f: json.dump(meta, f, indent=1))
         counts = data.record["transitions"]
@@ -427,10 +341,8 @@ class RunFolder:
                            for c in range(len(counts))])
 
     def resume(self):
-        """Restore every state of the interrupted run, its history and elapsed seconds. Refuses, in one
-        line, a checkpoint it cannot read, one made on other data, or on the CPU one made with another
-        number of threads (the order of a float sum depends on it: the same run with 1 and 2 threads
-        ends at other numbers, so a resume would make a run that is neither)."""
+        """Restore every state of the interrupted run. Refuses, in one line, a checkpoint it cannot read, one
+        made on other data, or on the CPU with another number of threads (float sums depend on it)."""
         path, learner = self.checkpoint, self.learner
         try:  # a checkpoint is untrusted input: tensors and plain values only (weights_only), on the CPU
             with results.open_regular(path) as f:  # a FIFO or a link to /dev/zero would never end
@@ -442,7 +354,7 @@ class RunFolder:
                           "start over")
         fingerprint = self.data.fingerprint
         if made_on != fingerprint:
-            differ = ", ".join(k for k in sorted(set(made_on) | set(fingerprint)) if made_on.get(k) != fingerprint.get(k))
+            differ = ", ".join(k for k in sorted({*made_on, *fingerprint}) if made_on.get(k) != fingerprint.get(k))
             raise Failure(f"{path} was made on other data ({differ} differ): resume with the --data-dir it was made "
                           "with, or pass --force to start over")
         threads = saved.get("threads")  # None: made before checkpoints kept it
@@ -454,14 +366,21 @@ class RunFolder:
         load_optimizer(learner.optimizer, saved["optimizer"])
         learner.schedule.load_state_dict(saved["scheduler"])
         learner.scaler.load_state_dict(saved["scaler"])
-        self.generator.set_state(saved["generator"])
         torch.set_rng_state(saved["torch_rng"])
-        self.history, self.elapsed = saved["history"], saved["elapsed"]
+        self.history, self.elapsed, self.saved = saved["history"], saved["elapsed"], saved["epoch"]
+        if len(saved["generator"]) == len(self.generator.get_state()):
+            self.generator.set_state(saved["generator"])
+        else:  # made on another kind of device (a CPU generator's state has 5,056 bytes, a CUDA one's 16)
+            self.generator.manual_seed(derived_seed(self.config.seed, self.saved))
+            path = os.path.join(self.folder, "config.json")  # the run's record says so
+            meta = dict(json.loads(results.read_file(path, results.CONFIG_LIMIT)), reseeded_after_epoch=self.saved)
+            results.write_atomic(path, lambda f: json.dump(meta, f, indent=1))
+            print(f"{self.name}: its checkpoint's data-order generator is another device's: re-seeded from (seed "
+                  f"{self.config.seed}, epoch {self.saved})")
 
 
 def load_optimizer(optimizer, saved):
-    """optimizer.load_state_dict, keeping this device's kernels (fused): torch would take the
-    checkpoint's `fused` flag too, and a run may resume on another device."""
+    """optimizer.load_state_dict, keeping this device's kernels (fused), not the checkpoint's device's."""
     flags = [group.get("fused") for group in optimizer.param_groups]
     optimizer.load_state_dict(saved)
     for group, flag in zip(optimizer.param_groups, flags):
@@ -472,46 +391,9 @@ def load_optimizer(optimizer, saved):
                 state["step"] = state["step"].to(p.device if flag else "cpu", torch.float32)
 
 
-CONFIG_LIMIT = 1 << 20  # a run's config.json is about 2 kB
-
-
-def interrupted_sibling(runs_dir, settings):
-    """(name, differences) of an interrupted run of the same grid cell with other settings, or None."""
-    cell = [k for k in results.CELL if k in settings]
-    for name in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else ():
-        folder = os.path.join(runs_dir, name)
-        try:  # another run's file: bounded, a regular file (read_file), well-formed, or passed over
-            theirs = json.loads(results.read_file(os.path.join(folder, "config.json"), CONFIG_LIMIT))["config"]
-        except (OSError, ValueError, KeyError, TypeError):
-            continue
-        if os.path.exists(os.path.join(folder, "checkpoint.pt")) and all(theirs.get(k) == settings[k] for k in cell):
-            keys = sorted(set(theirs) | set(settings), key=str)
-            return name, ", ".join(f"{k} ({theirs.get(k)} there, {settings.get(k)} here)" for k in keys
-                                   if theirs.get(k) != settings.get(k))
-    return None
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """SIGTERM (what run_all.sh, timeout and SLURM send) stops the run as Ctrl-C does: cleanly."""
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def save_checkpoint(path, state):
-    """torch.save into memory first, then write: on a full disk torch.save into a file raises a
-    RuntimeError of many lines, a write the one-line OSError the run reports."""
+    """torch.save into memory, then an atomic write: a full disk is the one-line OSError the run reports."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
     results.write_atomic(path, lambda f: f.write(buffer.getbuffer()), binary=True)
 
-
-def versions():
-    return results.versions("torch", "torchvision", "numpy")
-
-
-def device_name(device):
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()

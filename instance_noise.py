@@ -1,10 +1,14 @@
-"""Human label noise: the CIFAR-10N / CIFAR-100N label files (Wei et al., ICLR 2022; docs/noise.md).
+"""Instance-dependent label noise (docs/noise.md); data.py imports this only for these two kinds:
 
-data.py imports this only for --noise human. A file comes from outside: it is read as untrusted input
-(tensors and numpy arrays only), and its clean labels must be the training set's, in its order.
+    instance_noise    --noise instance: Xia et al. (NeurIPS 2020)'s generator, a flip rate per sample and a
+                      random linear map of its image choose whether and where its label goes
+    load_with_labels  --noise human: real annotators' labels, the CIFAR-10N / CIFAR-100N label files (Wei et
+                      al., ICLR 2022). A file comes from outside: it is read as untrusted input (tensors and
+                      numpy arrays only), and its clean labels must be the training set's, in its order.
 """
 import hashlib
 import io
+import math
 import os
 import re
 import warnings
@@ -18,6 +22,47 @@ from data import DataError, DataMissing, int64_labels, load_dataset
 
 CIFAR_N = "https://github.com/UCSC-REAL/cifar-10-100n"  # the human label files (catalog.HUMAN_NOISE)
 LABEL_FILE_LIMIT = 64 << 20  # they are 2.4 MB and less (CIFAR-10N: six arrays of 50,000 int64 labels)
+
+
+def truncated_normal(n, mean, std, generator):
+    """n draws of N(mean, std^2) truncated to [0, 1], for a mean in [0, 1], by the inverse CDF of
+    uniforms from `generator` (float64). The window's lower end is at or below the mean, so its CDF
+    values are not rounded to 1 (where the inverse would lose the tail)."""
+    cdf = lambda z: 0.5 * math.erfc(-z / math.sqrt(2))  # noqa: E731
+    low, high = cdf((0 - mean) / std), cdf((1 - mean) / std)
+    u = torch.rand(n, generator=generator, dtype=torch.float64)
+    return (mean + std * torch.special.ndtri(low + u * (high - low))).clamp(0, 1)
+
+
+def instance_noise(images, labels, num_classes, rho, generator, *, std=0.1):
+    """Xia et al.'s instance-dependent noise on `images` (N, d), any real or uint8 dtype (their code: the
+    raw pixel values 0-255, flattened; data.prepare): sample i gets a flip rate q_i ~ N(rho, std^2)
+    truncated to [0, 1] (their std 0.1), then instance_flips. Returns the noisy labels. rho = 0 is
+    clean labels: the truncated normal's mean would be 0.0798 (a table's rho = 0 column is the clean
+    baseline)."""
+    if rho == 0:
+        return labels.clone()
+    return instance_flips(images, labels, num_classes, truncated_normal(len(labels), rho, std, generator), generator)
+
+
+def instance_flips(images, labels, num_classes, rates, generator):
+    """Labels flipped as Xia et al.'s generator does, for given per-sample flip rates q.
+
+    W ~ N(0, 1) is K x d x K. Label y of sample x moves to class j != y with probability
+    q softmax_j(x W[y]) over j != y, and stays with 1 - q. Drawn in two equivalent stages: a flip with
+    probability q (so q = 0 never flips), then the class by the Gumbel-max trick over the scores.
+    The scores are one matmul per class; where a label goes depends on x, how often it flips on q.
+    """
+    n = len(labels)
+    w = torch.randn(num_classes, images.shape[1], num_classes, generator=generator)
+    scores = torch.empty(n, num_classes)
+    for c in range(num_classes):  # K matmuls, not N: samples grouped by their label
+        idx = (labels == c).nonzero().squeeze(1)
+        scores[idx] = images[idx].float() @ w[c]
+    scores[torch.arange(n), labels] = -math.inf  # the label's own class is not a flip target
+    flip = torch.rand(n, generator=generator, dtype=torch.float64) < rates
+    gumbel = -torch.log(-torch.log(torch.rand(n, num_classes, generator=generator).clamp_min(1e-30)))
+    return torch.where(flip, (scores + gumbel).argmax(1), labels)
 
 
 def read_human_labels(path, dataset, key):
