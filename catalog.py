@@ -18,6 +18,8 @@ dataset and what its entry lacks.
 """
 import numbers
 
+from errors import Failure
+
 # Every parameter a loss can take: allowed interval, what it is (the --help text of its flag) and its
 # symbol in tables. Each is parsed as a float (--tau 10 reads 10.0).
 PARAMS = {
@@ -217,8 +219,8 @@ def check(table=None):
         problem = entry_problem(entry)
         if problem:
             raise ValueError(f"catalog.py: dataset {name!r}: {problem}")
-    studies = dict(DEFAULT_GRID=DEFAULT_GRID, TABLE3_DATASETS=TABLE3_DATASETS, MEMORISATION=(*MEMORISATION, MEMORISATION_LOSSES),
-                   TUNE_STUDY=TUNE_STUDY, BENCH=tuple(BENCH.values()))
+    studies = dict(DEFAULT_GRID=DEFAULT_GRID, TABLE3_DATASETS=TABLE3_DATASETS, TUNE_STUDY=TUNE_STUDY,
+                   MEMORISATION=(*MEMORISATION, MEMORISATION_LOSSES), BENCH=tuple(BENCH.values()))
     for study, names in studies.items():
         for name in names:
             if name not in table:
@@ -250,6 +252,12 @@ def entry_problem(entry):
                                                                               for v in p.values())
                                                  for p in params.values())):
             return f"{field} is not a dict of loss -> {{parameter: number}}"
+    for field in ("losses", "peers"):  # a misspelt name would silently leave the loss's default in force
+        for loss, params in entry.get(field, {}).items():
+            unknown = sorted(set(params) - set(LOSSES.get(loss, {})))
+            if loss not in LOSSES or unknown:
+                return (f"{field} names loss {loss!r}: losses are {', '.join(LOSSES)}" if loss not in LOSSES else
+                        f"{field}[{loss!r}] has {', '.join(unknown)}: {loss} takes {', '.join(LOSSES[loss]) or 'none'}")
     lacking = [f"{loss} {p}" for loss, ps in REPORT_LOSSES.items() for p in ps if p not in entry["losses"].get(loss, {})]
     if lacking:
         return f"losses has no {', '.join(lacking)} (the report's losses take them: REPORT_LOSSES)"
@@ -257,6 +265,11 @@ def entry_problem(entry):
         return f"{', '.join(sorted(set(entry['losses']) & set(entry['peers'])))} in both losses and peers: give each once"
     if not all(isinstance(r, dict) and "loss" in r for r in entry.get("extra_rows", ())):
         return "extra_rows is not a tuple of flag dicts, each with its 'loss'"
+    for row in entry.get("extra_rows", ()):
+        takes = {*LOSSES.get(row["loss"], ()), *WRAPPERS, "loss", "clip_norm", "clip_mode"}
+        if row["loss"] not in LOSSES or set(row) - takes:
+            return (f"extra_rows has {row}: " + (f"losses are {', '.join(LOSSES)}" if row["loss"] not in LOSSES else
+                                                 f"{row['loss']} takes {', '.join(sorted(takes - {'loss'}))}"))
     k = entry["classes"]
     if not (isinstance(k, int) and k >= 2):
         return f"classes {k!r} is not an integer >= 2"
@@ -298,6 +311,9 @@ def loss_defaults(dataset, loss):
     return dict(entry["losses"].get(loss) or entry["peers"].get(loss, {}))
 
 
-check()
+try:  # every entry point imports this: a mistake in the tables is its one line there (errors.py)
+    check()
+except ValueError as e:
+    raise Failure(str(e), code=1) from None
 DATASETS = {name: {**OPTIONAL, **entry} for name, entry in DATASETS.items()}  # every key, so readers index it
 HUMAN_NOISE = {name: entry["human"] for name, entry in DATASETS.items() if entry["human"]}

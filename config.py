@@ -14,7 +14,9 @@ import dataclasses
 import hashlib
 import math
 import os
+import shutil
 import sys
+import sysconfig
 
 import catalog
 import results
@@ -264,6 +266,9 @@ def check(args):
         raise bad("--weight-decay", args.weight_decay, "the weight decay must be a finite number >= 0")
     if args.clip_norm is not None and not 0 < args.clip_norm < math.inf:
         raise bad("--clip-norm", args.clip_norm, "the clipping threshold must be a finite number > 0")
+    if args.compile and not compile_available():
+        raise bad("--compile", True, "torch.compile builds helpers with a C compiler and Python's headers (Python.h), "
+                  "which this machine lacks; run without --compile")
     if args.clip_mode == "per-example":
         if args.clip_norm is None:
             raise bad("--clip-mode", args.clip_mode, "per-example clipping needs --clip-norm")
@@ -310,6 +315,12 @@ def check_noise(args):
                              f"{', '.join(spec['keys'])} (or {', '.join(spec['aliases'])}); clean labels: --rho 0")
         args.noise_file = args.noise_file or os.path.join(args.data_dir, spec["file"])
         args.noise_file_sha256 = file_sha256(args.noise_file)  # the labels are part of the run's identity
+
+
+def compile_available():
+    """Whether torch.compile can work here: it builds C helpers at first use (Triton's, inductor's)."""
+    headers = sysconfig.get_paths()["include"]
+    return any(shutil.which(cc) for cc in ("cc", "gcc", "clang")) and os.path.exists(os.path.join(headers, "Python.h"))
 
 
 def file_sha256(path):

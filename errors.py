@@ -40,6 +40,17 @@ class Failure(Exception):
         self.code = code
 
 
+def one_line(kind, value, traceback, default=sys.excepthook):
+    """An uncaught Failure (one raised on import: a mistake in catalog.py's tables) is its one line too."""
+    if isinstance(value, Failure):
+        print(f"error: {value}", file=sys.stderr)
+    else:
+        default(kind, value, traceback)
+
+
+sys.excepthook = one_line
+
+
 @contextlib.contextmanager
 def edge():
     """A Failure raised anywhere below becomes `error: <message>` on stderr and the exit status."""
