@@ -30,18 +30,12 @@ RUNTIME = ("data_dir", "download", "prepare_data", "out", "device", "compile", "
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    """One run, every field resolved. `settings()` is what names it (results.run_name) and what
-    config.json and the summary row record; the fields in RUNTIME are not part of it."""
+class Settings:
+    """One run, every field resolved (the loss parameters: Config below). `settings()` is what names it
+    (results.run_name) and what config.json and the summary row record; the fields in RUNTIME are not."""
     script: str
     dataset: str
     loss: str
-    tau: float = None
-    q: float = None
-    alpha: float = None
-    beta: float = None
-    A: float = None
-    logit_clip: float = None
     clip_norm: float = None
     clip_mode: str = "global"
     rho: float = None
@@ -88,6 +82,12 @@ class Config:
     def loss_params(self):
         """The loss's parameters, as losses.make_loss takes them (None: not taken, or off)."""
         return {k: getattr(self, k) for k in catalog.PARAMS}
+
+
+# Config: Settings and a field for every loss parameter of catalog.PARAMS (None: not taken, or off), so
+# that a new loss's parameter is a field without an edit here.
+Config = dataclasses.make_dataclass("Config", [(name, float, None) for name in catalog.PARAMS], bases=(Settings,),
+                                    frozen=True, namespace={"__module__": __name__, "__doc__": Settings.__doc__})
 
 
 def per_dataset(script, key):
