@@ -1,37 +1,17 @@
-"""Tables and figures of the report from the result files of the training and synthetic scripts.
+"""The report's tables and figures (Tables 1-3, Figures 2-3) from the result files of the training and
+synthetic scripts; docs/grid.md lists every file written (docs/memorisation.md and docs/tuning.md,
+those of the memorisation benchmark and the fair comparison).
 
     python aggregate.py                        # reads results/, writes results/tables and results/figures
     python aggregate.py --results results/quick
-
-For each dataset found in the summaries (OUT/**/summary.csv, one row per finished run):
-  tables/<dataset>.{md,tex,csv}          the report's Tables 1-2: rows losses, columns rho, cells
-                                         mean +- standard error over trials (n shown when below
-                                         --trials), best cell per column in bold
-  tables/<dataset>_comparison.{md,csv}   ours against the report's and the original paper's numbers
-                                         (reference_results.csv), with differences
-  tables/<dataset>_human.{md,tex,csv}    human label noise (run_all.sh --human-noise): columns by
-                                         CIFAR-N key instead of rho
-  tables/<dataset>_paired.{md,csv}       each partially Huberised loss minus its base loss on the same
-                                         seeds: mean difference and 95% confidence interval
-  figures/<dataset>_accuracy.{png,pdf}   test accuracy against rho, one line per loss, published
-                                         values as markers (the report's Figures 2-3)
-  figures/<dataset>_curves.{png,pdf}     test accuracy per epoch, one panel per rho (epochs.csv)
-  figures/<dataset>_memorisation.{png,pdf} share of corrupted training samples fitted, per epoch
-  figures/<dataset>_tau_sweep.{png,pdf}  test accuracy against tau per rho, where runs vary tau
-plus tables/tau_selection.md when runs held out noisy validation data (--val-split), and the
-synthetic experiments' summaries and figures when OUT/synthetic holds them. The memorisation
-benchmark's runs (OUT/memorisation, run_all.sh --memorisation; docs/memorisation.md) are in none of
-these but in their own, per dataset, rows in grid.memorisation_rows() order:
-  tables/memorisation_<dataset>.{md,tex,csv}, _paired   final test accuracy; each loss minus CE
-  tables/memorisation_<dataset>_peak.{md,csv}           peak test accuracy over epochs and its epochs
-  tables/memorisation_<dataset>_memorised.{md,csv}      corrupted samples memorised at the final epoch
-  figures/memorisation_<dataset>.{png,pdf}              both per epoch, one column per rho
-Missing cells show as a dash; malformed or truncated files are reported by name and skipped.
-
     python aggregate.py --results results/tuning --choose-tau --dataset mnist --loss phuber_ce
 
-prints the tau with the best final noisy-validation accuracy at the highest noise rate (the
-original paper's protocol; test accuracy is never read).
+Per dataset: tables/<dataset>.{md,tex,csv} (losses by rho, mean ± s.e. over trials, best cell per
+column in bold), _comparison (against reference_results.csv), _paired (each partially Huberised
+loss minus its base loss), _human (CIFAR-N keys as columns); figures/<dataset>_accuracy, _curves,
+_memorisation, _tau_sweep. Missing cells show as a dash; malformed or truncated files are reported
+by name and skipped. --choose-tau prints the tau of best final noisy-validation accuracy at the
+highest noise rate (the original paper's protocol; test accuracy is never read).
 """
 import argparse
 import glob
@@ -39,18 +19,16 @@ import os
 import sys
 from collections import defaultdict
 
-import numpy as np
-
 import catalog
 import figures
 import grid
 import results
 import selection
 from errors import Parser
-from tables import (LOSS_KEYS, describe_settings, smoke_banner, fmt_cell, load_epochs, load_reference, load_runs, loss_key,
+from tables import (LOSS_KEYS, describe_settings, fmt_cell, load_epochs, load_reference, load_runs, loss_key,
                     loss_label, loss_sort, mean_se, neutralise, paired_interval, parse_number, peak, read_rows,
-                    reference_key, setting_of, shared_deviations, summary_table, table_entries, unreadable, warn,
-                    write_table)
+                    reference_key, setting_of, shared_deviations, smoke_banner, summary_table, table_entries,
+                    unreadable, warn, write_table)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIGURE_LIMIT = 64 << 20  # the synthetic experiments' figures are 20-70 kB
@@ -58,13 +36,9 @@ FIGURE_LIMIT = 64 << 20  # the synthetic experiments' figures are 20-70 kB
 
 def dataset_table(dataset, rows, out, expected, chosen, *, other_noise_seeds=0, layout=None, stem=None, note=(),
                   by="rho"):
-    """The final test accuracy table of one dataset, as Markdown, LaTeX and CSV (tables/<stem>, the
-    dataset by default). Returns the table rows and its noise levels (the columns: rhos, or CIFAR-N keys).
-
-    chosen: {(dataset, loss): tau} picked on noisy validation data; those rows get a dagger.
-    layout: the grid.Row list whose order and labels the rows take (the report's table by default).
-    note: lines under the title. by="noise_key": columns by human-noise key instead of rho.
-    """
+    """The final test accuracy table of one dataset as tables/<stem or dataset>.{md,tex,csv}, rows in the
+    order and with the labels of `layout` (the report's by default), a dagger on the taus `chosen`
+    (selection.tau_choices), `note` under the title. Returns its entries and columns (rhos, or by="noise_key")."""
     table, levels = table_entries(rows, grid.report_rows(dataset) if layout is None else layout, by=by)
     for e in table:
         row = dict(zip(LOSS_KEYS, e["key"]))
@@ -74,14 +48,12 @@ def dataset_table(dataset, rows, out, expected, chosen, *, other_noise_seeds=0, 
     best = {level: max((e["cells"][level][0] for e in table if e["cells"][level][0] is not None), default=None)
             for level in levels}
     is_best = lambda e, level: e["cells"][level][0] is not None and e["cells"][level][0] == best[level]  # noqa: E731
-
-    before = smoke_banner(rows) + list(note)
     after = ["† τ chosen by final noisy-validation accuracy at the highest noise rate (tables/tau_selection.md)."] \
         if any("†" in e["label"] for e in table) else []
     if other_noise_seeds:
         after.append(f"{other_noise_seeds} runs with other label-noise seeds are in tables/noise_seeds.md.")
     records = [dict(dataset=dataset, label=e["label"], **dict(zip(LOSS_KEYS, e["key"])), **{by: level},
-                    mean=e["cells"][level][0], se=e["cells"][level][1], n=e["cells"][level][2], best=is_best(e, level))
+                    **dict(zip(("mean", "se", "n"), e["cells"][level])), best=is_best(e, level))
                for e in table for level in levels]
     differ = shared_deviations([(dataset, e["setting"]) for e in table])  # instance noise, say: in the title
     write_table(os.path.join(out, "tables", stem or dataset),
@@ -91,7 +63,7 @@ def dataset_table(dataset, rows, out, expected, chosen, *, other_noise_seeds=0, 
                 [[e["label"]] + [fmt_cell(*e["cells"][level], expected) for level in levels] for e in table],
                 records, columns=["dataset", "label", *LOSS_KEYS, by, "mean", "se", "n", "best"],
                 bold={(i, j + 1) for i, e in enumerate(table) for j, level in enumerate(levels) if is_best(e, level)},
-                before=before, after=after, latex=True)
+                before=smoke_banner(rows) + list(note), after=after, latex=True)
     return table, levels
 
 
@@ -118,6 +90,7 @@ def comparison(dataset, table, rhos, refs, out):
     wheres = {source: sorted({r[f"{source}_where"] for r in rows if r[f"{source}_where"]})
               for source in ("reproduction", "original")}
     reproduction = wheres["reproduction"][0] if len(wheres["reproduction"]) == 1 else "reproduction"
+    sources = f"reproduction: {'; '.join(wheres['reproduction'])}; original paper: {'; '.join(wheres['original'])}"
     signed = lambda v: "-" if v is None else f"{v:+.1f}"  # noqa: E731
     cells = [[r["loss"], f"{r['rho']:g}", fmt_cell(r["ours"], r["ours_se"], r["n"]),
               fmt_cell(r["reproduction"], r["reproduction_se"]), fmt_cell(r["original"], r["original_se"]),
@@ -125,8 +98,7 @@ def comparison(dataset, table, rhos, refs, out):
     write_table(os.path.join(out, "tables", f"{dataset}_comparison"),
                 f"{dataset}: ours against the published test accuracies (%), mean ± standard error where given",
                 ["Loss", "ρ", "ours", reproduction, "original paper", "ours − reproduction", "ours − original"],
-                cells, rows, after=[f"Sources (reference_results.csv): reproduction: {'; '.join(wheres['reproduction'])}"
-                                    f"; original paper: {'; '.join(wheres['original'])}."])
+                cells, rows, after=[f"Sources (reference_results.csv): {sources}."])
 
 
 def noise_seed_table(rows, refs, out, expected):
@@ -143,10 +115,9 @@ def noise_seed_table(rows, refs, out, expected):
     datasets = list(catalog.DATASETS)
     order = sorted(studied, key=lambda k: (k[0], datasets.index(k[1]) if k[1] in datasets else len(datasets), k[1],
                                            loss_sort(k[3], grid.report_rows(k[1])), k[2]))
-    labels = {}  # settings that differ between rows, named per dataset (the datasets' own always differ)
-    for dataset in {k[1] for k in order}:
-        labels.update({(dataset, s): text for s, text in describe_settings({k[2] for k in order
-                                                                           if k[1] == dataset}).items()})
+    # settings that differ between rows, named per dataset (the datasets' own always differ)
+    labels = {(dataset, s): text for dataset in {k[1] for k in order}
+              for s, text in describe_settings({k[2] for k in order if k[1] == dataset}).items()}
     table, records = [], []
     for rho, dataset, setting, key in order:  # the seeds are the columns: any is the published runs'
         original = refs.get(reference_key(dataset, key, rho, setting, ignore=("noise_seed",)), {}).get(
@@ -175,10 +146,8 @@ def base_loss(key):
     row = dict(zip(LOSS_KEYS, key))
     if row["loss"] not in grid.BASE or row["clip_norm"]:
         return None
-    base = {k: "" for k in LOSS_KEYS}
-    base.update(loss=grid.BASE[row["loss"]], clip_mode=row["clip_mode"],
-                **{k: row[k] for k in {**catalog.LOSSES[grid.BASE[row["loss"]]], **catalog.WRAPPERS}})
-    return tuple(base[k] for k in LOSS_KEYS)
+    base = grid.BASE[row["loss"]]
+    return tuple(base if k == "loss" else row[k] if k in {**catalog.LOSSES[base], **catalog.WRAPPERS} else "" for k in LOSS_KEYS)
 
 
 def paired_differences(dataset, rows, out, layout, *, against=None, stem=None):
@@ -194,7 +163,7 @@ def paired_differences(dataset, rows, out, layout, *, against=None, stem=None):
         seeds = sorted(set(ours) & set(theirs))
         if base_key == key or not seeds:
             continue
-        mean, low, high = paired_interval(np.array([ours[s] - theirs[s] for s in seeds]))
+        mean, low, high = paired_interval([ours[s] - theirs[s] for s in seeds])
         result.append(dict(loss=loss_label(key, layout), base=loss_label(base_key, layout), rho=rho, n=len(seeds),
                            mean_diff=round(mean, 3), ci_low=low, ci_high=high))
     if not result:
@@ -206,42 +175,6 @@ def paired_differences(dataset, rows, out, layout, *, against=None, stem=None):
     write_table(os.path.join(out, "tables", f"{stem or dataset}_paired"),
                 f"{dataset}: {pairs}, same seeds (test accuracy points)",
                 ["Loss", "base", "ρ", "n", "mean difference", "95% CI"], cells, result)
-
-
-# ---------------------------------------------------------------------------------------------
-# Model selection on noisy validation data (the original paper's protocol for tau; grid.choose_tau).
-
-def tau_choices(rows):
-    """{(dataset, loss, logit_clip): tau} for every partially Huberised loss (alone, or behind
-    LogitClip at one norm) with noisy-validation runs."""
-    choices = {}
-    keys = {(r["dataset"], r["loss"], parse_number(r.get("logit_clip"))) for r in rows if r["loss"] in grid.BASE}
-    for dataset, loss, clip in sorted(keys, key=lambda k: (k[0], k[1], k[2] or 0)):  # None (no LogitClip) first
-        tau, _ = grid.choose_tau(rows, dataset, loss, logit_clip=clip)
-        if tau is not None:
-            choices[(dataset, loss, clip)] = tau
-    return choices
-
-
-def tau_selection_table(validation_rows, rows, out):
-    """Which tau the protocol chose, on what evidence, and the test accuracy the grid then got."""
-    lines = []
-    for (dataset, loss, clip), tau in tau_choices(validation_rows).items():
-        _, scores = grid.choose_tau(validation_rows, dataset, loss, logit_clip=clip)
-        listed = ", ".join(f"τ={t:g}: {s:.1f}%" for t, s in sorted(scores.items()))
-        test = defaultdict(list)
-        for r in rows:
-            if (r["dataset"], r["loss"], parse_number(r.get("tau")), r.get("clip_norm"),
-                    parse_number(r.get("logit_clip"))) == (dataset, loss, tau, "", clip):
-                test[float(r["rho"])].append(float(r["test_acc"]))
-        found = ", ".join(f"ρ={rho:g}: {np.mean(v):.1f}% (n={len(v)})" for rho, v in sorted(test.items())) or "-"
-        lines.append([dataset, grid.NAMES[loss] + (f" + LogitClip δ = {clip:g}" if clip else ""), f"{tau:g}", listed,
-                      found])
-    if lines:
-        write_table(os.path.join(out, "tables", "tau_selection"),
-                    "τ chosen by final noisy-validation accuracy at the highest noise rate (test data unused)",
-                    ["dataset", "loss", "chosen τ", "noisy-validation accuracy per τ", "test accuracy with the chosen τ"],
-                    lines)
 
 
 def synthetic(root, out):
@@ -285,9 +218,8 @@ def memorisation(root, out, plt):
         epochs = {r["run"]: load_epochs(root, r["run"]) for r in ds_rows}
         peaks = [dict(r, **peak(epochs[r["run"]])) for r in ds_rows if epochs[r["run"]]]
         table, rhos = table_entries(peaks, layout, "peak_acc")
-        when = {(e["setting"], e["key"]): e["values"] for e in table_entries(peaks, layout, "peak_epoch")[0]}
-        for e in table:
-            e["epochs"] = when[(e["setting"], e["key"])]
+        for e, when in zip(table, table_entries(peaks, layout, "peak_epoch")[0]):  # the same cells, in one order
+            e["epochs"] = when["values"]
         summary_table(os.path.join(out, "tables", f"{stem}_peak"),
                       f"{dataset}: peak test accuracy over the epochs (%), mean ± standard error over trials "
                       f"(n shown when below {expected}), and the epoch of each trial's peak (trials by seed)",
@@ -307,10 +239,7 @@ def memorisation(root, out, plt):
 def tuned(root, out, plt, stem=""):
     """The fair comparison (run_all.sh --tune; its runs in root/tune, never in the tables above):
     tables/<stem><dataset>_tuned.{md,csv} and figures/<stem><dataset>_tuned.{png,pdf}."""
-    folder = os.path.join(root, "tune")
-    if not os.path.isdir(folder):
-        return []
-    written = selection.tuned_tables(folder, out, stem)
+    written = selection.tuned_tables(os.path.join(root, "tune"), out, stem)
     for name, title, records in written if plt else ():
         figures.tuned_figure(os.path.join(out, "figures", f"{name}_tuned"), title, records, plt)
     return [f"{name}_tuned ({len(records)} loss x rho)" for name, _, records in written]
@@ -372,7 +301,7 @@ def aggregate(args, out, candidates):
     # tau tuning runs (run_all.sh --tune-tau) live in their own results folder
     tuning = os.path.join(args.results, "tuning")
     validation_rows = load_runs(tuning) if os.path.isdir(tuning) else rows
-    chosen = tau_choices(validation_rows)
+    chosen = selection.tau_choices(validation_rows)
     written = []
     for dataset in sorted({r["dataset"] for r in human}):
         ds_rows = [r for r in human if r["dataset"] == dataset]
@@ -393,11 +322,10 @@ def aggregate(args, out, candidates):
             figures.tau_sweep_figure(dataset, main, out, plt)
         written.append(f"{dataset} ({len(ds_rows)} runs)")
     noise_seed_table(rows, refs, out, args.trials)
-    tau_selection_table(validation_rows, rows, out)
+    selection.tau_selection_table(validation_rows, rows, out)
     benchmark = os.path.join(args.results, grid.MEMORISATION["folder"])  # its runs: not in the tables above
-    if os.path.isdir(benchmark):
-        written += memorisation(benchmark, out, plt)
-    written += tuned(args.results, out, plt) + tuned(benchmark, out, plt, "memorisation_")
+    written += memorisation(benchmark, out, plt) + tuned(args.results, out, plt)
+    written += tuned(benchmark, out, plt, "memorisation_")
     copied = synthetic(args.results, out)
     if not written and not copied:
         warn(f"no results found under {args.results}")

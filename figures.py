@@ -26,14 +26,12 @@ def accuracy_figure(dataset, table, rhos, refs, out, *, plt):
                 wheres[source] |= {where for *_, where in pts}
                 ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] or 0 for p in pts], color=color,
                             marker=marker, ms=5, ls="none", capsize=2, mfc="none" if marker == "s" else color)
-    title = f"{dataset}: test accuracy, mean ± s.e. over trials"
-    if wheres["reproduction"] or wheres["original"]:
-        for source, marker, name in (("reproduction", "s", "reproduction"), ("original", "x", "original paper")):
-            if wheres[source]:
-                ax.scatter([], [], color="gray", marker=marker, facecolors="none" if marker == "s" else "gray",
-                           label=f"{name}: {'; '.join(sorted(wheres[source]))}")
-        title = f"{dataset}: ours (lines) and published (markers)"
-    ax.set(xlabel="label noise ρ", ylabel="test accuracy (%)", title=title)
+    for source, marker, name in (("reproduction", "s", "reproduction"), ("original", "x", "original paper")):
+        if wheres[source]:
+            ax.scatter([], [], color="gray", marker=marker, facecolors="none" if marker == "s" else "gray",
+                       label=f"{name}: {'; '.join(sorted(wheres[source]))}")
+    ax.set(xlabel="label noise ρ", ylabel="test accuracy (%)", title=f"{dataset}: ours (lines) and published (markers)"
+           if any(wheres.values()) else f"{dataset}: test accuracy, mean ± s.e. over trials")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
     results.save_figure(fig, os.path.join(out, "figures", f"{dataset}_accuracy"))
@@ -87,7 +85,7 @@ def epoch_figure(stem, title, curves, rhos, layout, *, metrics, plt):
     for (column, ylabel), panels in zip(metrics, axes):
         for ax, rho in zip(panels, rhos):
             for i, key in enumerate(keys):
-                series = [{int(r["epoch"]): parse_number(r.get(column)) for r in run if parse_number(r.get(column)) is not None}
+                series = [{int(r["epoch"]): parse_number(r[column]) for r in run if r.get(column) not in ("", None)}
                           for run in curves.get((key, rho), [])]
                 epochs = sorted(set.intersection(*(set(s) for s in series))) if series else []
                 if not epochs:
@@ -127,9 +125,9 @@ def tau_sweep_figure(dataset, rows, out, plt):
         for i, rho in enumerate(sorted(rho for (l, rho) in sweeps if l == loss)):
             by_tau = sweeps[(loss, rho)]
             taus = sorted(by_tau)
-            stats_ = [mean_se(by_tau[t]) for t in taus]
-            ax.errorbar(taus, [m for m, _ in stats_], yerr=[s or 0 for _, s in stats_], marker="o", capsize=3,
-                        color=f"C{i}", label=f"ρ = {rho:g}")
+            means, ses = zip(*(mean_se(by_tau[t]) for t in taus))
+            ax.errorbar(taus, means, yerr=[s or 0 for s in ses], marker="o", capsize=3, color=f"C{i}",
+                        label=f"ρ = {rho:g}")
         ax.set_xscale("log")
         ax.set(xlabel="τ", ylabel="test accuracy (%)", title=f"{dataset}: {grid.NAMES[loss]}")
         ax.grid(alpha=0.3, which="both")
@@ -153,7 +151,7 @@ def tuned_figure(stem, title, records, plt):
     for family, panels in zip(tuned, axes):
         for ax, rho in zip(panels, rhos):
             r, ce = at.get((family.key, rho)), at.get(("ce", rho))
-            for name, style, mark in (("final", "-", "index"), ("early", "--", "index_early")):
+            for name, style, mark, color in (("final", "-", "index", "C0"), ("early", "--", "index_early", "C1")):
                 if ce and ce["curve"][0][name][0] is not None:
                     ax.axhline(ce["curve"][0][name][0], color="gray", ls=style, lw=1)
                 if r is None:
@@ -161,11 +159,11 @@ def tuned_figure(stem, title, records, plt):
                 points = [(c["value"], *c[name]) for c in r["curve"] if c[name][0] is not None]
                 if points:
                     ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] or 0 for p in points],
-                                color="C0" if name == "final" else "C1", ls=style, marker="o", ms=3, capsize=2)
+                                color=color, ls=style, marker="o", ms=3, capsize=2)
                 if r.get(mark) is not None:
                     c = r["curve"][r[mark]]
-                    ax.plot([c["value"]], [c[name][0]], marker="*", ms=13, color="C0" if name == "final" else "C1",
-                            mfc="C0" if name == "final" else "none", ls="none")
+                    ax.plot([c["value"]], [c[name][0]], marker="*", ms=13, color=color,
+                            mfc=color if name == "final" else "none", ls="none")
             if family.param != "q":
                 ax.set_xscale("log")
             ax.set_xticks(family.values, [f"{v:g}" for v in family.values])  # the candidates, plainly
@@ -173,9 +171,8 @@ def tuned_figure(stem, title, records, plt):
             ax.set_title(f"{family.label}, ρ = {rho:g}", fontsize=8)
             ax.grid(alpha=0.3, which="both")
             ax.tick_params(labelsize=7)
-        panels[0].set_ylabel("test accuracy (%)", fontsize=8)
-        for ax in panels:
             ax.set_xlabel(family.param, fontsize=8)
+        panels[0].set_ylabel("test accuracy (%)", fontsize=8)
     handles = [plt.Line2D([], [], color="C0", marker="o", label="final epoch"),
                plt.Line2D([], [], color="C1", ls="--", marker="o", label="stopped early (best noisy-val epoch)"),
                plt.Line2D([], [], color="C0", marker="*", ms=12, ls="none", label="chosen on noisy validation (final)"),

@@ -1,16 +1,8 @@
 """Binary margin losses of the synthetic experiments (report section 4), in numpy: no torch.
 
-Each is a function of the margin z = y * score; with grad=True it returns (loss, dloss/dz), both
-from the same intermediate arrays (an optimiser needs both at every point):
-
-    logistic(z)                  log(1 + e^-z)
-    huberised(z, tau)            tau in (0, 1): the logistic loss continued by its tangent of slope
-                                 -tau where |logistic'(z)| >= tau (loss-level gradient clipping)
-    partially_huberised(z, tau)  tau > 1: -tau sigmoid(z) + log tau + 1 where sigmoid(z) <= 1/tau
-                                 (two-class phuber_ce on logits [0, z])
-
-The table at the end is what both synthetic scripts compare: the three losses, their names and
-colours, and their shared flag checks.
+Each is a function of the margin z = y * score; with grad=True it returns (loss, dloss/dz), both from
+the same intermediate arrays (an optimiser needs both at every point). partially_huberised is the
+two-class phuber_ce on logits [0, z]. The end of the file is what both synthetic scripts share.
 """
 import functools
 import math
@@ -35,7 +27,8 @@ def huberised_threshold(tau):
 
 
 def huberised(z, tau, grad=False):
-    """Huberised logistic loss: the tangent of the logistic loss at z0 for z <= z0 (slope -tau)."""
+    """Huberised logistic loss, tau in (0, 1): the tangent of the logistic loss at z0 for z <= z0 (slope
+    -tau), loss-level gradient clipping."""
     z, z0 = np.asarray(z, dtype=float), huberised_threshold(tau)
     value, slope = logistic(z, grad=True) if grad else (logistic(z), None)
     value = np.where(z <= z0, logistic(z0) - tau * (z - z0), value)
@@ -48,7 +41,7 @@ def partially_huberised_threshold(tau):
 
 
 def partially_huberised(z, tau, grad=False):
-    """Partially Huberised logistic loss: -tau sigmoid(z) + log tau + 1 where sigmoid(z) <= 1/tau."""
+    """Partially Huberised logistic loss, tau > 1: -tau sigmoid(z) + log tau + 1 where sigmoid(z) <= 1/tau."""
     z, z0 = np.asarray(z, dtype=float), partially_huberised_threshold(tau)
     value, slope = logistic(z, grad=True) if grad else (logistic(z), None)
     p = np.exp(-value)  # sigmoid(z) = exp(-log(1 + e^-z)); the slope is -sigmoid(-z)
@@ -58,7 +51,7 @@ def partially_huberised(z, tau, grad=False):
 
 
 # ---------------------------------------------------------------------------------------------
-# The comparison of both synthetic experiments: logistic, Huberised, partially Huberised.
+# What both synthetic experiments compare: logistic, Huberised, partially Huberised.
 
 MARGIN_LOSSES = ("logistic", "huberised", "partially_huberised")
 LABELS = {"logistic": "Logistic", "huberised": "Huberised", "partially_huberised": "Partially Huberised"}

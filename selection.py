@@ -1,37 +1,28 @@
-"""Choosing on noisy validation data: the fair comparison's choices and tables (no torch).
+"""Choosing on noisy validation data, and the tables of the choices (no torch).
 
-run_all.sh --tune trains every candidate of grid.TUNE, for every trial, with --val-split of the
-noisy training set held out (docs/tuning.md). For each (dataset, setting, rho, loss):
-
-    stopped_early   a run's epoch of best noisy-validation accuracy ("stopped early")
-    choose          the candidate of best mean noisy-validation accuracy over the trials; ties go
-                    to the candidate listed first in grid.TUNE; no choice while a candidate, or a
-                    trial of one, is missing
-    outcomes        the choices, final and stopped early, then the test accuracy of the chosen
-                    candidate's own runs (nothing is retrained), the oracle bound (the candidate
-                    best on test accuracy) and paired differences against CE on the same seeds
-    write_tuned     tables/<stem>_tuned.{md,csv}
-    noisy_accuracy, clean_accuracy   noisy- and clean-label accuracy under symmetric noise
-
-The choice reads validation accuracy only: `choose` is given nothing else, and test accuracy is
-looked up for the chosen candidate afterwards.
+The fair comparison (run_all.sh --tune, docs/tuning.md) trains every candidate of grid.TUNE, for
+every trial, with --val-split of the noisy training set held out. For each (dataset, setting, rho,
+loss) `choose` takes the candidate of best mean noisy-validation accuracy, at the final epoch and
+stopped early; `outcomes` then looks up the test accuracy of the chosen candidate's own runs (nothing
+is retrained), the oracle bound and paired differences against CE. The choice reads validation
+accuracy only: `choose` is given nothing else. The original paper's protocol for tau (grid.choose_tau)
+has its table at the end.
 """
 import os
 from collections import defaultdict
 
 import catalog
 import grid
-from tables import (LOSS_KEYS, fmt_cell, load_epochs, load_runs, loss_key, mean_se, paired_interval, parse_number, same,
-                    setting_of, smoke_banner, write_table)
+from tables import (fmt_cell, has_flags, load_epochs, load_runs, loss_key, markdown, mean_se, paired_interval,
+                    parse_number, same, setting_of, smoke_banner, write_table)
 
 TIE = 1e-9  # mean accuracies (in points) closer than this are a tie
 
 
 def noisy_accuracy(clean, rho, classes):
-    """Expected accuracy against symmetrically noisy labels (each flipped with probability rho to one
-    of the other classes uniformly, independently of the input) of a classifier whose accuracy
-    against the true labels is `clean` (fractions): a (1 - rho) + (1 - a) rho / (C - 1), that is
-    rho / (C - 1) + a (1 - rho C / (C - 1)). Increasing in a exactly while rho < (C - 1) / C."""
+    """Expected accuracy against symmetrically noisy labels of a classifier of accuracy `clean` against
+    the true labels (fractions): a (1 - rho) + (1 - a) rho / (C - 1), increasing in a exactly while
+    rho < (C - 1) / C (docs/tuning.md)."""
     return rho / (classes - 1) + clean * (1 - rho * classes / (classes - 1))
 
 
@@ -45,18 +36,12 @@ def clean_accuracy(noisy, rho, classes):
 
 def candidate_of(row):
     """(family, index) of the grid.TUNE candidate whose loss settings a run has, or None."""
-    key = dict(zip(LOSS_KEYS, loss_key(row)))
-    for family in grid.TUNE:
-        for i, (_, cand) in enumerate(family.candidates()):
-            flags = {**cand.flags, "clip_mode": "global" if "clip_norm" in cand.flags else ""}
-            if all(same(key[k], flags.get(k, "")) for k in LOSS_KEYS):
-                return family, i
-    return None
+    return next(((family, i) for family in grid.TUNE for i, (_, candidate) in enumerate(family.candidates())
+                 if has_flags(loss_key(row), candidate.flags)), None)
 
 
 def stopped_early(epochs):
-    """Index of the epoch of best val_acc in a run's epochs.csv rows (the first of equal epochs), or
-    None without validation accuracy at every epoch. Reads val_acc only."""
+    """Index of the epoch of best val_acc in a run's epochs.csv rows, or None without val_acc at every epoch."""
     values = [parse_number(r.get("val_acc")) for r in epochs or ()]
     if not values or None in values:
         return None
@@ -64,9 +49,8 @@ def stopped_early(epochs):
 
 
 def choose(scores):
-    """The index of the candidate of best mean score, given each candidate's {seed: validation
-    accuracy} in grid.TUNE's order: (index, None), or (None, why) when a candidate has no run or the
-    candidates' trials differ. Ties (means within TIE) go to the first listed."""
+    """(index, None) of the candidate of best mean score, given each one's {seed: validation accuracy} in
+    grid.TUNE's order, ties (within TIE) to the first listed; (None, why) if a candidate or trial is missing."""
     missing = [i for i, s in enumerate(scores) if not s]
     if missing:
         return None, f"{len(missing)} of {len(scores)} candidates not run"
@@ -80,14 +64,11 @@ def choose(scores):
 
 
 def runs_of(rows, root):
-    """{(dataset, setting, rho, family key): [{seed: run} per candidate]} of the summary rows of the
-    runs under root, each with `early` added: its epochs.csv row at the epoch of best noisy-validation
-    accuracy (or None)."""
+    """{(dataset, setting, rho, family key): [{seed: run} per candidate]} of the runs under root, each
+    with `early` added: its epochs.csv row at the epoch of best noisy-validation accuracy (or None)."""
     groups = defaultdict(dict)
     for row in rows:
-        if row.get("rho") in ("", None):
-            continue  # human noise: not part of the comparison
-        found = candidate_of(row)
+        found = candidate_of(row) if row.get("rho") not in ("", None) else None  # human noise: not compared
         if found is None:
             continue
         family, index = found
@@ -104,8 +85,8 @@ def family_of(key):
 
 
 def choose_among(runs, early):
-    """choose() on the candidates' runs ([{seed: run}] in grid.TUNE order): their final noisy-
-    validation accuracy, or that at their stopped-early epoch. Reads val_acc and nothing else."""
+    """choose() on the candidates' runs ([{seed: run}] in grid.TUNE order) by their val_acc, final or
+    stopped early."""
     scores = [{s: value(r, "val_acc", early) for s, r in by_seed.items()} for by_seed in runs]
     if any(v is None for s in scores for v in s.values()):  # a run without (per-epoch) validation data
         return None, "a run has no noisy-validation accuracy" + (" per epoch" if early else "")
@@ -113,9 +94,8 @@ def choose_among(runs, early):
 
 
 def flags(family, index, dataset):
-    """A candidate as the command that trains it (with the table's other settings), e.g.
-    'train_mnist.py --loss phuber_ce --tau 2': a spreadsheet would take a cell that begins with '-'
-    for a formula."""
+    """A candidate as the command that trains it, e.g. 'train_mnist.py --loss phuber_ce --tau 2' (the
+    script first: a spreadsheet takes a cell that begins with '-' for a formula)."""
     return " ".join([catalog.DATASETS[dataset]["script"], *family.candidates()[index][1].argv()])
 
 
@@ -126,8 +106,8 @@ def value(run, column, early):
 
 
 def outcomes(groups):
-    """One record per (dataset, setting, rho, family), in grid.TUNE order: the choice on noisy
-    validation data at the final epoch and stopped early, and what the chosen runs score on test."""
+    """One record per (dataset, setting, rho, family), in grid.TUNE order: the choices, final and
+    stopped early (choice), and the test accuracy of each candidate (curve)."""
     records = []
     for (dataset, setting, rho, key), runs in sorted(groups.items(), key=lambda kv: (
             kv[0][0], kv[0][1], kv[0][2], [f.key for f in grid.TUNE].index(kv[0][3]))):
@@ -135,10 +115,8 @@ def outcomes(groups):
         ce = groups.get((dataset, setting, rho, "ce"), [{}])[0]
         record = dict(dataset=dataset, setting=setting, rho=rho, loss=family.label, key=key,
                       candidates=len(runs))
-        for early, suffix in ((False, ""), (True, "_early")):
-            index, why = choose_among(runs, early)
-            record.update(choice(family, runs, index, why, early=early, ce=ce, suffix=suffix, dataset=dataset))
-            record[f"index{suffix}"] = index
+        for early in (False, True):
+            record.update(choice(family, runs, *choose_among(runs, early), early=early, ce=ce, dataset=dataset))
         record["curve"] = [dict(value=family.values[i] if family.param else None,
                                 **{name: mean_se([v for r in by_seed.values() if (v := value(r, "test_acc", early))
                                                   is not None]) for name, early in (("final", False), ("early", True))})
@@ -147,10 +125,12 @@ def outcomes(groups):
     return records
 
 
-def choice(family, runs, index, why, *, early, ce, suffix, dataset):
-    """The columns of one choice: what was chosen and why not, its test accuracy (mean, s.e., n),
-    its validation score, the oracle bound and the paired difference against CE."""
-    out = {f"chosen{suffix}": None if index is None else flags(family, index, dataset), f"no_choice{suffix}": why}
+def choice(family, runs, index, why, *, early, ce, dataset):
+    """The columns of one choice: what was chosen (its index) and why not, its test accuracy (mean,
+    s.e., n), its validation score, the oracle bound and the paired difference against CE."""
+    suffix = "_early" if early else ""
+    out = {f"chosen{suffix}": None if index is None else flags(family, index, dataset), f"no_choice{suffix}": why,
+           f"index{suffix}": index}
     tests = [{s: value(r, "test_acc", early) for s, r in by_seed.items()} for by_seed in runs]
     if index is not None:
         mean, se = mean_se(list(tests[index].values()))
@@ -181,10 +161,8 @@ COLUMNS = ["dataset", "loss", "rho", "chosen", "test_acc", "test_acc_se", "chose
            "no_choice", "no_choice_early", "candidates", "setting"]
 
 
-def write_tuned(stem, title, records, note=()):
-    """tables/<stem>_tuned.{md,csv}: a summary (loss x rho, final and stopped-early test accuracy of
-    the chosen candidates) and one row per (loss, rho) with the choices, the paired differences
-    against CE and the oracle bound."""
+def write_tuned(stem, title, records, note):
+    """tables/<stem>_tuned.{md,csv}: a summary (loss x rho), then a row per (loss, rho) (docs/tuning.md)."""
     rhos = sorted({r["rho"] for r in records})
     losses = list(dict.fromkeys(r["loss"] for r in records))
     at = {(r["loss"], r["rho"]): r for r in records}
@@ -202,11 +180,13 @@ def write_tuned(stem, title, records, note=()):
 
     def chosen(r, suffix=""):
         return r.get(f"chosen{suffix}") or f"no choice: {r.get(f'no_choice{suffix}')}"
-    summary = [[loss] + [f"{acc(at.get((loss, rho)))} / {acc(at.get((loss, rho)), '_early')}" for rho in rhos]
-               for loss in losses]
-    lines = ["| Loss | " + " | ".join(f"ρ = {rho:g}" for rho in rhos) + " |", "|---" * (len(rhos) + 1) + "|"]
-    lines += ["| " + " | ".join(cells) + " |" for cells in summary]
-    oracle = lambda r, s="": "-" if r.get(f"oracle{s}") is None else f"{r[f'oracle_test_acc{s}']:.1f} ({r[f'oracle{s}']})"  # noqa: E731
+
+    def oracle(r, suffix=""):
+        best = r.get(f"oracle{suffix}")
+        return "-" if best is None else f"{r[f'oracle_test_acc{suffix}']:.1f} ({best})"
+    summary = markdown(["Loss"] + [f"ρ = {rho:g}" for rho in rhos],
+                       [[loss] + [f"{acc(at.get((loss, rho)))} / {acc(at.get((loss, rho)), '_early')}" for rho in rhos]
+                        for loss in losses])
     detail = [[r["loss"], f"{r['rho']:g}", chosen(r), acc(r), *diff(r), chosen(r, "_early"), acc(r, "_early"),
                *diff(r, "_early"), str(r.get("n") or "-"), oracle(r), oracle(r, "_early")]
               for r in sorted(records, key=lambda r: (r["rho"], losses.index(r["loss"])))]
@@ -218,7 +198,7 @@ def write_tuned(stem, title, records, note=()):
                  for r in records], columns=COLUMNS,
                 before=[*note, "Test accuracy (%) of each loss at the candidate chosen on noisy validation data, "
                         "mean ± standard error over trials: final epoch / stopped early (at each run's epoch of "
-                        "best noisy-validation accuracy, the candidate chosen by the same rule).", "", *lines, "",
+                        "best noisy-validation accuracy, the candidate chosen by the same rule).", "", *summary, "",
                         "Per loss and ρ: the choices (the flags that produce them), paired differences against CE "
                         "on the same seeds (95% t-interval), and the oracle: the candidate best on test accuracy, "
                         "an upper bound that no practitioner can reach, never a choice.", ""],
@@ -227,12 +207,11 @@ def write_tuned(stem, title, records, note=()):
                        "The test set takes no part in any choice (docs/tuning.md)."])
 
 
-def tuned_tables(root, out, stem, note=()):
-    """The fair comparison's tables of the runs under root (a tune/ folder): one per dataset and
-    setting, tables/<stem><dataset>_tuned. Returns [(name, title, its records)]."""
+def tuned_tables(root, out, stem):
+    """write_tuned for each dataset and setting of the runs under root (a tune/ folder), as
+    tables/<stem><dataset>[_setting<i>]. Returns [(name, title, its records)]."""
     rows = load_runs(root)
     records = outcomes(runs_of(rows, root))
-    note = [*smoke_banner(rows), *note]
     written = []
     for dataset in sorted({r["dataset"] for r in records}):
         mine = [r for r in records if r["dataset"] == dataset]
@@ -241,7 +220,7 @@ def tuned_tables(root, out, stem, note=()):
             part = [r for r in mine if r["setting"] == setting]
             name = f"{stem}{dataset}" + (f"_setting{i + 1}" if len(settings) > 1 else "")
             title = f"{dataset}: each loss at its noisy-validation choice per ρ ({describe(dataset, setting)})"
-            write_tuned(os.path.join(out, "tables", name), title, part, note)
+            write_tuned(os.path.join(out, "tables", name), title, part, smoke_banner(rows))
             written.append((name, title, part))
     return written
 
@@ -254,3 +233,36 @@ def describe(dataset, setting):
     report = {k: " ".join(map(str, v)) if isinstance(v, list) else v for k, v in report.items()}  # as CSV cells
     shown = [f"{k} {v}" for k, v in setting if k != "model" and not (k in report and same(v, report[k]))]
     return ", ".join(shown) or "the report's settings"
+
+
+# ---------------------------------------------------------------------------------------------
+# The original paper's protocol for tau (run_all.sh --tune-tau; grid.choose_tau), outside the fair comparison.
+
+def tau_choices(rows):
+    """{(dataset, loss, logit_clip): tau} for every partially Huberised loss (alone, or behind
+    LogitClip at one norm) with noisy-validation runs."""
+    keys = {(r["dataset"], r["loss"], parse_number(r.get("logit_clip"))) for r in rows if r["loss"] in grid.BASE}
+    taus = {(dataset, loss, clip): grid.choose_tau(rows, dataset, loss, logit_clip=clip)[0]
+            for dataset, loss, clip in sorted(keys, key=lambda k: (k[0], k[1], k[2] or 0))}  # None (no LogitClip) first
+    return {key: tau for key, tau in taus.items() if tau is not None}
+
+
+def tau_selection_table(validation_rows, rows, out):
+    """Which tau the protocol chose, on what evidence, and the test accuracy the grid then got."""
+    lines = []
+    for (dataset, loss, clip), tau in tau_choices(validation_rows).items():
+        _, scores = grid.choose_tau(validation_rows, dataset, loss, logit_clip=clip)
+        listed = ", ".join(f"τ={t:g}: {s:.1f}%" for t, s in sorted(scores.items()))
+        test = defaultdict(list)
+        for r in rows:
+            if (r["dataset"], r["loss"], parse_number(r.get("tau")), r.get("clip_norm"),
+                    parse_number(r.get("logit_clip"))) == (dataset, loss, tau, "", clip):
+                test[float(r["rho"])].append(float(r["test_acc"]))
+        found = ", ".join(f"ρ={rho:g}: {mean_se(v)[0]:.1f}% (n={len(v)})" for rho, v in sorted(test.items()))
+        lines.append([dataset, grid.NAMES[loss] + (f" + LogitClip δ = {clip:g}" if clip else ""), f"{tau:g}", listed,
+                      found or "-"])
+    if lines:
+        write_table(os.path.join(out, "tables", "tau_selection"),
+                    "τ chosen by final noisy-validation accuracy at the highest noise rate (test data unused)",
+                    ["dataset", "loss", "chosen τ", "noisy-validation accuracy per τ",
+                     "test accuracy with the chosen τ"], lines)

@@ -38,10 +38,8 @@ OUTLIER_LOCATION = 200.0
 
 
 def make_data(rng):
-    """x and y in {-1, +1}: inliers first (+1 class, then -1 class), then the outliers.
-
-    Outliers sit on the wrong side: +1 labels at -200, -1 labels at +200.
-    """
+    """x and y in {-1, +1}: inliers (+1 class, then -1 class), then the outliers on the wrong side:
+    +1 labels at -200, -1 labels at +200."""
     counts = [N_INLIERS, N_INLIERS, N_OUTLIERS, N_OUTLIERS]
     x = rng.normal(np.repeat([1.0, -1.0, -OUTLIER_LOCATION, OUTLIER_LOCATION], counts), 1.0)
     return x, np.repeat([1.0, -1.0, 1.0, -1.0], counts)
@@ -137,8 +135,7 @@ def plot(theta, draws, best, out):
 
 
 def main(argv=None):
-    parser = Parser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--seed", type=int, default=0, help="seed (integer >= 0) of the data; draw d uses seed + d")
     parser.add_argument("--seeds", type=int, default=1,
                         help="independent draws of the data (>= 1); the report's figure is one draw")
@@ -157,12 +154,11 @@ def main(argv=None):
     check_flags(parser, args.seed, args.tau_huber, args.tau_phuber, args.out)
     if args.seeds < 1:
         parser.error(f"--seeds {args.seeds} is not allowed: it must be an integer >= 1")
-    if not (math.isfinite(args.theta_min) and math.isfinite(args.theta_max)
-            and args.theta_min < args.theta_max):
+    if not -math.inf < args.theta_min < args.theta_max < math.inf:  # nan fails every comparison
         parser.error(f"--theta-min {args.theta_min:g} --theta-max {args.theta_max:g} is not allowed: "
                      "they must be finite with theta-min < theta-max")
     span = args.theta_max - args.theta_min
-    if not (args.theta_step > 0 and math.isfinite(args.theta_step)):
+    if not 0 < args.theta_step < math.inf:
         parser.error(f"--theta-step {args.theta_step:g} is not allowed: it must be a finite number > 0")
     if abs(span / args.theta_step - round(span / args.theta_step)) > 1e-6:
         parser.error(f"--theta-step {args.theta_step:g} is not allowed: theta-max - theta-min = {span:g} "
@@ -195,9 +191,9 @@ def main(argv=None):
           f" {'largest':>7}")
     for r in summary:
         tau = "" if r["tau"] == "" else f"{r['tau']:g}"
-        print(f"{r['loss']:<20} {tau:>5} {'with' if r['outliers'] else 'without':>8} {100 * r['share_near_zero']:12.0f}%"
-              f" {r['theta_star_median']:7g} {r['theta_star_q05']:6g} {r['theta_star_q95']:6g}"
-              f" {100 * r['share_at_largest_theta']:6.0f}%")
+        print(f"{r['loss']:<20} {tau:>5} {'with' if r['outliers'] else 'without':>8}"
+              f" {100 * r['share_near_zero']:12.0f}% {r['theta_star_median']:7g} {r['theta_star_q05']:6g}"
+              f" {r['theta_star_q95']:6g} {100 * r['share_at_largest_theta']:6.0f}%")
 
 
 if __name__ == "__main__":

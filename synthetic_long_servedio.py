@@ -3,8 +3,7 @@
 A linear classifier without bias is fit on 1000 noisy samples of a six-Gaussian mixture in 2-D
 (report section 4.1) with the logistic loss, the Huberised logistic loss (tau = sigmoid(-1)) and the
 partially Huberised logistic loss (tau = 1 + 1/e), by SLSQP from zero for at most 100 iterations, and
-scored on 500 clean test samples; 500 trials per noise rate. Trial t of noise rate rho is reproducible
-alone (seeded by SeedSequence([seed, round(rho * 1e6), t])); all three losses see the same data.
+scored on 500 clean test samples; 500 trials per noise rate, each reproducible alone.
 
     python synthetic_long_servedio.py                     # the paper's setting, ~8.5 s on 2 CPU cores
     python synthetic_long_servedio.py --optimizer lbfgs   # same data, optimised to convergence, ~9 s
@@ -40,8 +39,7 @@ from results import pyplot, save_figure, versions, write_csv  # noqa: E402
 GAMMA = 1 / 24
 SIGMA = 0.01
 # +-(1, 0) large margin, +-(gamma, 5 gamma) pullers, +-(gamma, -gamma) penalizers (weight 1/4 each).
-MEANS = np.array([[1, 0], [-1, 0], [GAMMA, 5 * GAMMA], [-GAMMA, -5 * GAMMA],
-                  [GAMMA, -GAMMA], [-GAMMA, GAMMA]])
+MEANS = np.array([[1, 0], [-1, 0], [GAMMA, 5 * GAMMA], [-GAMMA, -5 * GAMMA], [GAMMA, -GAMMA], [-GAMMA, GAMMA]])
 WEIGHTS = np.array([1 / 8, 1 / 8, 1 / 8, 1 / 8, 1 / 4, 1 / 4])
 N_TRAIN, N_TEST = 1000, 500
 TAU_HUBER = 1 / (1 + math.e)  # sigmoid(-1), the value the authors used (the paper misprints 1.0)
@@ -69,13 +67,9 @@ def objective(w, yx, loss):
 
 def fit(yx, loss, optimizer, max_iter):
     """Minimise the empirical risk from w = 0; returns scipy's OptimizeResult."""
-    # jac=True: value and gradient come from one pass over the data, scipy reuses it for both.
-    if optimizer == "slsqp":
-        method, options = "SLSQP", {"maxiter": max_iter}
-    else:
-        method, options = "L-BFGS-B", LBFGS_OPTIONS
-    return minimize(objective, np.zeros(2), args=(yx, loss), jac=True, method=method,
-                    options=options)
+    method, options = ("SLSQP", {"maxiter": max_iter}) if optimizer == "slsqp" else ("L-BFGS-B", LBFGS_OPTIONS)
+    # jac=True: value and gradient come from one pass over the data
+    return minimize(objective, np.zeros(2), args=(yx, loss), jac=True, method=method, options=options)
 
 
 def accuracy(w, x, y):
@@ -160,14 +154,12 @@ def print_summary(summary, optimizer, max_iter):
 def plot(rows, rhos, optimizer, max_iter, out):
     plt = pyplot()
     taus = {r["loss"]: r["tau"] for r in rows}
-    labels = [LABELS[name].replace(" ", "\n") for name in MARGIN_LOSSES]
-    labels = [label + ("" if taus[name] == "" else f"\n($\\tau$ = {taus[name]:.4g})")
-              for label, name in zip(labels, MARGIN_LOSSES)]
+    labels = [LABELS[name].replace(" ", "\n") + ("" if taus[name] == "" else f"\n($\\tau$ = {taus[name]:.4g})")
+              for name in MARGIN_LOSSES]
     fig, axes = plt.subplots(1, len(rhos), figsize=(3.6 * len(rhos), 3.8), sharey=True, squeeze=False)
     for ax, rho in zip(axes[0], rhos):
         acc = [[r["test_acc"] for r in rows if r["rho"] == rho and r["loss"] == name] for name in MARGIN_LOSSES]
-        boxes = ax.boxplot(acc, tick_labels=labels, widths=0.5, patch_artist=True,
-                           medianprops={"color": "black"})
+        boxes = ax.boxplot(acc, tick_labels=labels, widths=0.5, patch_artist=True, medianprops={"color": "black"})
         for box, name in zip(boxes["boxes"], MARGIN_LOSSES):
             box.set(facecolor=COLOURS[name], alpha=0.6)
         ax.set_title(f"$\\rho$ = {rho:g} ({len(acc[0])} trials)")
@@ -182,8 +174,7 @@ def plot(rows, rhos, optimizer, max_iter, out):
 
 def main(argv=None):
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    parser = Parser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = Parser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--rho", type=float, nargs="+", default=[0.45, 0.2],
                         help="label flip probabilities, each in [0, 0.5); one set of trials and panel each")
     parser.add_argument("--trials", type=int, default=500, help="number of independent trials per rho (>= 1)")

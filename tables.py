@@ -1,16 +1,7 @@
-"""Result rows into tables, for aggregate.py (no torch): reading, grouping, labels, one writer.
-
-    load_runs, load_epochs   result files read as untrusted input: bad files and rows are named
-                             on stderr and skipped
-    build_table, table_entries, setting_of, loss_key, loss_label, loss_sort
-                             runs grouped into cells: the row is the loss setting (results.SCHEMA),
-                             the column rho, the trials the seeds; rows ordered and labelled as a
-                             layout (grid.report_rows, grid.memorisation_rows) has them
-    peak                     a run's best test accuracy over its epochs (reported, never chosen on)
-    load_reference, reference_key   the published numbers (reference_results.csv) and their keys, for
-                             runs of the published settings only (deviations, shared_deviations)
-    mean_se, paired_interval statistics
-    write_table              one table as Markdown, LaTeX and CSV; summary_table, one of table_entries
+"""Result rows into tables, for aggregate.py (no torch): result files read as untrusted input (bad
+files and rows are named on stderr and skipped); runs grouped into cells (row: the loss setting,
+column: rho, trials: the seeds), ordered and labelled as a grid layout has them; the published numbers
+(reference_results.csv) beside runs of the published settings only; one writer of Markdown, LaTeX, CSV.
 """
 import math
 import os
@@ -34,9 +25,6 @@ def warn(message):
     print(f"aggregate.py: {message}", file=sys.stderr)
 
 
-# ---------------------------------------------------------------------------------------------
-# Reading.
-
 def parse_number(value):
     """A CSV field as a float; None for an empty or missing one."""
     return float(value) if value not in (None, "") else None
@@ -45,8 +33,9 @@ def parse_number(value):
 def read_rows(path, required, check=None):
     """Rows of a CSV from outside (results.read_csv), or None if the file is unusable: bad rows, and
     rows with an empty required field or that check(row) rejects, are named on stderr and dropped."""
+    bad = lambda line, why: warn(f"skipping {path} line {line}: {why}")  # noqa: E731
     try:
-        return results.read_csv(path, required, check, bad=lambda line, why: warn(f"skipping {path} line {line}: {why}"))
+        return results.read_csv(path, required, check, bad=bad)
     except (OSError, results.BadFile) as e:
         return unreadable(path, e)
 
@@ -74,12 +63,10 @@ def real(row, column, low=-math.inf, high=math.inf, optional=False):
 
 
 def integer(row, column, optional=False):
+    """ValueError unless row[column] is ASCII digits: int() would also read '٣' as 3."""
     text = row.get(column)
-    if optional and text in ("", None):
-        return None
-    if results.whole_number(text) is None:
+    if not (optional and text in ("", None) or results.whole_number(text) is not None):
         raise ValueError(f"{column} {text!r} is not an integer >= 0")
-    return int(text)
 
 
 def check_run(row):
@@ -113,23 +100,16 @@ def check_epoch(row):
 OTHER_ROOTS = ("quick", "tuning", "tune", grid.MEMORISATION["folder"], "runs", "tables", "figures", "logs")
 
 
-def find_summaries(root):
-    """summary*.csv under root, not descending into other results roots (quick/, tuning/, tune/,
-    memorisation/)."""
-    found = []
+def load_runs(root):
+    """One row per run of the summary*.csv files under root, outside OTHER_ROOTS (the newest where several
+    files hold the same run), as read."""
+    runs = {}
     for folder, subfolders, files in os.walk(root):
         subfolders[:] = [s for s in subfolders if s not in OTHER_ROOTS]
-        found += [os.path.join(folder, f) for f in sorted(files) if f.startswith("summary") and f.endswith(".csv")]
-    return found
-
-
-def load_runs(root):
-    """One row per run (the newest where several files hold the same run), as read."""
-    runs = {}
-    for path in find_summaries(root):
-        for row in read_rows(path, REQUIRED, check_run) or []:
-            if row["run"] not in runs or row.get("finished", "") >= runs[row["run"]].get("finished", ""):
-                runs[row["run"]] = row
+        for name in sorted(f for f in files if f.startswith("summary") and f.endswith(".csv")):
+            for row in read_rows(os.path.join(folder, name), REQUIRED, check_run) or []:
+                if row["run"] not in runs or row.get("finished", "") >= runs[row["run"]].get("finished", ""):
+                    runs[row["run"]] = row
     return list(runs.values())
 
 
@@ -168,14 +148,15 @@ def loss_key(row):
     return tuple(key[k] for k in LOSS_KEYS)
 
 
+def has_flags(key, flags):
+    """Whether loss key `key` is the setting that `flags` (a grid.Row's) train."""
+    row, flags = dict(zip(LOSS_KEYS, key)), {**flags, "clip_mode": "global" if "clip_norm" in flags else ""}
+    return all(same(row[k], flags.get(k, "")) for k in LOSS_KEYS)
+
+
 def layout_row(layout, key):
     """(position, label) of the row of `layout` (a table's grid.Row list) that loss key `key` is, or None."""
-    row = dict(zip(LOSS_KEYS, key))
-    for i, r in enumerate(layout):
-        flags = {**r.flags, "clip_mode": "global" if "clip_norm" in r.flags else ""}
-        if all(same(row[k], flags.get(k, "")) for k in LOSS_KEYS):
-            return i, r.label
-    return None
+    return next(((i, r.label) for i, r in enumerate(layout) if has_flags(key, r.flags)), None)
 
 
 def same(text, value):
@@ -188,7 +169,7 @@ def same(text, value):
     return text == str(value)
 
 
-def loss_label(key, layout=()):
+def loss_label(key, layout):
     """The label of its row in `layout` (grid.report_rows(dataset): 'PHuber-CE τ = 10', 'CE + clipping'),
     else e.g. 'PHuber-CE τ = 3 + clipping (0.5)': parameters at the loss's default are not named, but tau."""
     report = layout_row(layout, key)
@@ -196,11 +177,10 @@ def loss_label(key, layout=()):
         return report[1]
     row = dict(zip(LOSS_KEYS, key))
     defaults, params = catalog.LOSSES, catalog.PARAMS
-    label = grid.NAMES.get(row["loss"], row["loss"])
+    label, default = grid.NAMES.get(row["loss"], row["loss"]), defaults.get(row["loss"], {})
     wrappers = [name for name in params if "wrapper" in params[name]]  # LogitClip: named after the loss
     for name in params:
-        if name not in wrappers and row[name] and (name == "tau" or float(row[name]) != defaults.get(row["loss"],
-                                                                                                     {}).get(name)):
+        if name not in wrappers and row[name] and (name == "tau" or float(row[name]) != default.get(name)):
             label += f" {params[name]['symbol']} = {float(row[name]):g}"
     if row["clip_norm"]:
         mode = "per-example " if row["clip_mode"] == "per-example" else ""
@@ -211,7 +191,7 @@ def loss_label(key, layout=()):
     return label
 
 
-def loss_sort(key, layout=()):
+def loss_sort(key, layout):
     """The rows of `layout` first, in its order; then the others by loss (registry order) and settings."""
     report = layout_row(layout, key)
     if report:
@@ -232,30 +212,22 @@ def mean_se(values):
 
 def describe_settings(settings):
     """Name the settings that differ between groups of runs of one dataset (for row labels)."""
-    if len(settings) <= 1:
-        return {s: "" for s in settings}
     keys = sorted({k for s in settings for k, _ in s})
     differing = [k for k in keys if len({dict(s).get(k) for s in settings}) > 1]
-    return {s: " [" + ", ".join(f"{k}={dict(s).get(k, '-')}" for k in differing) + "]" for s in settings}
-
-
-def build_table(rows, column="test_acc", by="rho"):
-    """{(setting, loss_key): {rho: {seed: value of column}}} and the sorted rho values, for one
-    dataset; rows without a value (memorised at rho = 0: nothing is corrupted) are left out.
-    by="noise_key": the columns are the human-noise keys instead of rho."""
-    cells = defaultdict(lambda: defaultdict(dict))
-    for row in rows:
-        if row.get(column) not in ("", None):
-            noise = float(row["rho"]) if by == "rho" else row[by]
-            cells[(setting_of(row, ignore=(by,)), loss_key(row))][noise][int(row["seed"])] = float(row[column])
-    rhos = sorted({rho for per_rho in cells.values() for rho in per_rho})
-    return cells, rhos
+    return {s: " [" + ", ".join(f"{k}={dict(s).get(k, '-')}" for k in differing) + "]" if differing else ""
+            for s in settings}
 
 
 def table_entries(rows, layout, column="test_acc", by="rho"):
-    """The rows of a loss x rho (or `by`) table of `column`, in `layout` order, and its rhos: each
-    entry has label, key, setting, values {rho: {seed: value}} and cells {rho: (mean, se, n)}."""
-    cells, rhos = build_table(rows, column, by)
+    """The rows of one dataset's loss x rho table of `column` (by="noise_key": columns by human-noise key),
+    in `layout` order, and its columns: each entry has label, key, setting, values {rho: {seed: value}}
+    and cells {rho: (mean, se, n)}. Runs without a value (memorised at rho = 0) are left out."""
+    cells = defaultdict(lambda: defaultdict(dict))
+    for row in rows:
+        if row.get(column) not in ("", None):
+            level = float(row["rho"]) if by == "rho" else row[by]
+            cells[(setting_of(row, ignore=(by,)), loss_key(row))][level][int(row["seed"])] = float(row[column])
+    rhos = sorted({rho for per_rho in cells.values() for rho in per_rho})
     labels = describe_settings({setting for setting, _ in cells})
     entries = []
     for setting, key in sorted(cells, key=lambda sk: (loss_sort(sk[1], layout), sk[0])):
@@ -283,13 +255,10 @@ def load_reference(path):
     return refs
 
 
-# A run is set against a published number only when each of its settings is the published runs': the
-# report's for the dataset (catalog.py), symmetric noise of seed 0 (the noise-seed table: any
-# seed), no held-out split, no subset, every other setting unset. Two settings have more than one
-# published value: --init, the report's words and its authors' code, which made the numbers; and
-# --amp, as the report trained in fp16 mixed precision and found it as accurate as float32 (its
-# section 5.2.2). --amp bf16 is neither: not compared. channels_last is no setting of the experiment:
-# it changes the memory layout, as another GPU changes the order of float operations.
+# A run is set against a published number only when each of its settings is the published runs'
+# (docs/grid.md). Two have more than one published value: --init (the report's words, and its authors'
+# code, which made the numbers) and --amp (the report trained in fp16 and found it as accurate as
+# float32, its section 5.2.2). channels_last only changes the memory layout.
 PUBLISHED_ALSO, LAYOUT_ONLY = {"init": ("report", "authors-code"), "amp": ("fp16",)}, ("channels_last",)
 NOISE = {"instance": "instance-dependent noise", "asymmetric": "asymmetric noise", "human": "human label noise"}
 
@@ -299,8 +268,7 @@ def deviations(dataset, setting, ignore=()):
     `dataset`; {} for a dataset outside catalog.py (no published settings to differ from)."""
     if dataset not in catalog.DATASETS:
         return {}
-    published = {k: canonical(results.format_value(v))
-                 for k, v in catalog.DATASETS[dataset]["settings"].items()}
+    published = {k: canonical(results.format_value(v)) for k, v in catalog.DATASETS[dataset]["settings"].items()}
     published.update(noise="symmetric", noise_seed="0", val_split="0")
     have = dict(setting)
     return {k: have.get(k, "unset") for k in sorted(set(have) | set(published)) if k not in (*ignore, *LAYOUT_ONLY)
@@ -324,17 +292,17 @@ def reference_key(dataset, key, rho, setting, ignore=()):
     if row["clip_mode"] == "per-example" or unpublished or deviations(dataset, setting, ignore) \
             or dataset not in catalog.DATASETS:
         return None
-    return (dataset, row["loss"], parse_number(row["tau"]),
-            parse_number(row["q"]) if row["loss"] in ("gce", "phuber_gce") else None, parse_number(row["clip_norm"]), rho)
+    q = parse_number(row["q"]) if row["loss"] in ("gce", "phuber_gce") else None
+    return dataset, row["loss"], parse_number(row["tau"]), q, parse_number(row["clip_norm"]), rho
 
 
-def paired_interval(diffs, level=0.95):
-    """Mean of paired differences and its t-interval (None bounds with a single pair)."""
+def paired_interval(diffs):
+    """Mean of paired differences and its 95% t-interval (None bounds with a single pair)."""
     diffs = np.asarray(diffs, dtype=float)
     mean = float(diffs.mean())
     if len(diffs) < 2:
         return mean, None, None
-    half = stats.t.ppf((1 + level) / 2, len(diffs) - 1) * diffs.std(ddof=1) / math.sqrt(len(diffs))
+    half = stats.t.ppf(0.975, len(diffs) - 1) * diffs.std(ddof=1) / math.sqrt(len(diffs))
     return mean, round(mean - half, 3), round(mean + half, 3)
 
 
@@ -360,16 +328,18 @@ def neutralise(value):
     return value
 
 
-def write_table(stem, title, header, rows, records=None, *, columns=None, bold=(), before=(), after=(), latex=False):
+def markdown(header, rows):
+    return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|", *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def write_table(stem, title, header, rows, records=(), *, columns=None, bold=(), before=(), after=(), latex=False):
     """A table as stem.md (title, `before` lines, header and rows, `after` lines) and, with
     latex=True, as a stem.tex tabular of the same cells; `records` (dicts of raw values) as stem.csv.
     `bold` holds the (row, column) positions of cells to set in bold. Cells are neutralised."""
     rows = [[neutralise(c) for c in r] for r in rows]
-    records = None if records is None else [{k: neutralise(v) for k, v in r.items()} for r in records]
     strong = lambda i, j, text, fmt: fmt.format(text) if (i, j) in bold else text  # noqa: E731
-    md = [f"# {title}", "", *before]
-    md += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    md += ["| " + " | ".join(strong(i, j, c, "**{}**") for j, c in enumerate(r)) + " |" for i, r in enumerate(rows)]
+    md = [f"# {title}", "", *before,
+          *markdown(header, [[strong(i, j, c, "**{}**") for j, c in enumerate(r)] for i, r in enumerate(rows)])]
     md += ["", *after] if after else []
     results.write_atomic(f"{stem}.md", lambda f: f.write("\n".join(md) + "\n"))
     if latex:
@@ -379,34 +349,30 @@ def write_table(stem, title, header, rows, records=None, *, columns=None, bold=(
                   for i, r in enumerate(rows)]
         lines += [r"\bottomrule", r"\end{tabular}"]
         results.write_atomic(f"{stem}.tex", lambda f: f.write("\n".join(lines) + "\n"))
-    if records is not None:
-        results.write_csv(f"{stem}.csv", records, columns)
+    if records:
+        results.write_csv(f"{stem}.csv", [{k: neutralise(v) for k, v in r.items()} for r in records], columns)
 
 
 def summary_table(stem, title, table, rhos, expected, *, after):
-    """A table of table_entries (losses by rho, cells mean ± s.e.) as Markdown and CSV; where an entry
-    has "epochs" ({rho: {seed: epoch}}), each trial's epoch follows the cell, trials by seed. An
-    empty table is not written."""
-    if not table:
-        return
+    """table_entries (losses by rho, cells mean ± s.e.) as Markdown and CSV, unless empty; an entry's
+    "epochs" ({rho: {seed: epoch}}), where it has them, follow its cells: each trial's, trials by seed."""
     def epochs(e, rho):
         return [str(int(e["epochs"][rho][seed])) for seed in sorted(e["epochs"][rho])] if "epochs" in e else []
 
     def cell(e, rho):
-        text = fmt_cell(*e["cells"][rho], expected)
-        return text + (f" (ep {', '.join(epochs(e, rho))})" if epochs(e, rho) else "")
-    records = [dict(label=e["label"], **dict(zip(LOSS_KEYS, e["key"])), rho=rho, mean=e["cells"][rho][0],
-                    se=e["cells"][rho][1], n=e["cells"][rho][2], **({"epochs": " ".join(epochs(e, rho))}
-                                                                     if "epochs" in e else {}))
-               for e in table for rho in rhos]
-    write_table(stem, title, ["Loss"] + [f"ρ = {rho:g}" for rho in rhos],
-                [[e["label"]] + [cell(e, rho) for rho in rhos] for e in table], records, after=after)
+        return fmt_cell(*e["cells"][rho], expected) + (f" (ep {', '.join(epochs(e, rho))})" if epochs(e, rho) else "")
+    if table:
+        write_table(stem, title, ["Loss"] + [f"ρ = {rho:g}" for rho in rhos],
+                    [[e["label"]] + [cell(e, rho) for rho in rhos] for e in table],
+                    [dict(label=e["label"], **dict(zip(LOSS_KEYS, e["key"])), rho=rho,
+                          **dict(zip(("mean", "se", "n"), e["cells"][rho])),
+                          **({"epochs": " ".join(epochs(e, rho))} if "epochs" in e else {}))
+                     for e in table for rho in rhos], after=after)
 
 
 def smoke_banner(rows):
-    """The lines that say a table of smoke runs is not a result: runs tested on a subset of the test
-    set (--limit-test, as run_all.sh --quick does). A training subset alone can be a design (the CPU
-    study of docs/tuning.md); its tables name it among their settings."""
+    """The lines that say a table of runs tested on a subset of the test set (--limit-test) is not a
+    result (a training subset alone can be a design, docs/tuning.md: its tables name it)."""
     if any(r.get("limit_test") for r in rows):
         return ["**Smoke runs on a subset of the data (--limit-test, e.g. run_all.sh --quick): these numbers check "
                 "the pipeline and are not results.**", ""]
