@@ -79,8 +79,7 @@ def run_name(config):
 
 
 def epoch_row(stats, test, val, *, epoch, steps, lr, train_seconds, seconds):
-    """The epoch's CSV row (EPOCH_COLUMNS); shares in %, clipping statistics only where
-    per-sample norms exist."""
+    """The epoch's CSV row (EPOCH_COLUMNS); shares in %, clipping statistics where per-sample norms exist."""
     corrupted, clean_seen = stats["corrupted"], stats["clean_seen"]
     seen = corrupted + clean_seen
     share = lambda a, b: 100 * a / b if b else None  # noqa: E731
@@ -108,12 +107,8 @@ def epoch_line(row, epochs):
             f"({row['epoch_seconds']:.1f} s, {row['images_per_second']:,.0f} img/s)")
 
 
-# ---------------------------------------------------------------------------------------------
-# Files.
-
 def write_atomic(path, write, binary=False):
-    """Write through `write(file)` into a temporary file beside `path`, then rename over it:
-    a reader, or a run killed mid-write, never sees half a file."""
+    """Write through `write(file)` into a temporary file, renamed over `path`: no one sees half a file."""
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path), suffix=".tmp")
@@ -171,8 +166,7 @@ def open_regular(path):
 
 
 def read_file(path, limit):
-    """The bytes of the regular file `path` (open_regular): BadFile also for a file of more than
-    `limit` bytes."""
+    """The bytes of the regular file `path` (open_regular); BadFile for more than `limit` bytes."""
     with open_regular(path) as f:
         content = f.read(limit + 1)
     if len(content) > limit:
@@ -390,10 +384,7 @@ def versions(*packages):
     return found
 
 
-# ---------------------------------------------------------------------------------------------
-# Figures: matplotlib is imported on first use, so that tables-only runs never load it.
-
-def pyplot():
+def pyplot():  # matplotlib, imported on first use: tables-only runs never load it
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
