@@ -16,12 +16,12 @@ import os
 import pytest
 import torch
 
-import experiment
+import config
 import losses
 import models
-import noise
 import train_cifar
 import train_mnist
+import per_example
 import training
 from conftest import only_run_dir, run_all, without_timing
 from data import in_memory, prepare
@@ -53,9 +53,28 @@ def relative_error(got, expected):
 
 def mnist_on(device, mnist_dir):
     """conftest's tiny MNIST (600 training, 200 test images of learnable patterns), as a run loads it."""
-    config = dict(dataset="mnist", val_split=0.0, limit_train=None, limit_test=None)
-    return prepare(experiment.Run("test", config, "unused", device, data_dir=mnist_dir,
-                                  label_noise=noise.Spec("symmetric", 0.0, 0, None)))
+    return prepare(config.parse("train_mnist.py", ["--data-dir", mnist_dir]), device)
+
+
+def learner_of(net, criterion, script="train_mnist.py", *flags, optimizer=torch.optim.SGD, lr=0.1):
+    """A training.Learner of `net` (on its device) configured by `script`'s `flags` (--amp, --channels-last,
+    --compile, --clip-norm ...), with a constant learning rate."""
+    opt = optimizer(net.parameters(), lr=lr)
+    return training.Learner(net, criterion, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda n: 1.0),
+                            config.parse(script, list(flags)))
+
+
+class Recorded(torch.nn.Module):
+    """Cross-entropy that keeps each value it returns (detached, no host sync): a training epoch's step losses."""
+
+    def __init__(self):
+        super().__init__()
+        self.loss, self.values = losses.CrossEntropy(), []
+
+    def forward(self, logits, targets):
+        value = self.loss(logits, targets)
+        self.values.append(value.detach())
+        return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -83,13 +102,13 @@ def test_every_loss_matches_the_cpu(name, dtype, clip):
 
 def interrupt_after_epoch(monkeypatch, epoch):
     """The run stops, as at Ctrl-C, right after its checkpoint of `epoch`."""
-    save = experiment.save_checkpoint
+    save = training.save_checkpoint
 
     def save_then_stop(path, state):
         save(path, state)
         if state.get("epoch") == epoch:
             raise KeyboardInterrupt
-    monkeypatch.setattr(experiment, "save_checkpoint", save_then_stop)
+    monkeypatch.setattr(training, "save_checkpoint", save_then_stop)
 
 
 def run_rows(out):
@@ -134,64 +153,63 @@ def test_an_fp16_run_resumes_on_another_device(first, then, mnist_dir, tmp_path,
 # ---------------------------------------------------------------------------------------------
 # ResNet steps in bf16 and channels-last, --compile, per-example clipping, evaluation.
 
-def first_resnet_step(amp=None, channels_last=False, batch=16):
+def first_resnet_step(*flags, batch=16):
     """(loss, weight change) of ResNet-50's first training step (training.train_epoch, augmented) on
-    random CIFAR-100-sized images: plain SGD, so that the change is the gradient's."""
+    random CIFAR-100-sized images, with train_cifar.py's `flags` (--amp, --channels-last): plain SGD, so
+    that the change is the gradient's."""
     g = torch.Generator().manual_seed(0)
     images, labels = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, generator=g), \
         torch.randint(0, 100, (batch,), generator=g)
     torch.manual_seed(0)
     net = models.resnet50(100).to(DEVICE)
-    net = net.to(memory_format=torch.channels_last) if channels_last else net
+    net = net.to(memory_format=torch.channels_last) if "--channels-last" in flags else net
     before = [p.detach().clone() for p in net.parameters()]
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
-    optimiser = training.Optimiser(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: 1.0),
-                                   torch.amp.GradScaler(DEVICE.type, enabled=False))
-    model = training.Model(net, losses.CrossEntropy(), amp=amp, channels_last=channels_last)
-    step_losses, _ = training.train_epoch(model, optimiser, in_memory(images, labels, DEVICE, 100),
-                                          torch.Generator(DEVICE).manual_seed(0), batch_size=batch, augment=True)
-    return step_losses[0].item(), torch.cat([(p.detach() - b).flatten() for p, b in zip(net.parameters(), before)])
+    learner = learner_of(net, losses.CrossEntropy(), "train_cifar.py", *flags)
+    stats = training.train_epoch(learner, in_memory(images, labels, DEVICE, 100),
+                                 torch.Generator(DEVICE).manual_seed(0), batch_size=batch, augment=True)
+    # one step: the epoch's loss is its loss
+    return stats["loss_sum"] / batch, torch.cat([(p.detach() - b).flatten() for p, b in zip(net.parameters(), before)])
 
 
-@pytest.mark.parametrize("amp,channels_last", [(torch.bfloat16, False), (None, True), (torch.bfloat16, True)])
-def test_resnet_steps_in_bf16_and_channels_last_match_float32(amp, channels_last, float32):
+@pytest.mark.parametrize("flags", [["--amp", "bf16"], ["--channels-last"], ["--amp", "bf16", "--channels-last"]])
+def test_resnet_steps_in_bf16_and_channels_last_match_float32(flags, float32):
     # The loss (forward): float32 in another layout differs only in the order of its sums (4e-6 on a
     # CPU); bfloat16 keeps 8 bits, 0.4% a rounding (0.2% on a CPU). The step's change (backward) is
     # ill-conditioned at initialisation, where batch norm makes gradients explode (Yang et al., ICLR
     # 2019): float32 in another layout agrees to 4% on a CPU (a layout error: 100% or more), and
     # bfloat16 keeps the size of the step but little of its direction (cosine 0.24 on a CPU).
+    amp = "--amp" in flags
     loss, change = first_resnet_step()
-    other_loss, other_change = first_resnet_step(amp, channels_last)
+    other_loss, other_change = first_resnet_step(*flags)
     assert other_loss == pytest.approx(loss, rel=2e-2 if amp else 1e-4)
-    if amp is None:
+    if not amp:
         assert relative_error(other_change, change) < 0.25
     assert 0.5 < (other_change.norm() / change.norm()).item() < 2 and other_change.isfinite().all()
 
 
-def lenet_epoch(data, compile):
-    """Step losses of one LeNet epoch (training.train_epoch) and the logits it then predicts."""
+def lenet_epoch(data, *flags):
+    """Step losses of one LeNet epoch (training.train_epoch) with train_mnist.py's `flags` (--compile), and the
+    logits it then predicts."""
     torch.manual_seed(0)
-    net = models.LeNet5().to(DEVICE)
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    optimiser = training.Optimiser(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: 1.0),
-                                   torch.amp.GradScaler(DEVICE.type, enabled=False))
-    model = training.Model(net, losses.CrossEntropy(), torch.compile(net) if compile else None)
-    step_losses, _ = training.train_epoch(model, optimiser, data, torch.Generator(DEVICE).manual_seed(0),
-                                          batch_size=32, augment=False)
-    return step_losses.cpu(), training.predict(model, data.test_x, data.mean, data.std).cpu()
+    net, criterion = models.LeNet5().to(DEVICE), Recorded()
+    learner = learner_of(net, criterion, "train_mnist.py", *flags, optimizer=torch.optim.Adam, lr=1e-3)
+    training.train_epoch(learner, data, torch.Generator(DEVICE).manual_seed(0), batch_size=32, augment=False)
+    steps = math.ceil(len(data.train_y) / 32)
+    logits = training.predict(learner, data.test_x, data.mean, data.std)
+    return torch.stack(criterion.values[:steps]).cpu(), logits.cpu()
 
 
 def test_a_compiled_lenet_trains_and_predicts_as_the_eager_one(mnist_dir, float32):
     data = mnist_on(DEVICE, mnist_dir)
-    eager_losses, eager_logits = lenet_epoch(data, compile=False)
+    eager_losses, eager_logits = lenet_epoch(data)
     assert eager_losses[-1] < 0.5 * eager_losses[0]  # it learns: a wrong gradient would show below
-    compiled_losses, compiled_logits = lenet_epoch(data, compile=True)
+    compiled_losses, compiled_logits = lenet_epoch(data, "--compile")
     torch.testing.assert_close(compiled_losses, eager_losses, rtol=1e-3, atol=1e-5)  # fused kernels: other sums
     torch.testing.assert_close(compiled_logits, eager_logits, rtol=1e-3, atol=1e-4)
 
 
 # bfloat16: 3.5% from float32 on a CPU; clipping every sample to 0.05 scales the gradients about tenfold
-@pytest.mark.parametrize("amp,tolerance", [(None, 1e-4), (torch.bfloat16, 0.15)])
+@pytest.mark.parametrize("amp,tolerance", [([], 1e-4), (["--amp", "bf16"], 0.15)])
 def test_per_example_clipping_matches_the_cpu(amp, tolerance, float32):
     torch.manual_seed(0)
     net, criterion = models.LeNet5(), losses.make_loss("phuber_ce", tau=3)
@@ -200,16 +218,17 @@ def test_per_example_clipping_matches_the_cpu(amp, tolerance, float32):
 
     def clipped(device, amp):
         copy_ = copy.deepcopy(net).to(device)
-        _, _, norms = training.per_example_clipped_backward(training.Model(copy_, criterion, amp=amp), x.to(device),
-                                                            y.to(device), 0.05)
+        learner = learner_of(copy_, criterion, "train_mnist.py", "--clip-norm", "0.05", "--clip-mode", "per-example",
+                             *amp)
+        _, _, norms = per_example.clipped_backward(learner, x.to(device), y.to(device))
         return torch.cat([p.grad.flatten() for p in copy_.parameters()]).cpu(), norms.cpu()
     grads, norms = clipped(DEVICE, amp)
-    cpu_grads, cpu_norms = clipped(torch.device("cpu"), None)
+    cpu_grads, cpu_norms = clipped(torch.device("cpu"), [])
     assert (cpu_norms > 0.05).all()  # every sample is clipped: the clipping is what is compared
     assert relative_error(norms, cpu_norms) < tolerance and relative_error(grads, cpu_grads) < tolerance
 
 
-@pytest.mark.parametrize("amp,margin", [(None, 1e-4), (torch.float16, 0.05)])
+@pytest.mark.parametrize("amp,margin", [([], 1e-4), (["--amp", "fp16"], 0.05)])
 def test_evaluation_matches_the_cpu(amp, margin, mnist_dir, float32):
     # `margin` bounds how far the device's logits may be from the CPU's (float16 keeps 11 bits): a
     # prediction whose top two logits are closer than that, or a confidence that close to a bin edge
@@ -217,8 +236,8 @@ def test_evaluation_matches_the_cpu(amp, margin, mnist_dir, float32):
     torch.manual_seed(0)
     net, cpu = models.LeNet5(), mnist_on(torch.device("cpu"), mnist_dir)
     device_data = mnist_on(DEVICE, mnist_dir)
-    model, device_model = training.Model(net, losses.CrossEntropy()), training.Model(
-        copy.deepcopy(net).to(DEVICE), losses.CrossEntropy(), amp=amp)
+    model, device_model = learner_of(net, losses.CrossEntropy()), learner_of(
+        copy.deepcopy(net).to(DEVICE), losses.CrossEntropy(), "train_mnist.py", *amp)
     logits = training.predict(model, cpu.test_x, cpu.mean, cpu.std)
     device_logits = training.predict(device_model, device_data.test_x, device_data.mean, device_data.std).cpu()
     assert (device_logits - logits).abs().max() < margin
@@ -243,7 +262,7 @@ def strict_training(monkeypatch):
     """Every training step runs in torch's sync debug mode "error": a step that waits for the device
     raises, naming the operation. The mode ends where the epoch's one read starts (training.epoch_stats).
     Returns the list of epochs that reached that read."""
-    reached, train_epoch, epoch_stats = [], experiment.train_epoch, training.epoch_stats
+    reached, train_epoch, epoch_stats = [], training.train_epoch, training.epoch_stats
 
     def mode(name):
         if ON_CUDA:
@@ -260,7 +279,7 @@ def strict_training(monkeypatch):
         mode("default")
         reached.append(True)
         return epoch_stats(*args, **kwargs)
-    monkeypatch.setattr(experiment, "train_epoch", strict_epoch)
+    monkeypatch.setattr(training, "train_epoch", strict_epoch)
     monkeypatch.setattr(training, "epoch_stats", stats)
     return reached
 

@@ -1,8 +1,8 @@
 """Tests for losses.py: every loss against an independent float64 closed form, gradcheck, continuity
 at the linearisation points, limits, extreme logits, low precision, reductions and bad input."""
-import inspect
+import ast
 import math
-import subprocess
+import os
 import sys
 from decimal import Decimal, getcontext
 
@@ -10,11 +10,22 @@ import numpy as np
 import pytest
 import torch
 
-import loss_specs
+import catalog
 import losses
 import margin_losses
 
 MULTICLASS = list(losses.LOSSES)
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One CPU thread: these tensors are tiny, and two threads' hand-offs cost more than they save (far more
+    when `make test`'s two streams share two cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,9 +387,9 @@ def test_sce_and_nce_rce_at_their_defaults_match_the_official_code(name, c):
 
 
 def test_the_default_rce_constant_is_log_of_the_official_clamp():
-    # a literal in losses.py (loss_specs.py reads defaults from the source text), equal to log(1e-4)
+    # math.log(1e-4) in losses.py's signatures, its value written out in catalog.py's torch-free table
     for name in ("sce", "nce_rce"):
-        assert losses.loss_defaults(name)["A"] == loss_specs.read()[0][name]["A"] == math.log(1e-4)
+        assert losses.loss_defaults(name)["A"] == catalog.LOSSES[name]["A"] == math.log(1e-4)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -516,55 +527,41 @@ def test_registry():
     assert "tau=2" in repr(losses.make_loss("phuber_ce", tau=2))
 
 
+def loaded_by_import(module):
+    """(project modules, other top-level modules) that `import module` loads: the module-level imports of
+    the module and, in turn, of each project module it imports (a function's own imports run later)."""
+    project, others, todo = set(), set(), [module]
+    while todo:
+        name = todo.pop()
+        if name in project:
+            continue
+        project.add(name)
+        with open(os.path.join(HERE, name + ".py"), encoding="utf-8") as f:
+            body = list(ast.parse(f.read()).body)
+        while body:
+            node = body.pop()
+            if isinstance(node, ast.Import):
+                found = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                found = [node.module.split(".")[0]] if node.level == 0 else []
+            else:  # statements that run at import: a class body, a try or an if (not `if __name__ == ...`)
+                if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not (
+                        isinstance(node, ast.If) and "__name__" in ast.unparse(node.test)):
+                    body += [child for child in ast.iter_child_nodes(node) if isinstance(child, ast.stmt)]
+                continue
+            for top in found:
+                (todo.append(top) if os.path.exists(os.path.join(HERE, top + ".py")) else others.add(top))
+    return project, others - set(sys.stdlib_module_names)
+
+
 def test_import_loads_only_torch_and_numpy():
-    code = ("import sys; import numpy, torch; before = set(sys.modules); import losses; "
-            "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
-            "print(sorted(new - set(sys.stdlib_module_names)))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "['loss_specs', 'losses']"
-
-
-def test_registry_read_without_torch_equals_the_module():
-    read_losses, read_params = loss_specs.read()
-    assert read_params == losses.PARAMS
-    assert read_losses == {name: losses.loss_defaults(name) for name in losses.LOSSES}
-    # the functions' own defaults, as Python sees them: the text was read right
-    assert read_losses == {name: {p.name: p.default for p in inspect.signature(loss.fn).parameters.values()
-                                  if p.name in losses.PARAMS} for name, loss in losses.LOSSES.items()}
-    assert list(read_losses) == list(losses.LOSSES)  # registry order: flags, table rows
-    code = "import sys, loss_specs; loss_specs.read(); print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
-
-
-def test_registry_reads_a_new_loss_from_source_alone(tmp_path):
-    source = tmp_path / "losses.py"
-    source.write_text('PARAMS = {"tau": {"range": "(1, inf)"}, "gamma": {"range": "(0, 1)"}}\n'
-                      'def ce(logits, targets, reduction="mean"): pass\n'
-                      'def focal(logits, targets, gamma=0.5, tau=3.0, eps=-4.0, reduction="mean"): pass\n'
-                      'LOSSES = {"ce": None, "focal": None}\n')
-    read_losses, read_params = loss_specs.read(str(source))
-    assert read_losses == {"ce": {}, "focal": {"gamma": 0.5, "tau": 3.0}}  # eps is not a registry parameter
-    assert list(read_params) == ["tau", "gamma"]
-
-
-@pytest.mark.parametrize("old,new,rule", [
-    ('"phuber_ce": PHuberCE', '"phuber": PHuberCE', "a loss's key must be its function's name"),
-    ('"ce": CrossEntropy', '"ce": Linear', "a loss's key must be its function's name"),
-    ("tau=10.0, logit_clip", "tau=math.exp(2.3), logit_clip", "a loss's defaults must be literals"),
-    ("q=0.7, logit_clip", 'q="0.7", logit_clip', "every loss parameter is parsed as a float"),
-    ("*, tau=10.0, logit_clip", "*, tau, logit_clip", "every loss parameter of PARAMS needs a literal default"),
-])
-def test_a_broken_registry_rule_is_named_as_it_is_read(old, new, rule, tmp_path):
-    """The registry's rules (losses.py, above PARAMS), each broken on a copy of losses.py: the torch-free
-    reader names the rule (before: a KeyError, a malformed-node error, or a silently wrong default)."""
-    with open(loss_specs.SOURCE, encoding="utf-8") as f:
-        source = f.read()
-    assert old in source
-    broken = tmp_path / "losses.py"
-    broken.write_text(source.replace(old, new, 1), encoding="utf-8")
-    with pytest.raises(loss_specs.LossSpecError, match=rule):
-        loss_specs.read(str(broken))
+    # losses.py: torch, and the tables of catalog.py, which the tools that never start torch import alone
+    # (flags, run names, tables)
+    assert loaded_by_import("losses") == ({"losses", "catalog"}, {"torch"})
+    assert loaded_by_import("catalog") == ({"catalog"}, set())
+    # what the project's modules import in turn counts: training.py loads numpy through data.py
+    project, others = loaded_by_import("training")
+    assert {"training", "data", "losses", "catalog"} <= project and others == {"torch", "numpy"}
 
 
 @pytest.mark.parametrize("value,interval,ok", [
@@ -575,10 +572,10 @@ def test_a_broken_registry_rule_is_named_as_it_is_read(old, new, rule, tmp_path)
 ])
 def test_interval_check(value, interval, ok):
     if ok:
-        assert loss_specs.check("x", value, interval) == float(value)
+        assert catalog.check_param("x", value, interval) == float(value)
     else:
         with pytest.raises(ValueError, match=f"x={value!r} is not allowed: x must be a number in"):
-            loss_specs.check("x", value, interval)
+            catalog.check_param("x", value, interval)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,5 +1,8 @@
-"""Tests for models.py, data.py, training.py, cli.py, train_mnist.py and train_cifar.py on tiny
-generated datasets."""
+"""Tests for models.py, data.py, training.py, config.py, train_mnist.py and train_cifar.py on tiny
+generated datasets. The scripts run in this process (main(argv)), on one CPU thread, except where the
+process is the behaviour (a kill and its resume)."""
+import contextlib
+import io
 import json
 import math
 import os
@@ -14,21 +17,33 @@ import torch
 from scipy import stats
 
 import catalog
-import cli
+import config
 import conftest
 import data
-import experiment
 import grid
 import losses
 import models
-import noise
 import results
 import tiny_data
 import train_cifar
 import train_mnist
 import training
 from conftest import only_run_dir, without_timing
+from per_example import clipped_backward
 from results import read_csv
+
+SMALL = ["--limit-train", "64", "--limit-test", "64"]  # where a run's numbers play no part: 2 steps, 64 tested
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One CPU thread for every run of this module (a resumed run must have its checkpoint's): the tensors
+    are small, and two threads' hand-offs cost more than they save, far more when `make test`'s two
+    streams share two cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def mnist_args(mnist_dir, out, *extra):
@@ -37,9 +52,14 @@ def mnist_args(mnist_dir, out, *extra):
 
 def prepared(mnist_dir, *argv):
     """The Data of a train_mnist.py command line, on the CPU."""
-    _, c = cli.parse("train_mnist.py", ["--data-dir", mnist_dir, *argv])
-    spec = noise.Spec(c["noise"], c["rho"], c["noise_seed"], c.get("noise_key"), features=c["noise_features"])
-    return data.prepare(experiment.Run("test", c, "unused", torch.device("cpu"), data_dir=mnist_dir, label_noise=spec))
+    return data.prepare(config.parse("train_mnist.py", ["--data-dir", mnist_dir, *argv]), torch.device("cpu"))
+
+
+def quietly(main, argv):
+    """main(argv) with what it prints kept: (exit status, stdout)."""
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        code = main(argv)
+    return code, out.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -48,26 +68,24 @@ def prepared(mnist_dir, *argv):
 def test_parameter_counts():
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(models.LeNet5()) == 61706
-    assert count(models.resnet18(10)) == 11173962
-    assert count(models.resnet50(10)) == 23520842        # kuangliu/pytorch-cifar's ResNet50
-    assert count(models.resnet50(100)) == pytest.approx(23.7e6, rel=0.005)
+    with torch.device("meta"):  # the architectures only: no memory, no initialisation
+        assert count(models.resnet18(10)) == 11173962
+        assert count(models.resnet50(10)) == 23520842        # kuangliu/pytorch-cifar's ResNet50
+        assert count(models.resnet50(100)) == pytest.approx(23.7e6, rel=0.005)
 
 
-def test_lenet_init_and_shapes():
-    torch.manual_seed(0)
+def test_model_shapes():
+    # LeNet's initialisation: test_lenet_initialisations
     net = models.LeNet5()
-    weights = torch.cat([m.weight.flatten() for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))])
-    assert weights.abs().max() <= 0.2                    # truncated at 2 std
-    # std of N(0, 0.1) cut at +-2 std: 0.08796; the sample std of 61k weights has s.e. 0.0002, so 0.003 is 14 s.e.
-    assert weights.std().item() == pytest.approx(0.088, abs=0.003)
-    assert all((m.bias == 0).all() for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
     assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     assert models.resnet18(100)(torch.zeros(2, 3, 32, 32)).shape == (2, 100)
-    assert not models.has_batch_norm(net) and models.has_batch_norm(models.resnet18())
-    # CIFAR stem: 3x3 stride-1 convolution, no max-pool
-    stem = models.resnet50().conv1
-    assert stem.kernel_size == (3, 3) and stem.stride == (1, 1) and stem.padding == (1, 1)
-    assert not any(isinstance(m, torch.nn.MaxPool2d) for m in models.resnet50().modules())
+    with torch.device("meta"):  # the layers only: no memory, no initialisation
+        assert not models.has_batch_norm(net) and models.has_batch_norm(models.resnet18())
+        # CIFAR stem: 3x3 stride-1 convolution, no max-pool
+        resnet50 = models.resnet50()
+        stem = resnet50.conv1
+        assert stem.kernel_size == (3, 3) and stem.stride == (1, 1) and stem.padding == (1, 1)
+        assert not any(isinstance(m, torch.nn.MaxPool2d) for m in resnet50.modules())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -75,8 +93,8 @@ def test_lenet_init_and_shapes():
 
 def noisy(labels, rho, k=10, kind="symmetric", dataset="mnist", seed=0):
     flips = catalog.DATASETS[dataset]["flips"] if kind == "asymmetric" else {}
-    return noise.add_label_noise(labels, rho, k, kind, noise.flip_map(flips, k),
-                                 generator=torch.Generator().manual_seed(seed))
+    return data.add_label_noise(labels, rho, k, kind, data.flip_map(flips, k),
+                                generator=torch.Generator().manual_seed(seed))
 
 
 @pytest.mark.parametrize("rho", [0.2, 0.6])
@@ -136,36 +154,62 @@ def test_random_crop_flip_stays_inside_padded_image_and_flips_half():
 # ---------------------------------------------------------------------------------------------
 # Learning-rate schedules.
 
-def test_mnist_schedule_is_exponential_per_iteration():
-    f = train_mnist.lr_factor(*(catalog.DATASETS["mnist"]["settings"][k] for k in ("lr_decay", "lr_decay_steps")))
+class Built(Exception):
+    """Raised where a script would start training, with the training.Learner it built."""
+
+
+def built_learner(monkeypatch, main, argv):
+    """The training.Learner (network, loss, optimiser, schedule) that `main(argv)` builds, without training."""
+    learner = training.Learner
+
+    def build(*args):
+        raise Built(learner(*args))
+    monkeypatch.setattr(training, "Learner", build)
+    with pytest.raises(Built) as built:
+        main(argv)
+    return built.value.args[0]
+
+
+def test_mnist_schedule_is_exponential_per_iteration(mnist_dir, tmp_path, monkeypatch):
+    # lr_n = lr * 0.1^(n / 10000) at iteration n; that the optimiser takes it every step:
+    # test_two_epoch_run_writes_well_formed_csvs
+    learner = built_learner(monkeypatch, train_mnist.main, ["--data-dir", mnist_dir, "--out", str(tmp_path)])
+    (f,) = learner.schedule.lr_lambdas
     assert [f(n) for n in (0, 5000, 10000, 20000)] == pytest.approx([1, 0.1 ** 0.5, 0.1, 0.01])
-    opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=1e-3)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, f)
-    for _ in range(10000):
-        opt.step()
-        sched.step()
-    assert opt.param_groups[0]["lr"] == pytest.approx(1e-4)
+    assert learner.schedule.base_lrs == [1e-3] and isinstance(learner.optimizer, torch.optim.Adam)
 
 
 @pytest.mark.parametrize("dataset,expected", [
     ("cifar10", {0: 1, 159: 1, 160: 0.1, 299: 0.1, 300: 0.01, 359: 0.01, 360: 0.001, 399: 0.001}),
     ("cifar100", {0: 1, 59: 1, 60: 0.2, 120: 0.04, 159: 0.04, 160: 0.008, 199: 0.008}),
 ])
-def test_cifar_schedule_steps_at_the_papers_epochs(dataset, expected):
-    _, config = cli.parse("train_cifar.py", ["--dataset", dataset])
-    steps = 391
-    f = train_cifar.lr_factor(config["lr_gamma"], config["milestones"], steps)
-    for epoch, factor in expected.items():
+def test_cifar_schedule_steps_at_the_papers_epochs(dataset, expected, cifar_dir, tmp_path, monkeypatch):
+    learner = built_learner(monkeypatch, train_cifar.main, ["--data-dir", cifar_dir, "--out", str(tmp_path),
+                                                            "--dataset", dataset, "--model", "resnet18"])
+    (f,) = learner.schedule.lr_lambdas
+    steps = math.ceil({"cifar10": 250, "cifar100": 300}[dataset] / catalog.DATASETS[dataset]["settings"]["batch_size"])
+    for epoch, factor in expected.items():  # the whole epoch, its first step to its last
         assert f(epoch * steps) == pytest.approx(factor) and f(epoch * steps + steps - 1) == pytest.approx(factor)
+    assert isinstance(learner.optimizer, torch.optim.SGD) and learner.optimizer.defaults["nesterov"]
+    assert learner.schedule.base_lrs == [0.1]
 
 
 # ---------------------------------------------------------------------------------------------
 # Whole runs.
 
-def test_two_epoch_run_writes_well_formed_csvs(mnist_dir, tmp_path, capsys):
-    assert train_mnist.main(mnist_args(mnist_dir, tmp_path, "--loss", "phuber_ce", "--rho", "0.2")) == 0
-    (row,) = read_csv(tmp_path / "summary.csv")
-    run_dir = only_run_dir(tmp_path)
+@pytest.fixture(scope="module")
+def two_epoch_run(mnist_dir, tmp_path_factory):
+    """(results folder, stdout) of a 2-epoch run of PHuber-CE at rho 0.2 on the 600 training images, shared."""
+    out = tmp_path_factory.mktemp("two-epochs")
+    code, stdout = quietly(train_mnist.main, mnist_args(mnist_dir, out, "--loss", "phuber_ce", "--rho", "0.2"))
+    assert code == 0
+    return out, stdout
+
+
+def test_two_epoch_run_writes_well_formed_csvs(two_epoch_run):
+    out, stdout = two_epoch_run
+    (row,) = read_csv(out / "summary.csv")
+    run_dir = only_run_dir(out)
     assert row["run"] == os.path.basename(run_dir)
     for key, value in dict(dataset="mnist", model="lenet", loss="phuber_ce", tau="10.0", rho="0.2", seed="0",
                            noise_seed="0", epochs="2", batch_size="32", lr="0.001", weight_decay="0.001",
@@ -181,26 +225,27 @@ def test_two_epoch_run_writes_well_formed_csvs(mnist_dir, tmp_path, capsys):
             assert math.isfinite(float(r[key])), key
         assert 0 <= float(r["memorised"]) <= 100 and r["val_acc"] == "" and r["clipped_clean"] == ""
     assert float(epochs[1]["step"]) == 2 * 19  # ceil(600 / 32) steps per epoch
+    # the learning rate decays every iteration (train_mnist.py's schedule): after the first epoch's 19
+    assert [float(r["lr"]) for r in epochs] == pytest.approx([1e-3, 1e-3 * 0.1 ** (19 / 10000)], rel=1e-9)
     assert row["test_acc"] == epochs[-1]["test_acc"]  # the final epoch's, never a best epoch
     counts = read_csv(os.path.join(run_dir, "noise_transitions.csv"))
     assert sum(int(v) for r in counts for k, v in r.items() if k != "clean") == 600
     meta = json.load(open(os.path.join(run_dir, "config.json")))
     assert meta["config"]["loss"] == "phuber_ce" and meta["versions"]["torch"] == torch.__version__
     assert not os.path.exists(os.path.join(run_dir, "checkpoint.pt"))
-    out = capsys.readouterr().out
-    assert out.count("epoch ") >= 2 and "final test accuracy" in out
+    assert stdout.count("epoch ") >= 2 and "final test accuracy" in stdout
 
 
-def test_same_flags_same_numbers(mnist_dir, tmp_path):
-    for out in ("a", "b"):
-        train_mnist.main(mnist_args(mnist_dir, tmp_path / out, "--rho", "0.4", "--loss", "gce"))
-    assert without_timing(read_csv(tmp_path / "a" / "summary.csv")) == without_timing(read_csv(tmp_path / "b" / "summary.csv"))
-    a, b = (read_csv(os.path.join(only_run_dir(tmp_path / o), "epochs.csv")) for o in ("a", "b"))
+def test_same_flags_same_numbers(two_epoch_run, mnist_dir, tmp_path):
+    first, _ = two_epoch_run  # the same computation again, in the same process
+    assert train_mnist.main(mnist_args(mnist_dir, tmp_path, "--loss", "phuber_ce", "--rho", "0.2")) == 0
+    assert without_timing(read_csv(first / "summary.csv")) == without_timing(read_csv(tmp_path / "summary.csv"))
+    a, b = (read_csv(os.path.join(only_run_dir(o), "epochs.csv")) for o in (first, tmp_path))
     assert without_timing(a) == without_timing(b)
 
 
 def test_finished_run_is_skipped_and_force_reruns(mnist_dir, tmp_path, capsys):
-    argv = mnist_args(mnist_dir, tmp_path, "--epochs", "1")
+    argv = mnist_args(mnist_dir, tmp_path, "--epochs", "1", *SMALL)
     train_mnist.main(argv)
     before = read_csv(tmp_path / "summary.csv")
     assert train_mnist.main(argv) == 0
@@ -214,11 +259,13 @@ def test_finished_run_is_skipped_and_force_reruns(mnist_dir, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_kill_and_resume_equals_uninterrupted(mnist_dir, tmp_path, python):
-    argv = [python, "train_mnist.py", "--data-dir", mnist_dir, "--epochs", "8", "--rho", "0.4", "--loss", "phuber_gce"]
-    subprocess.run(argv + ["--out", str(tmp_path / "full")], check=True, cwd=conftest.ROOT, capture_output=True)
+def test_kill_and_resume_equals_uninterrupted(mnist_dir, tmp_path, python, capsys):
+    # The kill is the behaviour: a process of the script, killed once its first checkpoint is written.
+    # The resume and the uninterrupted run: in this process, with the killed one's single thread.
+    flags = ["--data-dir", mnist_dir, "--epochs", "4", "--rho", "0.4", "--loss", "phuber_gce"]
     out = tmp_path / "killed"
-    proc = subprocess.Popen(argv + ["--out", str(out)], cwd=conftest.ROOT, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen([python, "train_mnist.py", *flags, "--out", str(out)], cwd=conftest.ROOT,
+                            stdout=subprocess.DEVNULL, env=dict(os.environ, OMP_NUM_THREADS="1"))
     deadline = time.time() + 120
     while not (os.path.isdir(out / "runs") and os.listdir(out / "runs") and
                os.path.exists(os.path.join(only_run_dir(out), "checkpoint.pt"))):
@@ -227,12 +274,14 @@ def test_kill_and_resume_equals_uninterrupted(mnist_dir, tmp_path, python):
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert not os.path.exists(out / "summary.csv")  # killed mid-run: nothing claimed finished
-    again = subprocess.run(argv + ["--out", str(out)], cwd=conftest.ROOT, capture_output=True, text=True)
-    assert again.returncode == 2 and "--resume" in again.stderr  # never silently restarts
-    subprocess.run(argv + ["--out", str(out), "--resume"], check=True, cwd=conftest.ROOT, capture_output=True)
+    with pytest.raises(SystemExit) as again:
+        train_mnist.main(flags + ["--out", str(out)])
+    assert again.value.code == 2 and "--resume" in capsys.readouterr().err  # never silently restarts
+    assert train_mnist.main(flags + ["--out", str(out), "--resume"]) == 0
+    assert train_mnist.main(flags + ["--out", str(tmp_path / "full")]) == 0
     assert without_timing(read_csv(out / "summary.csv")) == without_timing(read_csv(tmp_path / "full" / "summary.csv"))
     full, resumed = (read_csv(os.path.join(only_run_dir(d), "epochs.csv")) for d in (tmp_path / "full", out))
-    assert without_timing(full) == without_timing(resumed) and len(resumed) == 8
+    assert without_timing(full) == without_timing(resumed) and len(resumed) == 4
 
 
 @pytest.mark.parametrize("saved_with,resumed_with", [(True, None), (None, True)])
@@ -246,7 +295,7 @@ def test_a_checkpoint_resumes_with_the_optimiser_kernels_of_its_new_device(saved
     losses.ce(net(x), y).backward()
     first.step()
     again = torch.optim.Adam(net.parameters(), fused=resumed_with)
-    experiment.load_optimizer(again, first.state_dict())
+    training.load_optimizer(again, first.state_dict())
     assert [g["fused"] for g in again.param_groups] == [resumed_with]
     assert all(s["step"].item() == 1 and s["step"].dtype == torch.float32 for s in again.state.values())
     scaler = torch.amp.GradScaler("cpu")  # fp16's scaler hands a fused optimiser its inf check, and it steps
@@ -293,7 +342,7 @@ def test_missing_data_is_one_clear_line_and_exit_3(tmp_path, capsys):
 
 def test_non_finite_loss_stops_cleanly(mnist_dir, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        train_mnist.main(mnist_args(mnist_dir, tmp_path, "--lr", "1e30"))
+        train_mnist.main(mnist_args(mnist_dir, tmp_path, "--lr", "1e30", *SMALL))
     assert e.value.code == 1
     assert "non-finite training loss at epoch 1, step" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "summary.csv")
@@ -317,21 +366,41 @@ def test_prepare_data_describes_dataset(cifar_dir, capsys):
 
 # Mixed precision on CIFAR is covered on LeNet below: the CPU's float16/bfloat16 convolutions in a
 # ResNet take minutes, and the autocast / scaler code path is the same one.
-@pytest.mark.slow
+@pytest.mark.slow  # a ResNet-18 and its checkpoint: seconds, even for its 4 samples
 @pytest.mark.parametrize("dataset,extra", [("cifar10", []), ("cifar100", ["--channels-last"])])
 def test_cifar_runs_with_every_option_on_cpu(cifar_dir, tmp_path, dataset, extra):
-    argv = ["--data-dir", cifar_dir, "--dataset", dataset, "--model", "resnet18", "--epochs", "1",
-            "--batch-size", "50", "--out", str(tmp_path), "--loss", "phuber_ce", "--tau", "2", *extra]
+    argv = ["--data-dir", cifar_dir, "--dataset", dataset, "--model", "resnet18", "--epochs", "1", "--batch-size", "2",
+            "--limit-train", "4", "--limit-test", "4", "--out", str(tmp_path), "--loss", "phuber_ce", "--tau", "2",
+            *extra]
     assert train_cifar.main(argv) == 0
     (row,) = read_csv(tmp_path / "summary.csv")
     assert row["dataset"] == dataset and row["milestones"] == ("160 300 360" if dataset == "cifar10" else "60 120 160")
     assert row["momentum"] == "0.1" and math.isfinite(float(row["test_acc"]))
 
 
-@pytest.mark.parametrize("extra", [["--amp", "bf16", "--clip-norm", "0.1"], ["--amp", "fp16", "--clip-norm", "0.1"],
-                                   ["--compile"]])
-def test_mnist_runs_with_amp_clipping_and_compile(mnist_dir, tmp_path, extra):
-    assert train_mnist.main(mnist_args(mnist_dir, tmp_path, "--epochs", "1", "--rho", "0.2", *extra)) == 0
+@pytest.mark.parametrize("extra", [["--amp", "bf16", "--clip-norm", "0.1"], ["--amp", "fp16", "--clip-norm", "0.1"]])
+def test_mnist_runs_with_amp_and_clipping(mnist_dir, tmp_path, extra):
+    # 8 steps (2 epochs of 128 samples: the CPU's half-precision convolutions are slow), tested on all 200
+    argv = mnist_args(mnist_dir, tmp_path, "--rho", "0.2", "--limit-train", "128", *extra)
+    assert train_mnist.main(argv) == 0
+    (row,) = read_csv(tmp_path / "summary.csv")
+    # it learns: 20% is 4.5 s.e. above the 10% of a guess on 200 test images
+    assert math.isfinite(float(row["train_loss"])) and float(row["test_acc"]) > 20
+
+
+@pytest.mark.slow  # torch.compile's tracing: seconds, even for LeNet
+def test_mnist_runs_compiled(mnist_dir, tmp_path, monkeypatch):
+    # --compile's plumbing (the compiled forward trains and evaluates; the optimiser's default kernels), traced
+    # by TorchDynamo but run eagerly: inductor's C++ code generation takes minutes on a CPU (the CUDA tier,
+    # test_cuda.py, compiles with it and compares with the eager network)
+    compiled, real_compile = [], torch.compile
+
+    def compile_eagerly(net, **kwargs):
+        compiled.append(net)
+        return real_compile(net, backend="eager", **kwargs)
+    monkeypatch.setattr(torch, "compile", compile_eagerly)
+    argv = mnist_args(mnist_dir, tmp_path, "--rho", "0.2", "--limit-train", "128", "--compile")
+    assert train_mnist.main(argv) == 0 and len(compiled) == 1
     (row,) = read_csv(tmp_path / "summary.csv")
     assert math.isfinite(float(row["train_loss"])) and float(row["test_acc"]) > 20
 
@@ -354,7 +423,7 @@ def test_asymmetric_flips_only_along_the_map_at_the_set_rate(dataset):
     k, rho, n = catalog.DATASETS[dataset]["classes"], 0.3, 400_000
     clean = torch.randint(0, k, (n,), generator=torch.Generator().manual_seed(2))
     y = noisy(clean, rho, k, "asymmetric", dataset)
-    target = noise.flip_map(catalog.DATASETS[dataset]["flips"], k)
+    target = data.flip_map(catalog.DATASETS[dataset]["flips"], k)
     changed = y != clean
     assert torch.equal(y[changed], target[clean[changed]])          # only along the map
     moved = target != torch.arange(k)
@@ -383,21 +452,22 @@ def test_noise_record_matches_the_labels(mnist_dir, tmp_path):
         expected[c, y] += 1
     assert torch.equal(d.record["transitions"], expected) and expected.sum() == 600
     assert d.record["flip_rate"] == pytest.approx((d.train_y != d.train_clean).double().mean().item())
-    train_mnist.main(mnist_args(mnist_dir, tmp_path, "--epochs", "1", "--rho", "0.4", "--noise", "asymmetric"))
+    # the run's record is of the whole training set too, however few samples it trains on
+    train_mnist.main(mnist_args(mnist_dir, tmp_path, "--epochs", "1", "--rho", "0.4", "--noise", "asymmetric", *SMALL))
     rows = read_csv(os.path.join(only_run_dir(tmp_path), "noise_transitions.csv"))
     written = torch.tensor([[int(r[f"noisy_{j}"]) for j in range(10)] for r in rows])
     assert torch.equal(written, expected)
     (summary,) = read_csv(tmp_path / "summary.csv")
-    assert summary["label_hash"] == noise.label_hash(d.train_y) and summary["noise"] == "asymmetric"
+    assert summary["label_hash"] == data.label_hash(d.train_y) and summary["noise"] == "asymmetric"
 
 
 def test_label_hash_changes_with_one_label_only():
     labels = torch.randint(0, 10, (1000,), generator=torch.Generator().manual_seed(0))
     same = labels.clone()
-    assert noise.label_hash(labels) == noise.label_hash(same)
+    assert data.label_hash(labels) == data.label_hash(same)
     same[123] = (same[123] + 1) % 10
-    assert noise.label_hash(labels) != noise.label_hash(same)
-    assert noise.label_hash(labels) == noise.label_hash(labels.to(torch.int32))  # dtype does not matter
+    assert data.label_hash(labels) != data.label_hash(same)
+    assert data.label_hash(labels) == data.label_hash(labels.to(torch.int32))  # dtype does not matter
 
 
 def test_validation_split_is_disjoint_noisy_and_shared_by_trials(mnist_dir):
@@ -413,11 +483,13 @@ def test_validation_split_is_disjoint_noisy_and_shared_by_trials(mnist_dir):
 
 
 def test_validation_accuracy_logged_every_epoch(mnist_dir, tmp_path):
-    train_mnist.main(mnist_args(mnist_dir, tmp_path, "--rho", "0.4", "--val-split", "0.2", "--loss", "phuber_ce"))
+    train_mnist.main(mnist_args(mnist_dir, tmp_path, "--rho", "0.4", "--val-split", "0.2", "--loss", "phuber_ce",
+                                *SMALL))
     epochs = read_csv(os.path.join(only_run_dir(tmp_path), "epochs.csv"))
-    assert all(0 <= float(r["val_acc"]) <= 100 and r["val_clean_acc"] for r in epochs)
+    assert len(epochs) == 2 and all(0 <= float(r["val_acc"]) <= 100 and r["val_clean_acc"] for r in epochs)
     (row,) = read_csv(tmp_path / "summary.csv")
-    assert row["val_size"] == "120" and row["train_size"] == "480" and row["val_acc"] == epochs[-1]["val_acc"]
+    # 120 held out of the 600, then the first 64 of the other 480 trained on (--limit-train)
+    assert row["val_size"] == "120" and row["train_size"] == "64" and row["val_acc"] == epochs[-1]["val_acc"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -441,9 +513,17 @@ def reference_clipped_mean(net, criterion, x, y, clip):
     return [t / len(y) for t in total]
 
 
+def learner_of(net, criterion, *flags):
+    """A training.Learner of `net` with plain SGD, configured by train_mnist.py's `flags`."""
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    return training.Learner(net, criterion, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda n: 1.0),
+                            config.parse("train_mnist.py", list(flags)))
+
+
 def per_example(net, criterion, x, y, clip):
     net.zero_grad()
-    _, _, norms = training.per_example_clipped_backward(training.Model(net, criterion), x, y, clip)
+    learner = learner_of(net, criterion, "--clip-norm", str(clip), "--clip-mode", "per-example")
+    _, _, norms = clipped_backward(learner, x, y)
     return [p.grad.clone() for p in net.parameters()], norms
 
 
@@ -493,7 +573,7 @@ def test_clipped_shares_on_a_hand_made_batch():
     assert stats_["clipped_clean"] == 1 and stats_["clipped_corrupted"] == 1
     assert stats_["norm_sum_clean"] == pytest.approx(2.5) and stats_["norm_sum_corrupted"] == pytest.approx(3.1)
     assert stats_["memorised"] == 2 and stats_["corrupted_clean"] == 0 and stats_["correct_clean"] == 2
-    row = training.epoch_row(stats_, dict(loss=0, nll=0, ece=0, acc=0), {}, epoch=1, steps=1, lr=1e-3,
+    row = results.epoch_row(stats_, dict(loss=0, nll=0, ece=0, acc=0), {}, epoch=1, steps=1, lr=1e-3,
                              train_seconds=1.0, seconds=1.0)
     assert row["clipped_clean"] == 50 and row["clipped_corrupted"] == 50 and row["memorised"] == 100
     assert row["grad_norm_clean"] == pytest.approx(1.25) and row["grad_norm_corrupted"] == pytest.approx(1.55)
@@ -502,7 +582,7 @@ def test_clipped_shares_on_a_hand_made_batch():
 
 def test_per_example_run_logs_clipping(mnist_dir, tmp_path):
     train_mnist.main(mnist_args(mnist_dir, tmp_path, "--rho", "0.4", "--clip-norm", "0.5", "--clip-mode",
-                                "per-example", "--amp", "bf16"))
+                                "per-example", "--amp", "bf16", "--epochs", "1", *SMALL))
     (row,) = read_csv(tmp_path / "summary.csv")
     assert row["clip_mode"] == "per-example" and "clip0.5pe" in row["run"]
     assert 0 <= float(row["clipped_clean"]) <= 100 and float(row["grad_norm_corrupted"]) > 0
@@ -515,11 +595,11 @@ def test_per_example_run_logs_clipping(mnist_dir, tmp_path):
                                                    ("cifar10", "phuber_gce", 10.0), ("mnist", "phuber_ce", 10.0)])
 def test_single_run_takes_the_reports_tau_for_its_dataset(dataset, loss, expected):
     script = catalog.DATASETS[dataset]["script"]
-    _, config = cli.parse(script, ["--dataset", dataset, "--loss", loss])
-    assert config["tau"] == expected
+    single = config.parse(script, ["--dataset", dataset, "--loss", loss])
+    assert single.tau == expected
     cell = next(c for c in grid.cells(datasets=[dataset]) if c.argv[3] == loss and "-rho0-seed0" in c.id)
-    assert results.run_name(config) == results.run_name(cli.parse(script, list(cell.argv))[1])  # one run, one folder
-    assert cli.parse(script, ["--dataset", dataset, "--loss", loss, "--tau", "3"])[1]["tau"] == 3.0  # a flag wins
+    assert results.run_name(single.settings()) == results.run_name(config.parse(script, list(cell.argv)).settings())
+    assert config.parse(script, ["--dataset", dataset, "--loss", loss, "--tau", "3"]).tau == 3.0  # a flag wins
 
 
 @pytest.mark.parametrize("dataset,loss,alpha,beta", [
@@ -529,27 +609,29 @@ def test_single_run_takes_the_reports_tau_for_its_dataset(dataset, loss, expecte
 def test_peer_losses_run_as_their_authors_configs_set_them(dataset, loss, alpha, beta):
     # HanxunH/Active-Passive-Losses configs/<dataset>/{sym,asym}/{sce,nce+rce}.yaml; Fashion-MNIST takes MNIST's
     script = catalog.DATASETS[dataset]["script"]
-    _, config = cli.parse(script, ["--dataset", dataset, "--loss", loss])
-    assert (config["alpha"], config["beta"], config["A"]) == (alpha, beta, math.log(1e-4))
-    papers = cli.parse(script, ["--dataset", dataset, "--loss", loss, "--A", "-4", "--alpha", "2"])[1]
-    assert (papers["alpha"], papers["beta"], papers["A"]) == (2.0, beta, -4.0)  # flags win
-    assert "-A-4-" in results.run_name(papers) and "-A-9.21034-" in results.run_name(config)
-    assert experiment.criterion_for(config).params["A"] == math.log(1e-4)
+    c = config.parse(script, ["--dataset", dataset, "--loss", loss])
+    assert (c.alpha, c.beta, c.A) == (alpha, beta, math.log(1e-4))
+    papers = config.parse(script, ["--dataset", dataset, "--loss", loss, "--A", "-4", "--alpha", "2"])
+    assert (papers.alpha, papers.beta, papers.A) == (2.0, beta, -4.0)  # flags win
+    assert "-A-4-" in results.run_name(papers.settings()) and "-A-9.21034-" in results.run_name(c.settings())
+    # the loss the scripts build of it (train_mnist.py, train_cifar.py)
+    assert losses.make_loss(c.loss, check_targets=False, **c.loss_params()).params == dict(alpha=alpha, beta=beta,
+                                                                                          A=math.log(1e-4))
 
 
 def test_rce_constant_is_checked_and_only_for_the_losses_that_have_it(capsys):
     for argv, message in ((["--loss", "sce", "--A", "0"], "A=0.0 is not allowed"),
                           (["--loss", "ce", "--A", "-4"], "loss 'ce' does not take A")):
         with pytest.raises(SystemExit) as e:
-            cli.parse("train_mnist.py", argv)
+            config.parse("train_mnist.py", argv)
         err = capsys.readouterr().err
         assert e.value.code == 2 and message in err and len(err.strip().splitlines()) == 1, err
-    assert cli.parse("train_mnist.py", ["--loss", "ce"])[1]["A"] is None  # left out of the run's name
+    assert config.parse("train_mnist.py", ["--loss", "ce"]).settings()["A"] is None  # left out of the run's name
 
 
 def test_help_shows_the_peer_losses_values_per_dataset_and_their_source(capsys):
     with pytest.raises(SystemExit):
-        cli.parse("train_cifar.py", ["--dataset", "cifar100", "--loss", "sce", "--help"])
+        config.parse("train_cifar.py", ["--dataset", "cifar100", "--loss", "sce", "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "sce 0.1 on cifar10, 6 on cifar100" in text and "sce 1 on cifar10, 0.1 on cifar100" in text  # alpha, beta
     assert "their authors' official configs" in text and "Active-Passive-Losses" in text
@@ -558,7 +640,7 @@ def test_help_shows_the_peer_losses_values_per_dataset_and_their_source(capsys):
 
 def test_help_shows_the_per_dataset_value(capsys):
     with pytest.raises(SystemExit):
-        cli.parse("train_cifar.py", ["--help"])
+        config.parse("train_cifar.py", ["--help"])
     assert "the report's phuber_ce 2 on cifar10" in " ".join(capsys.readouterr().out.split())
 
 
@@ -581,7 +663,7 @@ def test_lenet_initialisations(init, std, bias):
 def test_init_is_a_setting_of_the_run(mnist_dir, tmp_path):
     names = set()
     for init in ("report", "authors-code"):
-        train_mnist.main(mnist_args(mnist_dir, tmp_path, "--epochs", "1", "--init", init))
+        train_mnist.main(mnist_args(mnist_dir, tmp_path, "--epochs", "1", "--init", init, *SMALL))
     for row in read_csv(tmp_path / "summary.csv"):
         names.add(row["run"])
         assert row["init"] in ("report", "authors-code")

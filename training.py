@@ -135,6 +135,8 @@ def train_epoch(learner, data, generator, *, batch_size, augment, epoch=1):
                   file=sys.stderr, flush=True)
     if live:
         print("\r" + " " * 60 + "\r", end="", file=sys.stderr, flush=True)
+    # the epoch's reads begin here, after its last step: no step waits for the device (test_cuda.py checks)
+    stats = epoch_stats(preds, data.train_y[perm], data.train_clean[perm], norms, learner.clip_norm)
     bad = (~torch.isfinite(step_losses)).nonzero()  # the epoch's one host sync (with the statistics)
     if len(bad):
         raise Failure(f"non-finite training loss at epoch {epoch}, step {bad[0].item() + 1} of {steps} "
@@ -142,7 +144,6 @@ def train_epoch(learner, data, generator, *, batch_size, augment, epoch=1):
                       f"the last checkpoint is epoch {epoch - 1}", code=1)
     sizes = torch.full((steps,), float(b), device=dev)
     sizes[-1] = n - (steps - 1) * b  # the last batch may be smaller
-    stats = epoch_stats(preds, data.train_y[perm], data.train_clean[perm], norms, learner.clip_norm)
     stats["loss_sum"] = (step_losses * sizes).sum().item()
     return stats
 
