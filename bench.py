@@ -1,23 +1,13 @@
-"""Throughput benchmark: our training loop against the usual DataLoader loop and the bare floor.
+"""Throughput benchmark (docs/speed.md): our training loop against the usual DataLoader loop and the floor.
 
     python bench.py --data-dir /usr/share/datasets/fashion-mnist        # real data (else random)
 
-prints, for the chosen device (default: cuda if available):
-  1. LeNet training images/s: the floor (a bare forward/backward/step loop over pre-made,
-     pre-normalised batches), our loop (training.train_epoch itself: uint8 data on the device, per-epoch
-     permutation, on-device normalisation, statistics kept on the device), the usual way
-     (torchvision-style Dataset returning PIL images, ToTensor + Normalize, DataLoader workers),
-     and our loop with per-example clipping (torch.func per-sample gradients);
-  2. CIFAR augmentation images/s: our batched crop + flip + normalise against torchvision's
-     per-image RandomCrop(32, padding=4) + RandomHorizontalFlip + ToTensor + Normalize;
-  3. ResNet-50 (CIFAR variant) training images/s with our loop;
-  4. instance-dependent label noise (instance_noise.instance_noise) for 50,000 CIFAR-sized images, K = 10
-     and 100, on the raw pixels (Xia et al.'s features, the default), on the CPU (where it always
-     runs). --noise-only: just this.
-Measurements only; nothing is asserted. On a 2-core CPU the whole run takes about three minutes.
-
---grid-estimate JSON (make gpu-check runs it): instead, what the report's grids would take on this
-device (timing.py).
+prints, on the chosen device (default: cuda if available), the images/s of LeNet training (the bare floor,
+our loop, a Dataset of PIL images with DataLoader workers, our loop with per-example clipping), of CIFAR
+augmentation (ours batched, torchvision's per image) and of ResNet-50 training, then the seconds of
+instance-dependent noise (Xia et al.) for 50,000 CIFAR-sized images on the CPU (--noise-only: just this);
+about three minutes on a 2-core CPU. --grid-estimate JSON (make gpu-check runs it): instead, what the
+report's grids would take here (timing.py).
 """
 import argparse
 import math
@@ -36,17 +26,8 @@ from errors import Parser
 from timing import RESNET, TEST, grid_estimate, head, random_images, setup, timed
 
 
-def mnist_like(args):
-    """Fashion-MNIST if --data-dir holds it, else random images with the same shapes."""
-    if args.data_dir:
-        train_x, train_y, _, _ = load_dataset(catalog.BENCH["offline"], args.data_dir)
-        return train_x[:args.limit], train_y[:args.limit]
-    return random_images(args.limit, 1, 28, 10)
-
-
 def our_loop(model_name, images, labels, device, batch_size, *, augment, steps=None, warmup=0, **options):
-    """Images/s of training.train_epoch on the first `steps` batches (default: all), after `warmup`
-    untimed batches on the same network (cuDNN's autotuning, compilation); options: setup's."""
+    """Images/s of train_epoch on `steps` batches (default: all) after `warmup` untimed ones; options: setup's."""
     n = len(labels) if steps is None else steps * batch_size
     data = in_memory(images[:n], labels[:n], device)
     learner = setup(model_name, 10, device, batch_size=batch_size, **options)
@@ -58,11 +39,8 @@ def our_loop(model_name, images, labels, device, batch_size, *, augment, steps=N
                                                   augment=augment), device)
 
 
-def bare_loop(images, labels, device, batch_size):
-    """The floor: forward, loss, backward, step over batches made before the clock starts."""
-    mean, std = channel_stats(images)
-    x = ((images.float() - mean.float().view(1, -1, 1, 1)) / std.float().view(1, -1, 1, 1)).to(device)
-    batches = [(x[i:i + batch_size], labels[i:i + batch_size].to(device)) for i in range(0, len(x), batch_size)]
+def plain_loop(batches, n, device):
+    """Images/s of a fresh LeNet's forward, loss, backward, step over the `n` images of `batches` (device tensors)."""
     learner = setup("lenet", 10, device)
     net, optimizer = learner.net, learner.optimizer
 
@@ -71,7 +49,14 @@ def bare_loop(images, labels, device, batch_size):
             optimizer.zero_grad(set_to_none=True)
             F.cross_entropy(net(xb), yb).backward()
             optimizer.step()
-    return len(images) / timed(epoch, device)
+    return n / timed(epoch, device)
+
+
+def bare_loop(images, labels, device, batch_size):
+    """The floor: the plain loop over batches made before the clock starts."""
+    x = normalise(images, *(v.float().view(1, -1, 1, 1) for v in channel_stats(images))).to(device)
+    batches = [(x[i:i + batch_size], labels[i:i + batch_size].to(device)) for i in range(0, len(x), batch_size)]
+    return plain_loop(batches, len(images), device)
 
 
 class PILDataset(torch.utils.data.Dataset):
@@ -97,26 +82,17 @@ def dataloader_loop(images, labels, device, batch_size, workers):
     loader = torch.utils.data.DataLoader(PILDataset(images, labels, transform), batch_size=batch_size,
                                          shuffle=True, num_workers=workers, pin_memory=device.type == "cuda",
                                          persistent_workers=False)
-    learner = setup("lenet", 10, device)
-    net, optimizer = learner.net, learner.optimizer
-
-    def epoch():
-        for xb, yb in loader:
-            xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-            optimizer.zero_grad(set_to_none=True)
-            F.cross_entropy(net(xb), yb).backward()
-            optimizer.step()
-    return len(images) / timed(epoch, device)
+    batches = ((xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)) for xb, yb in loader)
+    return plain_loop(batches, len(images), device)  # the loader's workers start on the clock, as in a run
 
 
 def augmentation(device, n, batch_size):
     """Images/s of our batched crop + flip + normalise and of torchvision's per-image transforms."""
     import torchvision.transforms as T
     from PIL import Image
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    images = random_images(n, 3, 32, 10)[0]
     mean, std = channel_stats(images)
-    on_mean, on_std = mean.float().view(1, -1, 1, 1).to(device), std.float().view(1, -1, 1, 1).to(device)
+    on_mean, on_std = (v.float().view(1, -1, 1, 1).to(device) for v in (mean, std))
     on_device = images.to(device)
     generator = torch.Generator(device).manual_seed(0)
 
@@ -133,24 +109,18 @@ def augmentation(device, n, batch_size):
     return n / timed(ours, device), n / timed(theirs, torch.device("cpu"))
 
 
-def instance_noise_seconds(k, repeats=3):
-    """Median seconds of Xia et al.'s generator on 50,000 random CIFAR-sized images with K classes."""
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (50000, 3, 32, 32), dtype=torch.uint8, generator=g)
-    labels = torch.randint(0, k, (len(images),), generator=g)
-    times = []
-    for seed in range(repeats):
-        start = time.perf_counter()
-        noisy = instance_noise.instance_noise(images.flatten(1), labels, k, 0.4, torch.Generator().manual_seed(seed))
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2], (noisy != labels).double().mean().item()
-
-
 def noise_section():
     print("Instance-dependent noise (Xia et al.), 50,000 CIFAR-sized images, rho 0.4, median of 3:")
     for k in (10, 100):
-        seconds, rate = instance_noise_seconds(k)
-        print(f"  K = {k:3d}                    {seconds:10.2f} s        (realised flip rate {rate:.4f})")
+        images, labels = random_images(50000, 3, 32, k)
+        times = []
+        for seed in range(3):
+            start = time.perf_counter()
+            generator = torch.Generator().manual_seed(seed)
+            noisy = instance_noise.instance_noise(images.flatten(1), labels, k, 0.4, generator)
+            times.append(time.perf_counter() - start)
+        rate = (noisy != labels).double().mean().item()
+        print(f"  K = {k:3d}                    {sorted(times)[1]:10.2f} s        (realised flip rate {rate:.4f})")
 
 
 def main():
@@ -160,18 +130,16 @@ def main():
     p.add_argument("--data-dir", help="folder with the Fashion-MNIST IDX files (default: random images)")
     p.add_argument("--limit", type=int, default=60000, help="LeNet training images per epoch (default: %(default)s)")
     p.add_argument("--workers", type=int, default=4, help="DataLoader workers of the usual loop (default: %(default)s)")
-    p.add_argument("--repeats", type=int, default=3, help="best of this many epochs for the floor and our loop "
-                   "(default: %(default)s)")
-    p.add_argument("--aug-images", type=int, default=20000, help="images for the augmentation test (default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=3, help="floor and ours: best of N epochs (default: %(default)s)")
+    p.add_argument("--aug-images", type=int, default=20000, help="augmentation test images (default: %(default)s)")
     p.add_argument("--resnet-steps", type=int, help="ResNet-50 steps to time (default: 3 on cpu, 50 on cuda)")
     p.add_argument("--noise-only", action="store_true", help="only time the instance-dependent noise generator")
-    p.add_argument("--grid-estimate", metavar="JSON", help="instead: time the LeNet epoch alone and K at a time and "
-                   "the ResNet-50 CIFAR-100 epoch per precision, layout and compile, and write them and the implied "
-                   "grid times to JSON (make gpu-check; docs/speed.md)")
+    p.add_argument("--grid-estimate", metavar="JSON", help="instead: time the LeNet and ResNet-50 epochs, and write "
+                   "them and the implied grid times to JSON (make gpu-check; docs/speed.md)")
     p.add_argument("--budget", type=float, default=math.inf, help="--grid-estimate: start no measurement that would "
                    "not fit in this many seconds (default: no limit)")
-    p.add_argument("--warmup", type=int, default=5, help="--grid-estimate: untimed ResNet-50 steps first "
-                   "(default: %(default)s)")
+    p.add_argument("--warmup", type=int, default=5,
+                   help="--grid-estimate: untimed ResNet-50 steps first (default: %(default)s)")
     p.add_argument("--test-images", type=int, default=TEST, help="--grid-estimate: test images evaluated per epoch; "
                    "fewer are scaled to 10,000 (default: %(default)s)")
     p.add_argument("--resnet-configs", type=int, default=len(RESNET), help="--grid-estimate: measure the first N "
@@ -185,13 +153,17 @@ def main():
     warnings.filterwarnings("ignore", message="This DataLoader will create")  # 4 workers on 2 cores: on purpose
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True
+    args.resnet_steps = args.resnet_steps or (3 if device.type == "cpu" else 50)
     if args.grid_estimate:
-        args.resnet_steps = args.resnet_steps or (3 if device.type == "cpu" else 50)
         return grid_estimate(args, device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"device: {name}; torch {torch.__version__}")
 
-    images, labels = mnist_like(args)
+    if args.data_dir:  # Fashion-MNIST, else random images of its shapes
+        images, labels, _, _ = load_dataset(catalog.BENCH["offline"], args.data_dir)
+        images, labels = images[:args.limit], labels[:args.limit]
+    else:
+        images, labels = random_images(args.limit, 1, 28, 10)
     print(f"LeNet, batch 32, {len(images)} {'Fashion-MNIST' if args.data_dir else 'random'} images per epoch "
           f"(floor and ours: best of {args.repeats}):")
     our_loop("lenet", images[:2048], labels[:2048], device, 32, augment=False)  # warm-up
@@ -215,8 +187,7 @@ def main():
     print(f"  ours, batched on {device.type:6s}    {ours_aug:10,.0f} img/s")
     print(f"  torchvision per image      {theirs_aug:10,.0f} img/s  (ours is {ours_aug / theirs_aug:.0f}x faster)")
 
-    steps = args.resnet_steps or (3 if device.type == "cpu" else 50)
-    batch = 32 if device.type == "cpu" else 128
+    steps, batch = args.resnet_steps, 32 if device.type == "cpu" else 128
     rate = our_loop("resnet50", *random_images(steps * batch, 3, 32, 10), device, batch, augment=True, steps=steps,
                     warmup=1)
     print(f"ResNet-50 (CIFAR), batch {batch}, float32, {steps} steps:")

@@ -2,23 +2,12 @@
 
     make gpu-check PYTHON=python3          (the same: python3 gpu_check.py)
 
-On a CUDA machine, with the interpreter as it is (no venv, nothing installed; it needs torch,
-torchvision, numpy, scipy, matplotlib and pytest, no internet: the data are generated), in turn:
-  1. the CUDA test tier, `pytest -m cuda` (test_cuda.py): every GPU path against the CPU's result or
-     an uninterrupted run;
-  2. a --quick grid of MNIST and CIFAR-100 (fp16) at rho 0.6 on generated data, --gpus 0 --per-gpu 4;
-  3. the benchmark, in the time left (bench.py --grid-estimate): the LeNet epoch alone and K at a
-     time with the implied MNIST Table 1 time, and the ResNet-50 CIFAR-100 epoch at batch 128 in
-     fp32, fp16 and bf16, channels-last, with and without compile, with the implied 200-epoch run.
-It writes gpu-check.json and gpu-check.md, and each part's log under logs/, to $OUT if set, else to
-results/gpu-check/; docs/speed.md says how to read them. Exit status 0 when every part passed, 1
-when one failed or ran out of time, 2 for an unwritable output folder. Without CUDA it says so in one
-line and exits 0 at once, before torch is imported.
-
---device cpu runs the same three parts on the CPU at toy sizes, in --minutes (default there: 40): a
-few of the tier's tests (CUDA_TIER_DEVICE=cpu), two MNIST cells at once on one "GPU" whose cells run on
-the CPU, and the benchmark's LeNet measurements and its first ResNet-50 setting. A check of this script itself on a machine
-without a GPU (test_gpu_check.py), never of a GPU path; its report says so.
+On a CUDA machine, with the interpreter as it is (nothing installed, no internet: the data are generated),
+in turn: the CUDA test tier (pytest -m cuda), a --quick grid of MNIST and CIFAR-100 in fp16, and the
+benchmark in the time left (bench.py --grid-estimate). The report (gpu-check.json, gpu-check.md, logs/)
+goes to $OUT if set, else to results/gpu-check/; docs/speed.md says how to read it. Exit status 0 when
+every part passed, 1 when one failed or ran out of time, 2 for an unwritable output folder. Without CUDA
+it says so in one line and exits 0 at once, before torch is imported.
 """
 import argparse
 import ctypes
@@ -39,7 +28,7 @@ import results
 from errors import Failure, Parser, edge
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TIER_S, GRID_S, REPORT_S = 180, 120, 20  # the most the first two parts take; stopping the last one and the report
+TIER_S, GRID_S, REPORT_S = 180, 120, 20  # the most the first two parts take; to stop the last and report
 BENCH_JSON = "benchmark.json"
 WHAT = {True: "The GPU check on CUDA",
         False: "A self-check of gpu_check.py on the CPU at toy sizes (--device cpu): nothing here ran on a GPU"}
@@ -52,9 +41,7 @@ def cuda_devices():
     except OSError:
         return 0
     count = ctypes.c_int(0)
-    if driver.cuInit(0) != 0 or driver.cuDeviceGetCount(ctypes.byref(count)) != 0:
-        return 0
-    return count.value
+    return count.value if driver.cuInit(0) == 0 and driver.cuDeviceGetCount(ctypes.byref(count)) == 0 else 0
 
 
 def run_part(cmd, seconds, log, env):
@@ -82,37 +69,21 @@ def last_match(log, pattern):
     return found[-1] if found else "(no summary line: see the log)"
 
 
-def generate_data(folder, cuda):
-    """MNIST-sized IDX files (60,000 training, 10,000 test images) and a small CIFAR-100 in the real
-    formats, from the tests' generators: patterned images that a network learns. The self-check: the
-    tests' tiny MNIST."""
-    import tiny_data  # numpy: only now, past the check for CUDA
-    if cuda:
-        tiny_data.make_idx_dataset(folder, n_train=60000, n_test=10000)
-        tiny_data.make_cifar_dataset(folder, catalog.BENCH["resnet50"], n_train=300, n_test=100)
-    else:
-        tiny_data.make_idx_dataset(folder)
-
-
 def plan(cuda, data, scratch):
     """The three parts, in order: (name, command for the seconds it is given, the most seconds it may
-    take, a regular expression for its summary line). The self-check (not cuda): the same commands at
-    toy sizes, on the CPU."""
-    per_gpu = min(4, os.cpu_count() or 1)
-    # the tier's file only: collecting every test module would import them all for nothing. A test per
-    # line, so that a log cut short by the time limit shows where; the durations size the next check.
-    # The self-check runs a few quick tests (CUDA_TIER_DEVICE=cpu pytest -m cuda: the whole tier's logic).
+    take, a regular expression for its summary line); the self-check's (not cuda) at toy sizes."""
+    # the tier's file only (collecting every module would import them all), a test per line (a log cut short
+    # shows where), the durations to size the next check; the self-check: a few quick tests
     tests = [] if cuda else ["-k", "every_loss and float32 or waits_for_the_device and flags1"]
     tier = [sys.executable, "-m", "pytest", "-m", "cuda", "-v", "-rfE", "--durations=15", "-p", "no:cacheprovider",
             "test_cuda.py", *tests]
-    # the self-check: MNIST only, two losses (ResNet-50 in float16 takes many minutes on a CPU)
-    lenet, resnet = catalog.BENCH["lenet"], catalog.BENCH["resnet50"]  # the benchmark's datasets
+    # the benchmark's datasets; the self-check: MNIST, two losses (ResNet-50 in fp16 takes many minutes on a CPU)
+    lenet, resnet = catalog.BENCH["lenet"], catalog.BENCH["resnet50"]
     cells = ["--datasets", f"{lenet},{resnet}"] if cuda else ["--datasets", lenet, "--losses", "ce,linear"]
     grid = ["bash", os.path.join(HERE, "run_all.sh"), "--quick", *cells, "--rhos", "0.6", "--gpus", "0", "--per-gpu",
-            str(per_gpu), "--out", os.path.join(scratch, "quick"), "--", "--data-dir", data, "--amp", "fp16",
-            *([] if cuda else ["--device", "cpu"])]
-    # the self-check: the LeNet measurements and the first ResNet-50 setting (float16 at batch 2: half a
-    # minute a step on a CPU)
+            str(min(4, os.cpu_count() or 1)), "--out", os.path.join(scratch, "quick"), "--", "--data-dir", data,
+            "--amp", "fp16", *([] if cuda else ["--device", "cpu"])]
+    # the self-check: the LeNet measurements and the first ResNet-50 setting (fp16 at batch 2: 30 s a step)
     sizes = [] if cuda else ["--limit", "256", "--resnet-steps", "1", "--warmup", "1", "--test-images", "4",
                              "--resnet-configs", "1"]
 
@@ -129,7 +100,8 @@ def plan(cuda, data, scratch):
 def main(argv=None):
     p = Parser(prog="gpu_check.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
-                   help="cpu: a self-check of this script at toy sizes, not of a GPU (default: %(default)s)")
+                   help="cpu: a self-check of this script at toy sizes on the CPU (test_gpu_check.py), never of a "
+                   "GPU path, and its report says so (default: %(default)s)")
     p.add_argument("--minutes", type=float, help="time for all three parts (default: 8 on cuda, 40 on cpu)")
     args = p.parse_args(argv)
     minutes = (8 if args.device == "cuda" else 40) if args.minutes is None else args.minutes
@@ -155,14 +127,17 @@ def main(argv=None):
 
 
 def check(cuda, minutes, out, scratch):
-    """The parts of plan() within `minutes`, each run whatever the others did; the report into `out`
-    (scratch: generated data, the grid's results). Returns 0 when every part passed, else 1."""
+    """plan()'s parts within `minutes`, each whatever the others did, reported into `out`: 0 if all passed, else 1."""
     start = time.monotonic()
-    deadline = start + 60 * minutes
-    logs = os.path.join(out, "logs")
+    deadline, bench_json = start + 60 * minutes, os.path.join(scratch, BENCH_JSON)
+    logs, data = os.path.join(out, "logs"), os.path.join(scratch, "data")
     os.makedirs(logs, exist_ok=True)
-    data = os.path.join(scratch, "data")
-    generate_data(data, cuda)
+    import tiny_data  # numpy: only now, past the check for CUDA
+    if cuda:  # in the real formats, from the tests' generators: patterned images that a network learns
+        tiny_data.make_idx_dataset(data, n_train=60000, n_test=10000)  # MNIST-sized
+        tiny_data.make_cifar_dataset(data, catalog.BENCH["resnet50"], n_train=300, n_test=100)
+    else:
+        tiny_data.make_idx_dataset(data)
     env = dict(os.environ, PYTHON=sys.executable)
     if not cuda:  # one "GPU" whose cells run on the CPU, as the CPU tests run --gpus
         env.update(CUDA_TIER_DEVICE="cpu", CUDA_VISIBLE_DEVICES="0")
@@ -172,18 +147,17 @@ def check(cuda, minutes, out, scratch):
         seconds, log = min(most, deadline - t0 - REPORT_S), os.path.join(logs, f"{name}.log")
         code = run_part(command(seconds), seconds, log, env)
         status = "passed" if code == 0 else "ran out of time" if code is None else f"failed (exit {code})"
-        parts[name] = dict(status=status, seconds=round(time.monotonic() - t0, 1), summary=last_match(log, summary),
-                           log=os.path.relpath(log, out))
-        if name == "tier" and status == "passed" and " passed" not in parts[name]["summary"]:
-            parts[name]["status"] = "failed: no test ran"  # every test skipped: this torch does not see the GPU
-        print(f"gpu-check: {name}: {parts[name]['status']} in {parts[name]['seconds']:.0f} s; "
-              f"{parts[name]['summary']}", flush=True)
+        part = parts[name] = dict(status=status, seconds=round(time.monotonic() - t0, 1),
+                                  summary=last_match(log, summary), log=os.path.relpath(log, out))
+        if name == "tier" and status == "passed" and " passed" not in part["summary"]:
+            part["status"] = "failed: no test ran"  # every test skipped: this torch does not see the GPU
+        print(f"gpu-check: {name}: {part['status']} in {part['seconds']:.0f} s; {part['summary']}", flush=True)
     quick = os.path.join(scratch, "quick", "logs")
     if os.path.isdir(quick):  # each cell's log, not its results (checkpoints: 190 MB each)
         shutil.copytree(quick, os.path.join(logs, "grid"), dirs_exist_ok=True)
     bench = {}
-    if os.path.exists(os.path.join(scratch, BENCH_JSON)):  # written after each measurement: what was measured
-        with open(os.path.join(scratch, BENCH_JSON)) as f:  # before a timeout stays
+    if os.path.exists(bench_json):  # written after each measurement: what was measured before a timeout stays
+        with open(bench_json) as f:
             bench = json.load(f)
         parts["benchmark"]["summary"] = (f"{len(bench['lenet']['waves']) + len(bench['resnet50']['configs'])} "
                                          f"measured, {len(bench['failed'])} failed, {len(bench['skipped'])} skipped")
@@ -199,31 +173,28 @@ def check(cuda, minutes, out, scratch):
 
 def scaled(test, train=None):
     """Where the self-check measured on fewer images than a run has: how many."""
-    if test == 10000 and train in (None, 60000):
-        return ""
-    return f"; measured on {f'{train} training and ' if train else ''}{test} test images, scaled"
+    return "" if test == 10000 and train in (None, 60000) else \
+        f"; measured on {f'{train} training and ' if train else ''}{test} test images, scaled"
 
 
 def markdown(report):
     """gpu-check.md: the parts, then the benchmark's tables (docs/speed.md explains them)."""
-    b, lines = report["benchmark"], []
-    machine = (f"{b.get('device', '?')}, torch {b.get('torch', '?')} (CUDA {b.get('cuda')}), "
-               f"{b.get('cores', '?')} CPU cores")
-    lines += [f"# make gpu-check, {report['when']}: {machine}", ""]
-    if not report["cuda"]:
-        lines += [f"**{report['what']}.**", ""]
-    lines += ["| part | status | seconds | summary |", "|---|---|---|---|"]
-    lines += [f"| {name} | {p['status']} | {p['seconds']:.0f} | {p['summary']} |"
-              for name, p in report["parts"].items()]
+    b = report["benchmark"]
+    lines = [f"# make gpu-check, {report['when']}: {b.get('device', '?')}, torch {b.get('torch', '?')} "
+             f"(CUDA {b.get('cuda')}), {b.get('cores', '?')} CPU cores", "",
+             *([] if report["cuda"] else [f"**{report['what']}.**", ""]),
+             "| part | status | seconds | summary |", "|---|---|---|---|",
+             *(f"| {name} | {p['status']} | {p['seconds']:.0f} | {p['summary']} |"
+               for name, p in report["parts"].items())]
     lenet, resnet = b.get("lenet"), b.get("resnet50")
     if lenet:
         startup = "not measured" if lenet["startup_s"] is None else f"{lenet['startup_s']:.1f} s"
         lines += ["", f"## MNIST Table 1: {lenet['runs']} LeNet runs of {lenet['epochs']} epochs", "",
                   f"One epoch as a run does it (60,000 training images at batch {lenet['batch']}, the 10,000 test "
-                  f"images evaluated, a checkpoint{scaled(lenet['test_images'], lenet['images'])}), K runs at a time in "
-                  f"K processes; a run's start-up: {startup}. Implied Table 1 = ceil(runs / K) x (start-up + epochs "
-                  "x epoch). Goal: under 10 minutes on one H100/H200-class GPU; the report: about 2 hours on an RTX "
-                  "2080 Ti.", "",
+                  f"images evaluated, a checkpoint{scaled(lenet['test_images'], lenet['images'])}), K runs at a "
+                  f"time in K processes; a run's start-up: {startup}. Implied Table 1 = ceil(runs / K) x (start-up "
+                  "+ epochs x epoch). Goal: under 10 minutes on one H100/H200-class GPU; the report: about 2 hours "
+                  "on an RTX 2080 Ti.", "",
                   "| runs at a time (--per-gpu K) | epoch (s) | implied Table 1 (min) |", "|---|---|---|"]
         lines += [f"| {w['k']} | {w['epoch_s']:.2f} | {w['table1_minutes']:.1f} |" for w in lenet["waves"]]
     if resnet:

@@ -1,31 +1,18 @@
-"""The report's experiment grid, defined once (standard library only).
-
-run_all.sh runs it (through runner.py), aggregate.py lays out its tables with its row labels and
-order, and the training scripts take the same per-dataset settings, from the dataset table it reads
-(catalog.py):
-
-    report_rows     the loss settings of a dataset's table, in its order (its parameters: catalog.py)
-    NAMES, BASE     how tables name each loss; which base loss each partially Huberised loss is paired with
-    RHOS, TRIALS    the noise rates and trials of every table; TABLE3, the noise-seed study
-    TAU_CANDIDATES, VAL_SPLIT, choose_tau   the original paper's tau protocol
-    TUNE            the fair comparison (run_all.sh --tune): each loss's candidate parameters
-    MEMORISATION    the CPU-scale memorisation benchmark, and the tuning study in its regime
-    cells           the numbered cells of a selection: what --list shows and --task I runs
-    estimate        what a selection costs, on the machine its timings were measured on
-"""
+"""The report's experiment grid, defined once (standard library only): each table's loss rows (report sections
+4-5; parameters and dataset settings: catalog.py), the noise rates and trials, Table 3, the tau protocols, the
+memorisation settings, and the numbered cells that run_all.sh runs, with their time estimate."""
 from dataclasses import dataclass, field
 
 import catalog
 import config
 
-SYNTHETIC = {"long_servedio": "synthetic_long_servedio.py", "ding": "synthetic_ding.py"}
 DEFAULT_DATASETS = ("synthetic", *catalog.DEFAULT_GRID)
 RHOS = (0.0, 0.2, 0.4, 0.6)
 TRIALS = 3                       # seeds 0, 1, 2; the label noise seed is 0 for every trial
 SYNTHETIC_TRIALS = 500           # Long & Servedio trials per rho
 TAU_CANDIDATES = (2.0, 10.0)     # --tune-tau: the original paper chose tau from candidates ...
 VAL_SPLIT = 0.1                  # ... by final accuracy on held-out noisy training data
-QUICK = ["--epochs", "1", "--limit-train", "256", "--limit-test", "256"]  # --quick: checks the pipeline
+QUICK = ("--epochs", "1", "--limit-train", "256", "--limit-test", "256")  # --quick: checks the pipeline
 # How tables name each loss (rows are ordered as losses.LOSSES lists them), and the base loss each
 # partially Huberised loss is paired with (same seeds) in the paired-difference tables.
 NAMES = {"ce": "CE", "linear": "Linear", "gce": "GCE", "phuber_ce": "PHuber-CE", "phuber_gce": "PHuber-GCE",
@@ -35,8 +22,7 @@ BASE = {"phuber_ce": "ce", "phuber_gce": "gce"}
 
 @dataclass(frozen=True)
 class Row:
-    """One loss setting of a table: `key` names it in cell ids, `flags` are the script's, `label`
-    is the report's name for the row."""
+    """One loss setting of a table: `key` names it in cell ids, `flags` are the script's, `label` the tables'."""
     key: str
     flags: dict
     label: str = field(default="", compare=False)
@@ -54,8 +40,7 @@ def number_text(value):
 
 
 def report_rows(dataset):
-    """The report's loss settings for `dataset`, in the order and with the labels of its tables: its
-    parameters are the dataset's (catalog.py: losses, then extra_rows)."""
+    """The report's loss settings for `dataset` (catalog.py), in its tables' order and with their labels."""
     entry = catalog.DATASETS[dataset]
     extra = [Row(flags["loss"], dict(flags), NAMES[flags["loss"]] + "".join(
         f" {SYMBOLS[k]} = {v:g}" for k, v in flags.items() if k != "loss")) for flags in entry["extra_rows"]]
@@ -63,8 +48,7 @@ def report_rows(dataset):
 
 
 def loss_rows(params, taus):
-    """CE, CE + clipping 0.1 (the paper's, report section 5.1), linear, GCE, PHuber-CE at each of `taus`,
-    PHuber-GCE, in this order, with the parameters `params` ({loss: {parameter: value}}) set."""
+    """CE, CE + clipping 0.1 (report section 5.1), linear, GCE, PHuber-CE at each tau, PHuber-GCE, with `params`."""
     gce, phuber_gce = ({"loss": loss, **params[loss]} for loss in ("gce", "phuber_gce"))
     return [Row("ce", {"loss": "ce"}, "CE"), Row("ce+clip", {"loss": "ce", "clip_norm": 0.1}, "CE + clipping"),
             Row("linear", {"loss": "linear"}, "Linear"), Row("gce", gce, "GCE"),
@@ -72,50 +56,42 @@ def loss_rows(params, taus):
             Row("phuber_gce", phuber_gce, f"PHuber-GCE τ = {phuber_gce['tau']:g}")]
 
 
-# The report's Table 3: CE and PHuber-GCE at rho = 0.6 on MNIST and CIFAR-100, label noise seeds 0-3.
+def memorisation_rows():
+    """loss_rows at each tau of MEMORISATION, with the report's MNIST parameters (catalog.MEMORISATION_LOSSES)."""
+    return loss_rows(catalog.DATASETS[catalog.MEMORISATION_LOSSES]["losses"], MEMORISATION["taus"])
+
+
+# The report's Table 3: its noise-seed study.
 TABLE3 = dict(datasets=catalog.TABLE3_DATASETS, losses=("ce", "phuber_gce"), rhos=(0.6,), noise_seeds=(0, 1, 2, 3))
 
-# Not the report's: the paper's mechanism on a 2-core CPU (docs/memorisation.md). With the report's
-# MNIST settings LeNet never memorises (its learning rate decays 5000x in 20 epochs), so Adam keeps a
-# constant rate and no weight decay. 30 epochs: in a pilot at rho = 0.6, CE peaked at 86% test
-# accuracy at epochs 5-10 and had lost 19 points by epoch 30 (20% of the corrupted samples
-# memorised); epochs 30-60 lost 10 more at twice the cost. Its own results folder (and log names).
+# Not the report's: the paper's mechanism on a 2-core CPU. With the report's MNIST settings LeNet never
+# memorises (its learning rate decays 5000x in 20 epochs), so Adam keeps a constant rate and no weight
+# decay; 30 epochs from a pilot (docs/memorisation.md). Its own results folder (and log names).
 MEMORISATION = dict(datasets=catalog.MEMORISATION, rhos=(0.0, 0.4, 0.6), trials=3, folder="memorisation",
-                    flags=("--epochs", "30", "--lr-decay", "1", "--weight-decay", "0"),
-                    taus=(2.0, 5.0, 10.0, 50.0))
-# The fair comparison in that regime, on the same CPU (run_all.sh --tune --memorisation,
-# docs/tuning.md): every candidate of TUNE x 4 rhos x 3 trials is 228 runs, so each run trains on
-# 5,000 of the noisy training samples for 20 epochs (a run takes about a minute). Pilot (rho = 0.6,
-# seed 0, docs/tuning.md): CE peaked at 75.6% test accuracy at epoch 6 and fell to 65.7% by epoch 20,
-# with 25% of the corrupted samples memorised; PHuber-CE tau = 2 was at 76.4% (5% memorised).
+                    flags=("--epochs", "30", "--lr-decay", "1", "--weight-decay", "0"), taus=(2.0, 5.0, 10.0, 50.0))
+# The fair comparison in that regime (--tune --memorisation): TUNE's candidates x 4 rhos x 3 trials is 228 runs,
+# so each trains on 5,000 noisy samples for 20 epochs (a minute), which a pilot showed enough (docs/tuning.md).
 TUNE_STUDY = dict(datasets=catalog.TUNE_STUDY, rhos=RHOS, trials=3,
                   flags=("--epochs", "20", "--limit-train", "5000", "--lr-decay", "1", "--weight-decay", "0"))
 
 
-# What cells cost, for --list (estimate). On a GPU: the report's own timings (each dataset's
-# gpu_epoch_seconds and sizes in catalog.py). On the CPU (the memorisation settings): measured
-# on this project's 2-core machine with two cells at a time (run_all.sh --cpu-workers 2, one thread
-# each), pilot runs of TUNE_STUDY: LeNet trains about 2,900 and evaluates about 13,000 images/s per
-# cell, and a run needs about 6 s to start.
+# What cells cost (estimate): on a GPU the report's timings (catalog.py); on the CPU, pilot runs of TUNE_STUDY on
+# this project's 2-core machine, 2 cells at a time: LeNet images/s per cell trained and evaluated, seconds to start.
 CPU = dict(train_rate=2900, eval_rate=13000, start_seconds=6, workers=2)
 
 
 def cell_config(cell, extra=(), tau=TAU_CANDIDATES[0], argv=None):
-    """The config.Config that the training cell's script makes of its flags (`argv`, default the cell's)
-    and the pass-through ones (`extra`): one line and exit status 2 for a value it refuses. A tuned
-    cell's TUNED stands for `tau`."""
+    """The config.Config the cell's script makes of `argv` (default its own; TUNED as `tau`) and `extra`, or exit 2."""
     return config.parse(cell.script, [*with_tau(argv or cell.argv, tau), *extra])
 
 
 def with_tau(argv, tau):
-    """argv with `tau` for the TUNED a tuned cell's tau stands as until its tuning runs have chosen it
-    (to check its flags before, any candidate will do), written exactly (number_text)."""
+    """argv with `tau`, written exactly, for the TUNED of a tuned cell (its tau until its tuning runs choose it)."""
     return [number_text(float(tau)) if a == "TUNED" else a for a in argv]
 
 
 def cell_cost(cell, cpu, extra=()):
-    """Seconds of one training cell (with the pass-through flags `extra`): on the CPU of CPU, or on the
-    report's GPU."""
+    """Seconds of one training cell (with the pass-through flags `extra`) on the CPU of CPU, or on the report's GPU."""
     c, entry = cell_config(cell, extra), catalog.DATASETS[cell.dataset]
     train, test = entry["sizes"]
     val = round(c.val_split * train)
@@ -127,8 +103,7 @@ def cell_cost(cell, cpu, extra=()):
 
 
 def estimate(cells, cpu=False, extra=()):
-    """One line: the time the training cells of a selection take (with the pass-through flags `extra`,
-    e.g. `-- --epochs 5`), and on what it was measured."""
+    """One line: what the training cells take (with the pass-through flags `extra`), and where measured."""
     training = [c for c in cells if c.dataset != "synthetic"]
     seconds = sum(cell_cost(c, cpu, extra) for c in training)
     if cpu:
@@ -144,24 +119,14 @@ def hours(seconds):
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
 
-def memorisation_rows():
-    """CE, CE + clipping 0.1, linear, GCE, PHuber-CE at each tau of MEMORISATION, PHuber-GCE, with the
-    report's parameters on MNIST (catalog.MEMORISATION_LOSSES), in this order."""
-    return loss_rows(catalog.DATASETS[catalog.MEMORISATION_LOSSES]["losses"], MEMORISATION["taus"])
-
-
 def choose_tau(rows, dataset, loss, candidates=None, logit_clip=None):
-    """The tau whose runs have the best mean final noisy-validation accuracy at the highest rho.
-
-    Reads only val_acc: the test set never takes part in the choice. With `candidates`, only they
-    count, and every one of them must have a run, or there is no choice yet (None). The loss behind
-    LogitClip (logit_clip, a float) is another loss: its runs are chosen among apart. Returns
-    (tau, {tau: score}).
-    """
+    """(tau, {tau: score}): the tau of best mean final noisy-validation accuracy at the highest rho (the test
+    set takes no part). With `candidates`, only they count, and each must have a run, else tau is None. The
+    loss behind LogitClip at `logit_clip` is another loss: its runs are chosen among apart."""
     def clip(r):
         return float(r["logit_clip"]) if r.get("logit_clip") not in ("", None) else None
-    runs = [r for r in rows if r["dataset"] == dataset and r["loss"] == loss and r.get("val_acc") not in ("", None)
-            and r.get("tau") not in ("", None) and r.get("rho") not in ("", None) and clip(r) == logit_clip
+    runs = [r for r in rows if r["dataset"] == dataset and r["loss"] == loss and clip(r) == logit_clip
+            and all(r.get(k) not in ("", None) for k in ("val_acc", "tau", "rho"))
             and (not candidates or float(r["tau"]) in candidates)]
     if not runs:
         return None, {}
@@ -176,11 +141,7 @@ def choose_tau(rows, dataset, loss, candidates=None, logit_clip=None):
     return max(sorted(scores), key=lambda tau: scores[tau]), scores
 
 
-# ---------------------------------------------------------------------------------------------
-# The fair comparison (run_all.sh --tune; docs/tuning.md): for each dataset, noise rate and loss,
-# every candidate value of the loss's parameter is trained for every trial with VAL_SPLIT of the
-# noisy training set held out; selection.py chooses, per rho, the candidate of best mean noisy-
-# validation accuracy, and reports the test accuracy of the chosen candidate's own runs.
+# The fair comparison (run_all.sh --tune; docs/tuning.md): selection.py chooses among each Family's candidates.
 
 @dataclass(frozen=True)
 class Family:
@@ -192,7 +153,7 @@ class Family:
     values: tuple = ()
 
     def candidates(self):
-        """[(id part, grid.Row)] in the order of `values` (the order ties are broken in)."""
+        """[(id part, Row)] in the order of `values` (the order ties are broken in)."""
         if self.param is None:
             return [(self.key, Row(self.key, dict(self.flags), self.label))]
         return [(f"{self.key}-{self.param}{number_text(v)}", Row(self.key, {**self.flags, self.param: v},
@@ -200,7 +161,7 @@ class Family:
                 for v in self.values]
 
 
-SYMBOLS = {"clip_norm": "clip", "q": "q", "tau": "τ", "logit_clip": "δ"}
+SYMBOLS = {"clip_norm": "clip", **{name: p["symbol"] for name, p in catalog.PARAMS.items()}}
 TUNE = (
     Family("ce", "CE", {"loss": "ce"}),  # the untuned baseline
     # 0.1 is the paper's (report section 5.1); 1 and 10 are the decades above it, up to a norm that
@@ -218,41 +179,31 @@ TUNE = (
 )
 
 
-# ---------------------------------------------------------------------------------------------
-# Cells.
-
 @dataclass(frozen=True)
 class Cell:
-    """One command of the grid. `folder` is below the results folder; `tuned` names the loss whose
-    tau is chosen (choose_tau on the tuning runs) just before the cell starts."""
+    """One command of the grid; `tuned` names the loss whose tau choose_tau picks just before the cell starts."""
     id: str
     dataset: str           # "synthetic" for the synthetic experiments
     script: str
     argv: tuple            # the script's flags, without --out (the runner adds it)
-    folder: str = ""
+    folder: str = ""       # below the results folder
     tuning: bool = False   # --tune-tau's first phase: every tuning cell finishes before the grid
     tuned: str = ""
 
 
 def rows_for(dataset, losses=None, *, taus=None, tune_tau=False, memorisation=False, logit_clip=None):
-    """The rows of `dataset` selected by --losses (any other registry loss is added with its
-    defaults), with --taus (a sweep: each tau instead) or --tune-tau (one row per loss, tau later);
-    --logit-clip puts every row's loss behind LogitClip at that norm."""
+    """The rows of `dataset` selected by --losses (another registry loss is added with its defaults), with
+    --taus (a sweep: each tau instead) or --tune-tau (tau later), each loss behind LogitClip with --logit-clip."""
     rows = memorisation_rows() if memorisation else report_rows(dataset)
-    for name in losses or ():
-        if name not in {r.key for r in rows}:
-            rows.append(Row(name, {"loss": name}))
+    rows += [Row(name, {"loss": name}) for name in losses or () if name not in {r.key for r in rows}]
     rows = [r for r in rows if losses is None or r.key in losses]
     if logit_clip is not None:
         rows = [Row(f"{r.key}+lc{number_text(logit_clip)}", {**r.flags, "logit_clip": logit_clip}) for r in rows]
     out = []
     for row in rows:
-        variants = [row]
-        if "tau" in row.flags and taus:
-            variants = [Row(row.key, {**row.flags, "tau": t}) for t in taus]
-        elif "tau" in row.flags and tune_tau:
-            variants = [Row(row.key, {**row.flags, "tau": "TUNED"}, row.label)]
-        out += [v for v in variants if v not in out]
+        variants = [row] if "tau" not in row.flags else [Row(row.key, {**row.flags, "tau": t}) for t in taus] \
+            if taus else [Row(row.key, {**row.flags, "tau": "TUNED"}, row.label)] if tune_tau else [row]
+        out += [v for v in variants if v not in out]  # a sweep makes the rows that differ only in tau one
     return out
 
 
@@ -265,88 +216,51 @@ def cell_id(dataset, row, noise, seed, noise_seed=0):
     return f"{dataset}-{row.key}{part}-{noise}-seed{seed}" + (f"-ns{noise_seed}" if noise_seed else "")
 
 
-def noise_columns(dataset, rhos, human):
-    """The noise a table's columns vary: (id part, flags) per rho, or per CIFAR-N key (--human-noise)."""
-    if human:
-        return [(key, ("--noise", "human", "--noise-key", key)) for key in catalog.HUMAN_NOISE[dataset]["grid"]]
-    return [(rho, ("--rho", number_text(rho))) for rho in rhos]
-
-
 def cells(datasets=DEFAULT_DATASETS, *, losses=None, rhos=RHOS, trials=TRIALS, taus=None, tune_tau=False,
           candidates=TAU_CANDIDATES, val_split=VAL_SPLIT, quick=False, noise_seeds=(0,), memorisation=False,
           human=False, logit_clip=None, tune=False):
-    """The numbered cells of a selection. The order depends only on the selection, so that a SLURM
-    array task given the same selection finds the same cell: tuning cells first (--tune-tau), then
-    per dataset, row, rho (or human-noise key), label noise seed and seed. memorisation: that
-    setting's rows and flags; human: the CIFAR-N keys of catalog.HUMAN_NOISE instead of rhos;
-    tune: the fair comparison's candidates (TUNE) instead of the rows, into the setting's tune/ folder."""
+    """The numbered cells of a selection, in an order that depends only on it (a SLURM task finds its cell).
+    tune: per dataset, rho (its choices complete before the next), TUNE family, candidate, seed. Else the tuning
+    cells, then per dataset, row, rho (human: CIFAR-N key), noise seed, seed. memorisation: its rows and flags."""
+    flags = (TUNE_STUDY if tune else MEMORISATION)["flags"] if memorisation else ()
+    budget = (*flags, *(QUICK if quick else ()))
+    held_out = ("--val-split", number_text(val_split), *budget)  # noisy training data, to choose on
+
+    def cell(id, dataset, argv, folder, **kind):
+        return Cell(id, dataset, catalog.DATASETS[dataset]["script"], ("--dataset", dataset, *argv), folder, **kind)
     if tune:
-        return tune_cells(datasets, losses, rhos, trials, val_split=val_split, quick=quick, memorisation=memorisation)
-    setting = MEMORISATION if memorisation else dict(flags=(), folder="")
-    budget = [*setting["flags"], *(QUICK if quick else [])]
-    prefix = "memorisation-" if memorisation else ""
+        prefix, folder = ("memorisation-tune-", f"{MEMORISATION['folder']}/tune") if memorisation else ("tune-", "tune")
+        return [cell(f"{prefix}{dataset}-{part}-rho{number_text(rho)}-seed{seed}", dataset,
+                     (*row.argv(), "--rho", number_text(rho), "--seed", str(seed), *held_out), folder)
+                for dataset in datasets for rho in rhos for family in TUNE if losses is None or family.key in losses
+                for part, row in family.candidates() for seed in range(trials)]
     found = []
-    for dataset in datasets if tune_tau else ():
-        if dataset == "synthetic":
-            continue
+    for dataset in [d for d in datasets if d != "synthetic"] if tune_tau else ():
         for row in rows_for(dataset, losses, tune_tau=True, logit_clip=logit_clip):
-            if row.flags.get("tau") != "TUNED":
-                continue
-            for tau in candidates:
+            for tau in candidates if row.flags.get("tau") == "TUNED" else ():  # at the highest rho, seed 0
                 tuned = Row(row.key, {**row.flags, "tau": tau})
-                found.append(Cell(f"tau-tuning-{cell_id(dataset, tuned, max(rhos), 0)}", dataset,
-                                  catalog.DATASETS[dataset]["script"],
-                                  ("--dataset", dataset, *tuned.argv(), "--rho", number_text(max(rhos)), "--seed", "0",
-                                   "--val-split", number_text(val_split), *budget), "tuning", tuning=True))
+                found.append(cell(f"tau-tuning-{cell_id(dataset, tuned, max(rhos), 0)}", dataset,
+                                  (*tuned.argv(), "--rho", number_text(max(rhos)), "--seed", "0", *held_out),
+                                  "tuning", tuning=True))
     for dataset in datasets:
         if dataset == "synthetic":
-            trials_ls = 20 if quick else SYNTHETIC_TRIALS
-            found.append(Cell("synthetic-long_servedio", "synthetic", SYNTHETIC["long_servedio"],
-                              ("--trials", str(trials_ls)), "synthetic"))
-            found.append(Cell("synthetic-ding", "synthetic", SYNTHETIC["ding"], (), "synthetic"))
+            found += [Cell("synthetic-long_servedio", "synthetic", "synthetic_long_servedio.py",
+                           ("--trials", str(20 if quick else SYNTHETIC_TRIALS)), "synthetic"),
+                      Cell("synthetic-ding", "synthetic", "synthetic_ding.py", (), "synthetic")]
             continue
-        script = catalog.DATASETS[dataset]["script"]
+        noises = [(key, ("--noise", "human", "--noise-key", key)) for key in catalog.HUMAN_NOISE[dataset]["grid"]] \
+            if human else [(rho, ("--rho", number_text(rho))) for rho in rhos]
         for row in rows_for(dataset, losses, taus=taus, tune_tau=tune_tau, memorisation=memorisation,
                             logit_clip=logit_clip):
-            tuned = row.flags["loss"] if row.flags.get("tau") == "TUNED" else ""
-            for column, noise in noise_columns(dataset, rhos, human):
-                for noise_seed in noise_seeds:
-                    seeded = ("--noise-seed", str(noise_seed)) if noise_seed else ()
-                    for seed in range(trials):
-                        found.append(Cell(prefix + cell_id(dataset, row, column, seed, noise_seed), dataset,
-                                          script, ("--dataset", dataset, *row.argv(), *noise, *seeded,
-                                                   "--seed", str(seed), *budget),
-                                          setting["folder"], tuned=tuned))
-    return found
-
-
-def tune_folder(memorisation):
-    """Where the fair comparison's runs go: tune/ below its setting's results folder."""
-    return f"{MEMORISATION['folder']}/tune" if memorisation else "tune"
-
-
-def tune_cells(datasets, losses, rhos, trials, *, val_split, quick, memorisation):
-    """The fair comparison's cells: per dataset, rho (in the order given: a rho's choices are complete
-    before the next rho starts), family (TUNE order), candidate and seed; in the memorisation regime
-    with TUNE_STUDY's budget. Every cell holds out val_split of the training set (noisy labels)."""
-    budget = [*(TUNE_STUDY["flags"] if memorisation else ()), *(QUICK if quick else [])]
-    prefix = "memorisation-tune-" if memorisation else "tune-"
-    found = []
-    for dataset in datasets:
-        for rho in rhos:
-            for family in TUNE:
-                if losses is not None and family.key not in losses:
-                    continue
-                for part, row in family.candidates():
-                    for seed in range(trials):
-                        found.append(Cell(f"{prefix}{dataset}-{part}-rho{number_text(rho)}-seed{seed}", dataset,
-                                          catalog.DATASETS[dataset]["script"],
-                                          ("--dataset", dataset, *row.argv(), "--rho", number_text(rho), "--seed", str(seed),
-                                           "--val-split", number_text(val_split), *budget), tune_folder(memorisation)))
+            found += [cell(("memorisation-" if memorisation else "") + cell_id(dataset, row, column, seed, noise_seed),
+                           dataset, (*row.argv(), *noise, *(("--noise-seed", str(noise_seed)) if noise_seed else ()),
+                                     "--seed", str(seed), *budget),
+                           MEMORISATION["folder"] if memorisation else "",
+                           tuned=row.flags["loss"] if row.flags.get("tau") == "TUNED" else "")
+                      for column, noise in noises for noise_seed in noise_seeds for seed in range(trials)]
     return found
 
 
 def known_losses(tune=False):
-    """The names --losses accepts: the report's row keys and every loss of the registry; with --tune,
-    the families of TUNE."""
+    """The names --losses accepts: the report's row keys and every registry loss; with --tune, TUNE's."""
     return [f.key for f in TUNE] if tune else ["ce+clip"] + list(catalog.LOSSES)

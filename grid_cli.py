@@ -1,9 +1,7 @@
-"""run_all.sh's command line (runner.py parses it here): the selection of grid.cells, its cells, the
-workers (--gpus, --per-gpu, --cpu-workers) and the flags passed through to every training script.
-Bad input is one line naming the value and exit status 2 (errors.Parser), before anything runs.
-
-Standard library only, as config.py: run_all.sh --list resolves the cells without starting torch.
-"""
+"""run_all.sh's command line: the selection of grid.cells, its cells, the workers and the flags passed through
+to every training script. Bad input is one line and exit status 2 (errors.Parser), before anything runs.
+Standard library only, as config.py: run_all.sh --list resolves the cells without starting torch."""
+import math
 import os
 import shlex
 import subprocess
@@ -17,31 +15,17 @@ from results import whole_number
 
 
 def parse_grid(argv):
-    """run_all.sh's options (argv, default sys.argv[1:]; see its header): the selection of grid.cells, the
-    cells, the workers."""
+    """run_all.sh's options (argv, default sys.argv[1:]; see its header): the selection, its cells, the workers."""
     p = Parser(prog="run_all.sh", description="Run the report's grid; see the header of run_all.sh.",
-                   usage="bash run_all.sh [options] [-- flags for every training script]")
-    p.add_argument("--datasets")
-    p.add_argument("--losses")
-    p.add_argument("--rhos")
-    p.add_argument("--table3", action="store_true")
-    p.add_argument("--memorisation", action="store_true")
-    p.add_argument("--human-noise", action="store_true")
-    p.add_argument("--logit-clip")
+               usage="bash run_all.sh [options] [-- flags for every training script]")
+    for flag in ("--datasets", "--losses", "--rhos", "--logit-clip", "--out", "--task", "--gpus", "--per-gpu",
+                 "--cpu-workers", "--taus"):  # each value is checked below, with its own message
+        p.add_argument(flag)
+    for flag in ("--table3", "--memorisation", "--human-noise", "--quick", "--list", "--dry-run", "--slurm",
+                 "--tune-tau", "--tune"):
+        p.add_argument(flag, action="store_true")
     p.add_argument("--trials", default=str(grid.TRIALS))
-    p.add_argument("--out")
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--list", action="store_true")
-    p.add_argument("--task")
-    p.add_argument("--dry-run", action="store_true")
-    p.add_argument("--gpus")
-    p.add_argument("--per-gpu")
-    p.add_argument("--cpu-workers")
-    p.add_argument("--slurm", action="store_true")
     p.add_argument("--sbatch", default="")
-    p.add_argument("--taus")
-    p.add_argument("--tune-tau", action="store_true")
-    p.add_argument("--tune", action="store_true")
     p.add_argument("--tau-candidates", default=",".join(f"{t:g}" for t in grid.TAU_CANDIDATES))
     p.add_argument("--val-split", default=f"{grid.VAL_SPLIT:g}")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -52,12 +36,11 @@ def parse_grid(argv):
         argv[i:i + 2] = [f"--sbatch={argv[i + 1]}"]
     opts = p.parse_args(argv)
     opts.argv, opts.extra = argv, extra  # as given: what SLURM's array tasks run again, with --task
-    # --table3 and --memorisation select a named setting of grid.py; the filters can narrow it
-    named = dict(grid.TUNE_STUDY, losses=None) if opts.tune and opts.memorisation else \
-        dict(datasets=tuple(d for d in grid.DEFAULT_DATASETS if d != "synthetic"), losses=None, rhos=grid.RHOS) \
-        if opts.tune else grid.TABLE3 if opts.table3 else dict(grid.MEMORISATION, losses=None) if opts.memorisation \
-        else dict(datasets=tuple(catalog.HUMAN_NOISE), losses=None, rhos=()) if opts.human_noise else \
-        dict(datasets=grid.DEFAULT_DATASETS, losses=None, rhos=grid.RHOS)
+    # --tune, --table3, --memorisation and --human-noise select a named setting of grid.py; the filters narrow it
+    named = grid.TUNE_STUDY if opts.tune and opts.memorisation else \
+        dict(datasets=catalog.DEFAULT_GRID, rhos=grid.RHOS) if opts.tune else grid.TABLE3 if opts.table3 else \
+        grid.MEMORISATION if opts.memorisation else dict(datasets=tuple(catalog.HUMAN_NOISE), rhos=()) \
+        if opts.human_noise else dict(datasets=grid.DEFAULT_DATASETS, rhos=grid.RHOS)
     if opts.table3 + opts.memorisation + opts.human_noise > 1:
         p.error("--table3, --memorisation and --human-noise are three settings: choose one")
     if opts.human_noise and (opts.rhos or opts.tune_tau):
@@ -67,9 +50,6 @@ def parse_grid(argv):
     if opts.tune and clash:  # its candidates are the grid: tau, LogitClip and the noise are chosen or swept there
         p.error(f"--tune takes no {clash[0]}: the fair comparison tries every candidate of grid.TUNE "
                 "(tau and LogitClip's delta among them) at each rho")
-    opts.datasets = opts.datasets or ",".join(named["datasets"])
-    opts.losses = opts.losses or (",".join(named["losses"]) if named["losses"] else None)
-    opts.rhos = opts.rhos or ",".join(f"{r:g}" for r in named["rhos"])
 
     def distinct(flag, values):
         if len(set(values)) < len(values):
@@ -84,32 +64,30 @@ def parse_grid(argv):
         if not values or not all(ok(v) for v in values):
             p.error(f"{flag} {text!r} is not allowed: {allowed}")
         return distinct(flag, values)
-    datasets = distinct("--datasets", opts.datasets.split(","))
+    datasets = distinct("--datasets", opts.datasets.split(",")) if opts.datasets else list(named["datasets"])
     for d in datasets:
         if d != "synthetic" and d not in catalog.DATASETS:
             p.error(f"--datasets: {d!r} is not allowed: use synthetic, {', '.join(catalog.DATASETS)}")
-    losses = distinct("--losses", opts.losses.split(",")) if opts.losses else None
+    losses = distinct("--losses", opts.losses.split(",")) if opts.losses else named.get("losses")  # --table3's
     for loss in losses or ():
         if loss not in grid.known_losses(opts.tune):
             p.error(f"--losses: {loss!r} is not allowed{' with --tune' if opts.tune else ''}: use "
                     f"{', '.join(grid.known_losses(opts.tune))}")
     if not whole_number(opts.trials):
         p.error(f"--trials {opts.trials!r} is not allowed: a positive integer")
-    rhos = numbers("--rhos", opts.rhos, lambda r: 0 <= r < 1, "noise rates in [0, 1)") if opts.rhos else ()
-    setting = "--human-noise" if opts.human_noise else "--memorisation" if opts.memorisation else "--table3" \
-        if opts.table3 else None
-    for d in datasets if setting else ():  # each setting is defined for its own datasets (and none is synthetic's)
-        allowed = {"--human-noise": tuple(catalog.HUMAN_NOISE), "--memorisation": grid.MEMORISATION["datasets"],
-                   "--table3": tuple(catalog.DATASETS)}[setting]
-        if d not in allowed:
-            p.error(f"--datasets: {d!r} is not allowed with {setting}: use {', '.join(sorted(allowed))}")
-    clips = numbers("--logit-clip", opts.logit_clip, lambda d: 0 < d < float("inf"), "one norm > 0, e.g. 1") \
+    rhos = numbers("--rhos", opts.rhos, lambda r: 0 <= r < 1, "noise rates in [0, 1)") if opts.rhos else named["rhos"]
+    for setting, on, allowed in (("--human-noise", opts.human_noise, catalog.HUMAN_NOISE),  # none is synthetic's
+                                 ("--memorisation", opts.memorisation, grid.MEMORISATION["datasets"]),
+                                 ("--table3", opts.table3, catalog.DATASETS)):
+        for d in datasets if on else ():
+            if d not in allowed:
+                p.error(f"--datasets: {d!r} is not allowed with {setting}: use {', '.join(sorted(allowed))}")
+    clips = numbers("--logit-clip", opts.logit_clip, lambda d: 0 < d < math.inf, "one norm > 0, e.g. 1") \
         if opts.logit_clip else [None]
     if len(clips) > 1:
         p.error(f"--logit-clip {opts.logit_clip!r} is not allowed: one norm > 0, e.g. 1")
-    logit_clip = clips[0]
-    taus = numbers("--taus", opts.taus, lambda t: 1 < t < float("inf"), "each tau > 1") if opts.taus else None
-    candidates = numbers("--tau-candidates", opts.tau_candidates, lambda t: 1 < t < float("inf"), "each tau > 1")
+    taus = numbers("--taus", opts.taus, lambda t: 1 < t < math.inf, "each tau > 1") if opts.taus else None
+    candidates = numbers("--tau-candidates", opts.tau_candidates, lambda t: 1 < t < math.inf, "each tau > 1")
     val_split = numbers("--val-split", opts.val_split, lambda v: 0 < v < 1, "a fraction in (0, 1)")[0]
     if taus and opts.tune_tau:
         p.error("--taus and --tune-tau exclude each other: a sweep fixes tau, tuning chooses it")
@@ -125,7 +103,7 @@ def parse_grid(argv):
     opts.selection = dict(datasets=datasets, losses=losses, rhos=rhos, trials=1 if opts.quick else int(opts.trials),
                           taus=taus, tune_tau=opts.tune_tau, candidates=candidates, val_split=val_split,
                           quick=opts.quick, noise_seeds=grid.TABLE3["noise_seeds"] if opts.table3 else (0,),
-                          memorisation=opts.memorisation, human=opts.human_noise, logit_clip=logit_clip, tune=opts.tune)
+                          memorisation=opts.memorisation, human=opts.human_noise, logit_clip=clips[0], tune=opts.tune)
     # Paths are the caller's: relative ones resolve against the directory run_all.sh was started in.
     opts.out = os.path.abspath(opts.out or ("results/quick" if opts.quick else "results"))
     opts.cells = grid.cells(**opts.selection)
@@ -143,7 +121,8 @@ def parse_grid(argv):
     if opts.cpu_workers is not None and training:  # a CPU worker sees no GPU: a cell told to use one would fail
         device = grid.cell_config(training[0], opts.extra).device or "cpu"  # as the training scripts read it
         if device.split(":")[0] != "cpu":
-            p.error(f"--device {device!r} is not allowed with --cpu-workers: its cells run on the CPU (-- --device cpu)")
+            p.error(f"--device {device!r} is not allowed with --cpu-workers: its cells run on the CPU "
+                    "(-- --device cpu)")
     per_gpu = check_per_gpu(p, opts, cores)
     # each worker's CUDA_VISIBLE_DEVICES: a GPU (--per-gpu K: K workers each, in turn, so that the first
     # cells spread over the GPUs); "" for a CPU worker (no GPU); None: leave it as it is
@@ -157,11 +136,12 @@ def check_per_gpu(parser, opts, cores):
     if opts.per_gpu is None:
         return 1
     k, gpus = opts.per_gpu, len(opts.gpus or ())
-    if not gpus or opts.slurm:
-        parser.error(f"--per-gpu {k!r} is not allowed " + ("with --slurm: each array task runs one cell on the GPU "
-                                                           "SLURM gives it" if gpus else
-                                                           "without --gpus: it runs K cells on each GPU listed there, "
-                                                           "e.g. --gpus 0 --per-gpu 4"))
+    if not gpus:
+        parser.error(f"--per-gpu {k!r} is not allowed without --gpus: it runs K cells on each GPU listed there, "
+                     "e.g. --gpus 0 --per-gpu 4")
+    if opts.slurm:
+        parser.error(f"--per-gpu {k!r} is not allowed with --slurm: each array task runs one cell on the GPU SLURM "
+                     "gives it")
     most = max(1, cores // gpus)
     if not 1 <= (whole_number(k) or 0) <= most:
         parser.error(f"--per-gpu {k!r} is not allowed: 1 to {most} cells per GPU ({gpus} GPU(s) and "
@@ -170,8 +150,7 @@ def check_per_gpu(parser, opts, cores):
 
 
 def check_gpus(parser, text):
-    """The CUDA_VISIBLE_DEVICES value of each worker: ids index the visible GPUs (CUDA_VISIBLE_DEVICES
-    of the caller if set, as SLURM sets it, else every GPU torch sees)."""
+    """Each worker's CUDA_VISIBLE_DEVICES: ids index the caller's (SLURM sets it) if set, else the GPUs torch sees."""
     ids = text.split(",")
     if not all(whole_number(i) is not None for i in ids) or len(set(ids)) < len(ids):
         parser.error(f"--gpus {text!r} is not allowed: distinct integer GPU ids, e.g. 0,1,2,3")
@@ -180,8 +159,7 @@ def check_gpus(parser, text):
         probe = subprocess.run([python(), "-c", "import torch; print(torch.cuda.device_count())"],
                                capture_output=True, text=True)
         visible = [str(i) for i in range(int(probe.stdout.strip() or 0))] if probe.returncode == 0 else []
-    bad = [i for i in ids if int(i) >= len(visible)]
-    if bad:
+    if any(int(i) >= len(visible) for i in ids):
         parser.error(f"--gpus {text!r} is not allowed: {len(visible)} GPU(s) visible here"
                      + (f" (ids 0-{len(visible) - 1})" if visible else ""))
     return [visible[int(i)] for i in ids]

@@ -17,13 +17,12 @@
 # Options:
 #   --datasets LIST   comma-separated, of synthetic, mnist, fashion-mnist, cifar10, cifar100
 #                     (default: synthetic,mnist,cifar10,cifar100)
-#   --losses LIST     keep these losses (ce, ce+clip, linear, gce, phuber_ce, phuber_gce); any other
-#                     loss of losses.py (e.g. sce, nce_rce) is added with its default parameters
+#   --losses LIST     keep these losses (ce, ce+clip, linear, gce, phuber_ce, phuber_gce); another loss
+#                     of losses.py (e.g. sce, nce_rce) is added with its default parameters
 #   --rhos LIST       noise rates (default: 0,0.2,0.4,0.6)      --trials N   seeds 0..N-1 (default: 3)
 #   --out DIR         results folder (default: results, or results/quick with --quick)
 #   --list            print the numbered grid, and its time estimate on stderr, and exit
-#   --task I          run cell I only
-#   --dry-run         print the commands instead of running them
+#   --task I          run cell I only               --dry-run   print the commands instead of running them
 #   --gpus LIST       one worker per listed GPU id (ids index CUDA_VISIBLE_DEVICES when it is set)
 #   --per-gpu K       K workers per GPU of --gpus, one queue (at most a CPU core per cell; not with --slurm)
 #   --cpu-workers N   N cells at a time on the CPU (each with OMP_NUM_THREADS = cores / N unless set);
@@ -33,33 +32,32 @@
 #                     noise seeds 0-3, 3 trials each (48 cells; seed 0's are the main grid's runs)
 #   --memorisation    the CPU-scale memorisation benchmark (docs/memorisation.md): Fashion-MNIST and
 #                     MNIST, LeNet, constant learning rate, no weight decay, 30 epochs, 9 losses,
-#                     rho 0/0.4/0.6, 3 trials, into OUT/memorisation; --list shows its time estimate
+#                     rho 0/0.4/0.6, 3 trials, into OUT/memorisation
 #   --human-noise     CIFAR-10N (aggre_label, random_label1, worse_label) and CIFAR-100N (noisy_label)
 #                     instead of rho, the report's losses, 3 trials; the CIFAR-N files go in the data
 #                     folder (docs/noise.md): -- --data-dir DIR
 #   --logit-clip D    every selected loss behind LogitClip at norm D (docs/logitclip.md)
 #   --taus LIST       run the losses that have a tau at each of these values instead (a tau sweep)
-#   --tune-tau        the original paper's protocol: first, for each dataset and loss with a tau,
-#                     train with every --tau-candidates value (default 2,10) at the highest rho with
-#                     --val-split (default 0.1) of the noisy training set held out (into OUT/tuning);
-#                     then the grid with, per dataset and loss, the tau of best noisy-validation
-#                     accuracy (the test set plays no part)
+#   --tune-tau        the original paper's protocol: first, per dataset and loss with a tau, train
+#                     with each --tau-candidates value (default 2,10) at the highest rho, --val-split
+#                     (default 0.1) of the noisy training set held out (into OUT/tuning); then the grid
+#                     with the tau of best noisy-validation accuracy (the test set plays no part)
 #   --tune            the fair comparison (docs/tuning.md): every candidate of each loss's parameter
 #                     (grid.TUNE: CE + clipping, GCE, PHuber-CE, PHuber-GCE, CE + LogitClip; CE untuned)
-#                     at every rho and trial with --val-split held out, into OUT/tune; aggregate.py
-#                     then chooses per rho on noisy validation accuracy (final epoch, and stopped
-#                     early) and writes tables/<dataset>_tuned.*. With --memorisation: the 2-core CPU
-#                     study (Fashion-MNIST, memorisation regime, 5,000 training samples, 20 epochs)
+#                     at every rho and trial, --val-split held out, into OUT/tune; aggregate.py chooses
+#                     per rho on noisy validation accuracy (final epoch, and stopped early) and writes
+#                     tables/<dataset>_tuned.*. With --memorisation: the 2-core CPU study (Fashion-MNIST,
+#                     memorisation regime, 5,000 training samples, 20 epochs)
 #   -- ARGS           everything after -- goes to every training script (e.g. -- --amp fp16)
 #
 # Before any cell runs, the training scripts check the flags after -- and each dataset's files: a bad
 # flag stops everything (exit 2); a dataset whose files are missing is skipped with the files it needs.
 # Idempotent: a finished cell is skipped, an interrupted one resumes from its checkpoint, results are
 # written atomically and never duplicated. Each cell logs to OUT/logs/<cell>.log; a line before each
-# cell says where the grid stands (cell k/N, counts, elapsed time, ETA of the dataset). Ctrl-C or
-# SIGTERM stops every worker and its cell; rerun the same command to resume. Paths are relative to
-# the directory you run it from. Exit status: 0 when every cell ran or was already done and
-# aggregate.py succeeded, 1 when anything failed, 2 for bad input, 130/143 when interrupted.
+# says where the grid stands (cell k/N, counts, elapsed time, ETA of the dataset). Ctrl-C or SIGTERM
+# stops every worker and its cell; rerun the same command to resume. Paths are relative to the
+# directory you run it from. Exit status: 0 when every cell ran or was already done and aggregate.py
+# succeeded, 1 when anything failed, 2 for bad input, 130/143 when interrupted.
 set -euo pipefail
 PYTHON=${PYTHON:-python}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -67,6 +65,7 @@ for arg in "$@"; do  # --help before -- is ours; after it, a training script's
     [[ $arg == -- ]] && break
     [[ $arg == -h || $arg == --help ]] && { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0; }
 done
-command -v "$PYTHON" >/dev/null || { echo "run_all.sh: PYTHON '$PYTHON' is not a command (set PYTHON or put python on PATH)" >&2; exit 2; }
+command -v "$PYTHON" >/dev/null ||
+    { echo "run_all.sh: PYTHON '$PYTHON' is not a command (set PYTHON or put python on PATH)" >&2; exit 2; }
 export PYTHON
 exec "$PYTHON" "$here/runner.py" "$@"

@@ -1,13 +1,5 @@
-"""How long training takes, for bench.py: a Learner as the scripts build one (setup), a timer that
-waits for the device, and --grid-estimate (make gpu-check runs it): what the report's grids would take
-on this device.
-
-The estimate times one epoch as a run does it (the training scripts' loop: train, evaluate 10,000 test images,
-checkpoint) of LeNet on 60,000 random MNIST-sized images, alone and K at a time in K processes, and of
-ResNet-50 at batch 128 on CIFAR-100-sized images per precision, layout and compile (--resnet-steps steps
-after --warmup untimed ones, scaled to an epoch's 391), and writes them with the implied time of Table 1
-(72 runs, in waves of K) and of a 200-epoch CIFAR-100 run (docs/speed.md).
-"""
+"""How long training takes, for bench.py: a Learner as the scripts build one (setup), a timer that waits for
+the device, and --grid-estimate: what the report's grids would take on this device (docs/speed.md)."""
 import contextlib
 import dataclasses
 import io
@@ -26,12 +18,13 @@ import torch
 
 import catalog
 import grid
-import results
-import training
 import losses
 import models
+import results
+import training
 from config import parse
 from data import in_memory
+
 
 def timed(fn, device):
     sync = torch.cuda.synchronize if device.type == "cuda" else lambda device: None
@@ -49,11 +42,8 @@ def random_images(n, channels, size, classes):
 
 
 def setup(model_name, classes, device, folder=None, *, batch_size=32, **flags):
-    """A Learner as the training scripts build a run's, from config.parse of the report's settings of
-    catalog.BENCH's dataset for the network and `flags` (amp="fp16", channels_last=True, ...): Adam for
-    LeNet (train_mnist.py), SGD with Nesterov momentum for the ResNets (train_cifar.py), their kernels,
-    the gradient scaler for fp16, cross entropy without a per-step check of the targets; a constant
-    learning rate. Its results folder (for fit_seconds): `folder`."""
+    """A Learner as the scripts build a run's from the settings of catalog.BENCH's dataset and `flags` (amp="fp16",
+    ...), with cross entropy unchecked per step, a constant learning rate, results into `folder`."""
     lenet = model_name == "lenet"
     argv = ["--dataset", catalog.BENCH["lenet" if lenet else "resnet50"], "--epochs", "1", "--batch-size",
             str(batch_size), "--force", "--out", folder or ".", *([] if lenet else ["--model", model_name])]
@@ -73,18 +63,16 @@ def setup(model_name, classes, device, folder=None, *, batch_size=32, **flags):
 
 
 def head(data, n):
-    """The first n training samples of `data`."""
     return dataclasses.replace(data, train_x=data.train_x[:n], train_y=data.train_y[:n],
                                train_clean=data.train_clean[:n])
 
 
-TRAIN = {"lenet": 60000, "resnet50": 50000}  # the training sets of MNIST and CIFAR-100 (each test set: 10,000)
-TEST = 10000
+TRAIN = {net: catalog.DATASETS[catalog.BENCH[net]]["sizes"][0] for net in ("lenet", "resnet50")}
+TEST = 10000  # the test set of each
 
 
 def fit_seconds(learner, data, *, augment):
-    """(wall seconds, training seconds) of one epoch as a run does it (the training scripts' loop):
-    train (training.train_epoch), evaluate, checkpoint and write epochs.csv."""
+    """(wall, training) seconds of one epoch as the scripts' loop does it: train, evaluate, checkpoint, epochs.csv."""
     run, generator = training.RunFolder(learner.config), torch.Generator(learner.device).manual_seed(0)
     batch_size = learner.config.batch_size
 
@@ -95,8 +83,7 @@ def fit_seconds(learner, data, *, augment):
             train_seconds = time.perf_counter() - t0
             test = training.evaluate(learner, data.test_x, data.test_y, data.mean, data.std)
             val = training.evaluate(learner, data.val_x, data.val_y, data.mean, data.std, clean=data.val_clean)
-            steps = math.ceil(len(data.train_y) / batch_size)
-            run.end_epoch(results.epoch_row(stats, test, val, epoch=1, steps=steps,
+            run.end_epoch(results.epoch_row(stats, test, val, epoch=1, steps=math.ceil(len(data.train_y) / batch_size),
                                              lr=learner.optimizer.param_groups[0]["lr"], train_seconds=train_seconds,
                                              seconds=time.perf_counter() - t0))
     with contextlib.redirect_stdout(io.StringIO()):  # the run's lines
@@ -105,11 +92,10 @@ def fit_seconds(learner, data, *, augment):
 
 
 def measure(model_name, device, n, folder, *, batch_size, warmup, test=TEST, ready=None, **options):
-    """Time one epoch of `n` random images (fit_seconds) after an untimed one of `warmup` batches
-    on the same network (cuDNN's autotuning, compilation), then `ready()` (a barrier) if given.
-    Returns (wall seconds, training seconds); options: setup's flags."""
-    size, classes = (28, 10) if model_name == "lenet" else (32, 100)
-    images, labels = random_images(n + test, 1 if model_name == "lenet" else 3, size, classes)
+    """fit_seconds of an epoch of `n` random images, after an untimed one of `warmup` batches on the same
+    network (cuDNN's autotuning, compilation) and then `ready()` (a barrier) if given; options: setup's."""
+    channels, size, classes = (1, 28, 10) if model_name == "lenet" else (3, 32, 100)
+    images, labels = random_images(n + test, channels, size, classes)
     data = in_memory(images, labels, device, classes, test)
     learner = setup(model_name, classes, device, folder, batch_size=batch_size, **options)
     augment = model_name != "lenet"
@@ -120,7 +106,7 @@ def measure(model_name, device, n, folder, *, batch_size, warmup, test=TEST, rea
 
 
 def lenet_worker(device, n, folder, *, test, barrier, spans):
-    """One of K LeNet runs at once (a process of its own, as run_all.sh --per-gpu K starts them)."""
+    """One of K LeNet runs at once, in a process of its own as run_all.sh --per-gpu K starts them."""
     torch.backends.cudnn.benchmark = True
     spans.put(measure("lenet", torch.device(device), n, folder, batch_size=32, warmup=64, test=test,
                       ready=lambda: barrier.wait(600)))
@@ -167,8 +153,7 @@ RESNET = [("fp16", True, False), ("bf16", True, False), (None, True, False), ("f
 
 
 def grid_estimate(args, device):
-    """Measure, within --budget seconds, what Table 1 (72 LeNet runs) and one 200-epoch CIFAR-100
-    ResNet-50 run would take here; write the figures to --grid-estimate as JSON after each."""
+    """What Table 1 and a CIFAR-100 ResNet-50 run would take here, measured within --budget s; JSON after each."""
     end, folder, test = time.monotonic() + args.budget, tempfile.mkdtemp(prefix="bench-"), args.test_images
     table1, resnet_data = (catalog.BENCH[k] for k in ("lenet", "resnet50"))
     lenet = dict(images=args.limit, test_images=test, batch=32, runs=len(grid.cells(datasets=(table1,))),
@@ -182,7 +167,7 @@ def grid_estimate(args, device):
                   lenet=lenet, resnet50=resnet, skipped=[], failed=[])
 
     def attempt(what, seconds, measurement):
-        """Measure if at least `seconds` of the budget are left; a failure is recorded, and the rest go on."""
+        """Measure if `seconds` of the budget are left; a failure is recorded, and the rest go on."""
         if time.monotonic() + seconds > end:
             report["skipped"].append(f"{what}: fewer than {seconds} s of the budget left")
         else:
