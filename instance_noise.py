@@ -74,7 +74,7 @@ def read_human_labels(path, dataset, key):
     if not os.path.exists(path):
         raise DataMissing(f"{path}: CIFAR-N label file not found. Get {name} from {CIFAR_N} (its data/ folder) "
                           f"and put it there, or give its path with --noise-file")
-    try:  # the bytes parsed are the bytes hashed: the run's name carries their hash (experiment.setup)
+    try:  # the bytes parsed are the bytes hashed: the run's name carries their hash (data.prepare checks it)
         raw = results.read_file(path, LABEL_FILE_LIMIT)
     except (OSError, results.BadFile) as e:
         raise DataError(str(e) if isinstance(e, results.BadFile) else f"{path}: cannot read it ({e.strerror})")
