@@ -28,7 +28,7 @@ import results
 from errors import Failure, Parser, edge
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-TIER_S, GRID_S, REPORT_S = 180, 120, 20  # the most the first two parts take; to stop the last and report
+TIER_S, GRID_S, REPORT_S = 240, 120, 20  # the most the first two parts take; to stop the last and report
 BENCH_JSON = "benchmark.json"
 WHAT = {True: "The GPU check on CUDA",
         False: "A self-check of gpu_check.py on the CPU at toy sizes (--device cpu): nothing here ran on a GPU"}
@@ -79,7 +79,8 @@ def plan(cuda, data, scratch):
             "test_cuda.py", *tests]
     # the benchmark's datasets; the self-check: MNIST, two losses (ResNet-50 in fp16 takes many minutes on a CPU)
     lenet, resnet = catalog.BENCH["lenet"], catalog.BENCH["resnet50"]
-    cells = ["--datasets", f"{lenet},{resnet}"] if cuda else ["--datasets", lenet, "--losses", "ce,linear"]
+    cells = ["--datasets", f"{lenet},{resnet}", "--losses", "ce,phuber_gce", "--trials", "2"] if cuda else \
+        ["--datasets", lenet, "--losses", "ce,linear"]
     grid = ["bash", os.path.join(HERE, "run_all.sh"), "--quick", *cells, "--rhos", "0.6", "--gpus", "0", "--per-gpu",
             str(min(4, os.cpu_count() or 1)), "--out", os.path.join(scratch, "quick"), "--", "--data-dir", data,
             "--amp", "fp16", *([] if cuda else ["--device", "cpu"])]
@@ -105,8 +106,8 @@ def main(argv=None):
     p.add_argument("--minutes", type=float, help="time for all three parts (default: 8 on cuda, 40 on cpu)")
     args = p.parse_args(argv)
     minutes = (8 if args.device == "cuda" else 40) if args.minutes is None else args.minutes
-    if not minutes > 0:
-        p.error(f"--minutes {minutes} is not allowed: it must be positive")
+    if not 0 < minutes < math.inf:
+        p.error(f"--minutes {minutes} is not allowed: a number of minutes > 0")
     if args.device == "cuda" and not cuda_devices():
         print("gpu-check: no CUDA device here (no NVIDIA driver, or none visible): nothing to check")
         return 0
@@ -127,10 +128,10 @@ def main(argv=None):
 
 
 def check(cuda, minutes, out, scratch):
-    """plan()'s parts within `minutes`, each whatever the others did, reported into `out`: 0 if all passed, else 1."""
+    """plan()'s parts within `minutes`, each whatever the others did, reported into `out` as each ends (an
+    interruption leaves the report of those that ended, marked so): 0 if all passed, else 1."""
     start = time.monotonic()
-    deadline, bench_json = start + 60 * minutes, os.path.join(scratch, BENCH_JSON)
-    logs, data = os.path.join(out, "logs"), os.path.join(scratch, "data")
+    deadline, logs, data = start + 60 * minutes, os.path.join(out, "logs"), os.path.join(scratch, "data")
     os.makedirs(logs, exist_ok=True)
     import tiny_data  # numpy: only now, past the check for CUDA
     if cuda:  # in the real formats, from the tests' generators: patterned images that a network learns
@@ -138,37 +139,52 @@ def check(cuda, minutes, out, scratch):
         tiny_data.make_cifar_dataset(data, catalog.BENCH["resnet50"], n_train=300, n_test=100)
     else:
         tiny_data.make_idx_dataset(data)
-    env = dict(os.environ, PYTHON=sys.executable)
+    # the grid's --gpus 0: the first visible GPU, without run_all.sh's probe (a torch import)
+    env = dict(os.environ, PYTHON=sys.executable, CUDA_VISIBLE_DEVICES=os.environ.get("CUDA_VISIBLE_DEVICES", "0"))
     if not cuda:  # one "GPU" whose cells run on the CPU, as the CPU tests run --gpus
         env.update(CUDA_TIER_DEVICE="cpu", CUDA_VISIBLE_DEVICES="0")
-    parts = {}
-    for name, command, most, summary in plan(cuda, data, scratch):
-        t0 = time.monotonic()
-        seconds, log = min(most, deadline - t0 - REPORT_S), os.path.join(logs, f"{name}.log")
-        code = run_part(command(seconds), seconds, log, env)
-        status = "passed" if code == 0 else "ran out of time" if code is None else f"failed (exit {code})"
-        part = parts[name] = dict(status=status, seconds=round(time.monotonic() - t0, 1),
-                                  summary=last_match(log, summary), log=os.path.relpath(log, out))
-        if name == "tier" and status == "passed" and " passed" not in part["summary"]:
-            part["status"] = "failed: no test ran"  # every test skipped: this torch does not see the GPU
-        print(f"gpu-check: {name}: {part['status']} in {part['seconds']:.0f} s; {part['summary']}", flush=True)
-    quick = os.path.join(scratch, "quick", "logs")
-    if os.path.isdir(quick):  # each cell's log, not its results (checkpoints: 190 MB each)
-        shutil.copytree(quick, os.path.join(logs, "grid"), dirs_exist_ok=True)
-    bench = {}
-    if os.path.exists(bench_json):  # written after each measurement: what was measured before a timeout stays
-        with open(bench_json) as f:
-            bench = json.load(f)
-        parts["benchmark"]["summary"] = (f"{len(bench['lenet']['waves']) + len(bench['resnet50']['configs'])} "
-                                         f"measured, {len(bench['failed'])} failed, {len(bench['skipped'])} skipped")
-    report = dict(when=datetime.datetime.now().isoformat(timespec="seconds"), minutes=minutes, cuda=cuda,
-                  what=WHAT[cuda], parts=parts, benchmark=bench)
-    results.write_atomic(os.path.join(out, "gpu-check.json"), lambda f: json.dump(report, f, indent=1))
-    results.write_atomic(os.path.join(out, "gpu-check.md"), lambda f: f.write(markdown(report)))
+    parts, steps = {}, plan(cuda, data, scratch)
+
+    def write(state):
+        report(dict(when=datetime.datetime.now().isoformat(timespec="seconds"), minutes=minutes, cuda=cuda,
+                    what=WHAT[cuda], state=state, parts=parts), out, scratch)
+    try:
+        for i, (name, command, most, summary) in enumerate(steps):
+            t0 = time.monotonic()
+            seconds, log = min(most, deadline - t0 - REPORT_S), os.path.join(logs, f"{name}.log")
+            code = run_part(command(seconds), seconds, log, env)
+            status = "passed" if code == 0 else "ran out of time" if code is None else f"failed (exit {code})"
+            part = parts[name] = dict(status=status, seconds=round(time.monotonic() - t0, 1),
+                                      summary=last_match(log, summary), log=os.path.relpath(log, out))
+            if name == "tier" and status == "passed" and " passed" not in part["summary"]:
+                part["status"] = "failed: no test ran"  # every test skipped: this torch does not see the GPU
+            print(f"gpu-check: {name}: {part['status']} in {part['seconds']:.0f} s; {part['summary']}", flush=True)
+            write("finished" if i == len(steps) - 1 else f"{i + 1} of {len(steps)} parts ended")
+    except KeyboardInterrupt:
+        write(f"interrupted after {len(parts)} of {len(steps)} parts")
+        raise
     passed = all(p["status"] == "passed" for p in parts.values())
     print(f"gpu-check: {'every part passed' if passed else 'NOT every part passed'} in "
           f"{time.monotonic() - start:.0f} s; {os.path.join(out, 'gpu-check.md')}")
     return 0 if passed else 1
+
+
+def report(found, out, scratch):
+    """gpu-check.json and gpu-check.md of `found` (the parts that ended), with the grid's cell logs and
+    what the benchmark measured so far (it writes its JSON after each measurement)."""
+    quick, bench_json = os.path.join(scratch, "quick", "logs"), os.path.join(scratch, BENCH_JSON)
+    if os.path.isdir(quick):  # each cell's log, not its results (checkpoints: 190 MB each)
+        shutil.copytree(quick, os.path.join(out, "logs", "grid"), dirs_exist_ok=True)
+    found["benchmark"] = {}
+    if os.path.exists(bench_json):
+        with open(bench_json) as f:
+            bench = found["benchmark"] = json.load(f)
+    if "benchmark" in found["parts"] and found["benchmark"]:
+        found["parts"]["benchmark"]["summary"] = (
+            f"{len(bench['lenet']['waves']) + len(bench['resnet50']['configs'])} measured, "
+            f"{len(bench['failed'])} failed, {len(bench['skipped'])} skipped")
+    results.write_atomic(os.path.join(out, "gpu-check.json"), lambda f: json.dump(found, f, indent=1))
+    results.write_atomic(os.path.join(out, "gpu-check.md"), lambda f: f.write(markdown(found)))
 
 
 def scaled(test, train=None):
@@ -183,6 +199,7 @@ def markdown(report):
     lines = [f"# make gpu-check, {report['when']}: {b.get('device', '?')}, torch {b.get('torch', '?')} "
              f"(CUDA {b.get('cuda')}), {b.get('cores', '?')} CPU cores", "",
              *([] if report["cuda"] else [f"**{report['what']}.**", ""]),
+             *([] if report["state"] == "finished" else [f"**Not finished: {report['state']}.**", ""]),
              "| part | status | seconds | summary |", "|---|---|---|---|",
              *(f"| {name} | {p['status']} | {p['seconds']:.0f} | {p['summary']} |"
                for name, p in report["parts"].items())]
