@@ -209,7 +209,8 @@ def markdown(report):
         lines += ["", f"## MNIST Table 1: {lenet['runs']} LeNet runs of {lenet['epochs']} epochs", "",
                   f"One epoch as a run does it (60,000 training images at batch {lenet['batch']}, the 10,000 test "
                   f"images evaluated, a checkpoint{scaled(lenet['test_images'], lenet['images'])}), K runs at a "
-                  f"time in K processes; a run's start-up: {startup}. Implied Table 1 = ceil(runs / K) x (start-up "
+                  f"time in K processes (CUDA MPS {'running' if b.get('mps') else 'not running'}: docs/speed.md); a "
+                  f"run's start-up: {startup}. Implied Table 1 = ceil(runs / K) x (start-up "
                   "+ epochs x epoch). Goal: under 10 minutes on one H100/H200-class GPU; the report: about 2 hours "
                   "on an RTX 2080 Ti.", "",
                   "| runs at a time (--per-gpu K) | epoch (s) | implied Table 1 (min) |", "|---|---|---|"]
@@ -220,11 +221,11 @@ def markdown(report):
                   f"an epoch's {resnet['steps_per_epoch']}, plus one evaluation of the 10,000 test images and a "
                   f"checkpoint{scaled(resnet['test_images'])}. Goal: under 15 minutes; the report: about 4 hours in "
                   "float32 on an RTX 2080 Ti.", "",
-                  "| precision | channels-last | compile | ms/step | images/s | epoch (s) | implied run (min) |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| precision | channels-last | compile | ms/step | images/s | epoch (s) | of which checkpoint (s) "
+                  "| implied run (min) |", "|---|---|---|---|---|---|---|---|"]
         lines += [f"| {c['amp']} | {'yes' if c['channels_last'] else 'no'} | {'yes' if c['compile'] else 'no'} | "
-                  f"{c['step_ms']:.1f} | {c['images_per_s']:,.0f} | {c['epoch_s']:.1f} | {c['run_minutes']:.1f} |"
-                  for c in resnet["configs"]]
+                  f"{c['step_ms']:.1f} | {c['images_per_s']:,.0f} | {c['epoch_s']:.1f} | {c['checkpoint_s']:.2f} | "
+                  f"{c['run_minutes']:.1f} |" for c in resnet["configs"]]
     for key in ("skipped", "failed"):
         lines += ["", f"{key.capitalize()}: " + "; ".join(b[key])] if b.get(key) else []
     return "\n".join(lines) + "\n"

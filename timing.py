@@ -22,7 +22,7 @@ import losses
 import models
 import results
 import training
-from config import parse
+from config import compile_available, parse
 from data import in_memory
 
 
@@ -89,6 +89,15 @@ def fit_seconds(learner, data, *, augment):
     with contextlib.redirect_stdout(io.StringIO()):  # the run's lines
         wall = timed(epoch, learner.device)
     return wall, len(data.train_y) / run.history[0]["images_per_second"]
+
+
+def checkpoint_seconds(folder):
+    """Seconds to write the checkpoint an epoch of the run in `folder` wrote (its size, with fsync), again."""
+    (path,) = [os.path.join(d, "checkpoint.pt") for d, _, files in os.walk(folder) if "checkpoint.pt" in files]
+    state = torch.load(path, weights_only=True)
+    start = time.perf_counter()
+    training.save_checkpoint(path, state)
+    return time.perf_counter() - start
 
 
 def measure(model_name, device, n, folder, *, batch_size, warmup, test=TEST, ready=None, **options):
@@ -161,8 +170,10 @@ def grid_estimate(args, device):
     batch = 128 if device.type == "cuda" else 2  # the report's; 2 lets a CPU check this code (fp16 is slow there)
     resnet = dict(batch=batch, steps=args.resnet_steps, steps_per_epoch=math.ceil(TRAIN["resnet50"] / batch),
                   test_images=test, epochs=catalog.DATASETS[resnet_data]["settings"]["epochs"], configs=[])
+    # CUDA MPS lets K processes share the GPU's engines at once instead of taking turns (docs/speed.md)
+    mps = os.path.exists(os.path.join(os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps"), "control"))
     report = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                  torch=torch.__version__, cuda=torch.version.cuda, cores=os.cpu_count(),
+                  torch=torch.__version__, cuda=torch.version.cuda, cores=os.cpu_count(), mps=mps,
                   budget_s=args.budget if args.budget < math.inf else None,
                   lenet=lenet, resnet50=resnet, skipped=[], failed=[])
 
@@ -179,16 +190,20 @@ def grid_estimate(args, device):
                 print(f"{what}: FAILED: {type(e).__name__}: {e}", flush=True)
         results.write_atomic(args.grid_estimate, lambda f: json.dump(report, f, indent=1))
 
+    saves = math.ceil(resnet["epochs"] / parse("train_cifar.py", []).checkpoint_every)  # a run's checkpoints
+
     def resnet_config(amp, channels_last, compile):
         wall, train = measure("resnet50", device, args.resnet_steps * batch, os.path.join(folder, "resnet"),
                               batch_size=batch, warmup=args.warmup, test=test, amp=amp, channels_last=channels_last,
                               compile=compile)
         # the steps scaled to an epoch's; evaluation and checkpoint once, the test set to its 10,000 images
-        epoch = train * resnet["steps_per_epoch"] / args.resnet_steps + (wall - train) * TEST / test
+        checkpoint = checkpoint_seconds(os.path.join(folder, "resnet"))
+        epoch = train * resnet["steps_per_epoch"] / args.resnet_steps + (wall - train - checkpoint) * TEST / test
         resnet["configs"].append(dict(amp=amp or "fp32", channels_last=channels_last, compile=compile,
-                                      step_ms=1000 * train / args.resnet_steps, epoch_s=epoch,
+                                      step_ms=1000 * train / args.resnet_steps, epoch_s=epoch + checkpoint,
+                                      epoch_without_checkpoint_s=epoch, checkpoint_s=checkpoint,
                                       images_per_s=args.resnet_steps * batch / train,
-                                      run_minutes=epoch * resnet["epochs"] / 60))
+                                      run_minutes=(epoch * resnet["epochs"] + checkpoint * saves) / 60))
 
     def lenet_wave(k):
         n, where = args.limit, os.path.join(folder, f"lenet{k}")
@@ -206,9 +221,12 @@ def grid_estimate(args, device):
     attempt(name(*configs[0]), 60, lambda: resnet_config(*configs[0]))
     if args.data_dir:
         attempt("run start-up", 30, lambda: lenet.update(startup_s=startup_seconds(args.data_dir, device, folder)))
-    for k in [k for k in (1, 2, 4, 8) if k <= (os.cpu_count() or 1)]:
+    for k in [k for k in (1, 2, 4, 8, 12, 16) if k <= (os.cpu_count() or 1)]:  # a CPU core feeds each run
         attempt(f"lenet {k} at a time", 20 + 10 * k, lambda: lenet_wave(k))
     for config in configs[1:]:
+        if config[2] and not compile_available():
+            report["skipped"].append(f"{name(*config)}: compile: not available here (no C compiler or Python.h)")
+            continue
         attempt(name(*config), 150 if config[2] else 45, lambda: resnet_config(*config))  # compiling: about 2 min
     shutil.rmtree(folder, ignore_errors=True)
     return 1 if report["failed"] else 0
