@@ -87,6 +87,13 @@ class Config:
         return {k: getattr(self, k) for k in catalog.PARAMS}
 
 
+# A parameter added to catalog.PARAMS (a new loss's, docs/adding-a-loss.md) is a field too, without an edit here.
+_NEW_PARAMS = [(name, float, None) for name in catalog.PARAMS if name not in Config.__dataclass_fields__]
+if _NEW_PARAMS:
+    Config = dataclasses.make_dataclass("Config", _NEW_PARAMS, bases=(Config,), frozen=True,
+                                        namespace={"__module__": __name__})
+
+
 def per_dataset(script, key):
     """'mnist 20, fashion-mnist 20': the report's value of `key` for each dataset of `script`."""
     return ", ".join(f"{d} {' '.join(map(str, v)) if isinstance(v, list) else v}"

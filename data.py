@@ -368,7 +368,8 @@ def in_memory(images, labels, device, classes=10, test=0):
     x, y = images.to(device), labels.to(device)
     n = len(y) - test
     return Data(classes=classes, channels=images.shape[1], mean=mean, std=std, train_x=x[:n], train_y=y[:n],
-                train_clean=y[:n], val_x=x[:0], val_y=y[:0], val_clean=y[:0], test_x=x[n:], test_y=y[n:])
+                train_clean=y[:n], val_x=x[:0], val_y=y[:0], val_clean=y[:0], test_x=x[n:], test_y=y[n:],
+                record=noise_record(y[:n], y[:n], classes))  # no flip: a RunFolder records it (bench.fit_seconds)
 
 
 def channel_stats(images):
