@@ -217,7 +217,8 @@ def quick_grid(tmp_path_factory, data_root):
 
     after the CIFAR-10 cell `--quick --datasets cifar10 --losses phuber_ce --rhos 0.4 --task 0 ... -- --model
     resnet18 --limit-train 32 --limit-test 32` (a step of a network a CPU trains in seconds) into the same
-    folder, whose row aggregate.py then finds beside the others. 6 processes that import torch, 2 that do not (the synthetic cells)."""
+    folder, whose row aggregate.py then finds beside the others. 6 processes that import torch (the cells, the
+    data check), 3 that do not (the synthetic cells, aggregate.py)."""
     caller = tmp_path_factory.mktemp("grid") / "my work"
     data = caller / "my data" / "set"
     shutil.copytree(data_root, data)
