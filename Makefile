@@ -21,23 +21,17 @@ figure1: $(VENV)/installed
 	$(PY) synthetic_long_servedio.py
 	$(PY) synthetic_ding.py
 
-# Two streams of test files at once: most tests wait on the child processes they start (run_all.sh, a
-# training script, torch's import), so one stream leaves a core idle, and CI has 20 minutes. The
-# halves take about equal time; each has its own temporary folder; the first's output follows the
-# second's; the status fails if either does; Ctrl-C stops both.
-SUITE_A := test_reliability.py test_golden.py test_catalog.py test_gpu_check.py test_losses.py test_structure.py \
-           test_synthetic.py
-SUITE_B := $(filter-out $(SUITE_A),$(sort $(wildcard test_*.py)))
+# The suite in pytest-xdist's worker processes (-n 2: most tests wait on the processes they start, so
+# one stream leaves a core idle); tests that share an expensive fixture (xdist_group marks) run in
+# one worker. A plain command, so that Ctrl-C or a signal to make stops pytest and its workers with
+# nothing left behind (test_reliability.py checks). TESTS: a selection, e.g. make test TESTS=test_losses.py
+TESTS ?=
 
 test: $(VENV)/installed
-	@tmp=$$(mktemp -d); trap 'kill 0; rm -rf "$$tmp"' INT TERM; \
-	$(PY) -m pytest -q --basetemp="$$tmp/a" $(SUITE_A) > "$$tmp/a.log" 2>&1 & a=$$!; \
-	$(PY) -m pytest -q --basetemp="$$tmp/b" $(SUITE_B); b=$$?; \
-	wait $$a; ra=$$?; echo "--- $(SUITE_A)"; cat "$$tmp/a.log"; rm -rf "$$tmp"; \
-	[ $$ra -eq 0 ] && [ $$b -eq 0 ]
+	$(PY) -m pytest -q -n 2 --dist loadgroup $(TESTS)
 
 test-fast: $(VENV)/installed
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" $(TESTS)
 
 gpu-check:
 	@$(PYTHON) gpu_check.py

@@ -14,7 +14,7 @@ import pytest
 
 import conftest
 import gpu_check
-from test_reliability import live, processes_mentioning, wait_for
+from test_reliability import processes_mentioning, wait_for, with_marker
 
 NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}  # hides every GPU from the driver: the same answer on a GPU machine
 
@@ -24,27 +24,24 @@ def gpu_check_process(args, env, **kwargs):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
 
 
-def with_marker(marker):
-    """Processes whose environment holds MARKER=marker: gpu_check.py's parts and everything they start."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                if f"MARKER={marker}".encode() in f.read().split(b"\0") and live(pid) and int(pid) != os.getpid():
-                    found.append(int(pid))
-        except OSError:
-            pass
-    return found
-
-
-@pytest.mark.parametrize("args,code,message", [
-    ([], 0, "gpu-check: no CUDA device here"), (["--minutes", "0"], 2, "--minutes 0.0 is not allowed"),
-    (["--minutes", "nan"], 2, "--minutes nan is not allowed"), (["--device", "gpu"], 2, "invalid choice: 'gpu'"),
-])
-def test_without_cuda_it_is_one_line(args, code, message, tmp_path):
-    proc = gpu_check_process(args, dict(NO_GPU, OUT=str(tmp_path / "out")))
+def test_without_cuda_it_is_one_line(tmp_path):
+    # a process: the driver is asked in it, with every GPU hidden (this one may have asked it already)
+    proc = gpu_check_process([], dict(NO_GPU, OUT=str(tmp_path / "out")))
     output = proc.communicate(timeout=60)[0]
-    assert proc.returncode == code and len(output.strip().splitlines()) == 1 and message in output
+    assert proc.returncode == 0 and len(output.strip().splitlines()) == 1 and "gpu-check: no CUDA device here" in output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--minutes", "0"], "--minutes 0.0 is not allowed"), (["--minutes", "nan"], "--minutes nan is not allowed"),
+    (["--device", "gpu"], "invalid choice: 'gpu'"),
+])
+def test_bad_flags_are_one_line(args, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    with pytest.raises(SystemExit) as e:
+        gpu_check.main(args)
+    output = capsys.readouterr()
+    assert e.value.code == 2 and output.out == "" and len(output.err.strip().splitlines()) == 1 and message in output.err
     assert not (tmp_path / "out").exists()
 
 

@@ -1,6 +1,6 @@
 """The memorisation benchmark (run_all.sh --memorisation, docs/memorisation.md): its grid is the one
 the docs describe, and aggregate.py turns its own results folder into its own tables and figure,
-never into the report's tables."""
+never into the report's tables. run_all.sh's engine runs in this process (conftest.run_grid)."""
 import math
 import os
 import re
@@ -12,7 +12,7 @@ import aggregate
 import conftest
 import grid
 import grid_cli
-from conftest import run_all, summary_row
+from conftest import run_grid, summary_row
 from results import read_csv
 
 # What docs/memorisation.md promises: each row's flags, in the order of its tables.
@@ -27,7 +27,7 @@ BUDGET = "--epochs 30 --lr-decay 1 --weight-decay 0"
 
 def test_the_grid_is_the_documented_one(tmp_path):
     out = tmp_path / "results"
-    commands = [shlex.split(line) for line in run_all("--memorisation", "--dry-run", "--out", str(out))
+    commands = [shlex.split(line) for line in run_grid("--memorisation", "--dry-run", "--out", str(out))
                 .stdout.splitlines()]
     found = []
     for argv in commands:
@@ -39,14 +39,14 @@ def test_the_grid_is_the_documented_one(tmp_path):
         assert argv[1].endswith("train_mnist.py")
     assert found == [(d, flags, rho, seed) for d in DATASETS for _, flags in ROWS for rho in RHOS for seed in SEEDS]
     assert [r.label for r in grid.memorisation_rows()] == [label for label, _ in ROWS]
-    listing = run_all("--memorisation", "--list").stdout.splitlines()
+    listing = run_grid("--memorisation", "--list").stdout.splitlines()
     ids = [c.id for c in grid.cells(datasets=DATASETS, rhos=(0.0, 0.4, 0.6), trials=3, memorisation=True)]
     assert [line.split()[1] for line in listing] == ids and len(ids) == 2 * 9 * 3 * 3
     assert listing[0].split() == ["0", "memorisation-fashion-mnist-ce-rho0-seed0"]
 
 
 def test_the_listing_ends_with_a_time_estimate():
-    result = run_all("--memorisation", "--list")
+    result = run_grid("--memorisation", "--list")
     others = [line for line in (result.stdout + result.stderr).splitlines()
               if not re.fullmatch(r"\s*\d+\s+memorisation-\S+", line)]
     assert any(re.search(r"\d+\s*(h|hours?|m|min|minutes?)\b", line) for line in others)
@@ -58,7 +58,9 @@ def test_the_time_estimate_counts_the_pass_through_flags():
     five = grid.cell_cost(cell, True, ["--epochs", "5"])
     assert five == grid.cell_cost(cell, True, ["--epochs=5"]) != grid.cell_cost(cell, True)
     assert (five - start) * 6 == pytest.approx(grid.cell_cost(cell, True) - start)
-    assert "time estimate: none" in run_all("--memorisation", "--list", "--", "--epochs", "x").stderr
+    bad = run_grid("--memorisation", "--list", "--", "--epochs", "x", check=False)  # checked before the estimate
+    assert bad.returncode == 2 and "argument --epochs: invalid int value: 'x'" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and bad.stdout == ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -114,7 +116,7 @@ def cells(path):
 
 def test_aggregate_writes_the_benchmarks_tables_apart(with_memorisation, capsys):
     root, tables = with_memorisation, with_memorisation / "tables"
-    assert aggregate.main(["--results", str(root)]) == 0
+    assert aggregate.main(["--results", str(root), "--no-plot"]) == 0
     captured = capsys.readouterr()
     assert "memorisation fashion-mnist (30 runs)" in captured.out and "memorisation mnist (3 runs)" in captured.out
     # missing and malformed epochs.csv: named, skipped
@@ -156,6 +158,11 @@ def test_aggregate_writes_the_benchmarks_tables_apart(with_memorisation, capsys)
     assert float(tau2["ci_low"]) == pytest.approx(3 - half, abs=1e-3) and tau2["n"] == "3"
     assert ("CE", 0.6) not in paired and len(paired) == 4 * 2
 
+
+@pytest.mark.slow  # matplotlib: seconds
+def test_aggregate_draws_the_benchmarks_figure(with_memorisation):
+    root = with_memorisation
+    assert aggregate.main(["--results", str(root)]) == 0
     figures = set(os.listdir(root / "figures"))
     assert {"memorisation_fashion-mnist.png", "memorisation_fashion-mnist.pdf"} <= figures
     assert "memorisation_mnist.png" not in figures  # its runs have no epochs.csv: nothing to draw

@@ -1,4 +1,6 @@
-"""Tests for run_all.sh (grid, --task, skip/resume, --quick) and aggregate.py (hand-made results)."""
+"""Tests for run_all.sh (grid, --task, skip/resume, --quick) and aggregate.py (hand-made results).
+
+run_all.sh's engine runs in this process (conftest.run_grid); its cells are processes, as always."""
 import math
 import os
 import shlex
@@ -10,11 +12,12 @@ import time
 import pytest
 
 import aggregate
-import cli
+import config
 import conftest
 import grid
+import grid_cli
 import results
-from conftest import run_all, summary_row
+from conftest import run_grid, summary_row
 from results import read_csv
 
 
@@ -24,11 +27,13 @@ from results import read_csv
 @pytest.mark.parametrize("datasets,count", [("mnist", 72), ("cifar10", 72), ("cifar100", 84), ("synthetic", 2),
                                             ("fashion-mnist", 72), ("synthetic,mnist,cifar10,cifar100", 230)])
 def test_grid_sizes(datasets, count):
-    assert len(run_all("--list", "--datasets", datasets).stdout.splitlines()) == count
+    # the cells --list numbers, one a line (test_default_grid_is_the_reports); --list also checks each cell's
+    # flags and estimates its time, a second per hundred cells
+    assert len(grid_cli.parse_grid(["--datasets", datasets]).cells) == count
 
 
 def test_default_grid_is_the_reports():
-    cells = [line.split()[1] for line in run_all("--list").stdout.splitlines()]
+    cells = [line.split()[1] for line in run_grid("--list").stdout.splitlines()]
     assert cells[:2] == ["synthetic-long_servedio", "synthetic-ding"]
     assert "mnist-phuber_ce-tau10-rho0.6-seed2" in cells and "cifar10-phuber_ce-tau2-rho0-seed0" in cells
     assert "cifar100-phuber_ce-tau50-rho0.4-seed1" in cells and "cifar10-phuber_ce-tau10-rho0-seed0" not in cells
@@ -36,13 +41,12 @@ def test_default_grid_is_the_reports():
     assert len(cells) == len(set(cells))
 
 
-@pytest.mark.slow
 def test_task_runs_the_listed_cell():
-    listing = run_all("--list", "--datasets", "mnist,cifar100", "--losses", "ce+clip,phuber_ce").stdout.splitlines()
+    listing = run_grid("--list", "--datasets", "mnist,cifar100", "--losses", "ce+clip,phuber_ce").stdout.splitlines()
     assert len(listing) == 4 * 3 * (2 + 3)  # mnist: 2 settings, cifar100: 3 (tau 10, 50)
     for line in listing[::13]:
         index, cell = line.split()
-        command = run_all("--datasets", "mnist,cifar100", "--losses", "ce+clip,phuber_ce", "--task", index,
+        command = run_grid("--datasets", "mnist,cifar100", "--losses", "ce+clip,phuber_ce", "--task", index,
                           "--dry-run").stdout.strip()
         dataset, rest = cell.split("-", 1)
         rho, seed = cell.split("-rho")[1].split("-seed")
@@ -53,7 +57,7 @@ def test_task_runs_the_listed_cell():
 
 
 def test_extra_losses_and_passthrough():
-    out = run_all("--datasets", "mnist", "--losses", "sce", "--rhos", "0.4", "--trials", "1", "--dry-run",
+    out = run_grid("--datasets", "mnist", "--losses", "sce", "--rhos", "0.4", "--trials", "1", "--dry-run",
                   "--", "--amp", "bf16").stdout.strip()
     script = os.path.join(conftest.ROOT, "train_mnist.py")
     assert out == f"{sys.executable} {script} --dataset mnist --loss sce --rho 0.4 --seed 0 --out " \
@@ -65,7 +69,7 @@ def test_extra_losses_and_passthrough():
     (["--task", "999", "--datasets", "mnist"], "'999'"), (["--rhos", "1.5"], "'1.5'"), (["--bogus"], "--bogus"),
 ])
 def test_bad_options_exit_2(args, message):
-    result = run_all(*args, check=False)
+    result = run_grid(*args, check=False)
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
@@ -74,12 +78,14 @@ def test_bad_options_exit_2(args, message):
 
 @pytest.mark.slow
 def test_finished_cells_are_skipped_and_interrupted_ones_resume(data_root, tmp_path):
-    common = ["--datasets", "mnist", "--losses", "ce", "--rhos", "0.2", "--trials", "1", "--out", str(tmp_path)]
+    # --task 0, as a SLURM array task runs it: the cell alone (the whole grid skips a finished cell in
+    # test_reliability.py's test_a_failing_aggregation_fails_the_grid)
+    common = ["--datasets", "mnist", "--losses", "ce", "--rhos", "0.2", "--trials", "1", "--task", "0", "--out",
+              str(tmp_path), "--", "--data-dir", data_root, "--epochs", "12", "--limit-train", "64", "--limit-test", "64"]
     env = dict(os.environ, PYTHON=sys.executable)
-    # start the cell with a longer budget and kill the whole run once its first checkpoint is there
-    proc = subprocess.Popen(["bash", "run_all.sh", *common, "--", "--data-dir", data_root, "--epochs", "12"],
-                            cwd=conftest.ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    # start the cell and kill the whole run (SIGKILL: nothing can clean up) once its first checkpoint is there
+    proc = subprocess.Popen(["bash", "run_all.sh", *common], cwd=conftest.ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     runs = tmp_path / "runs"
     deadline = time.time() + 120
     while not (runs.is_dir() and any((d / "checkpoint.pt").exists() for d in runs.iterdir())):
@@ -87,61 +93,46 @@ def test_finished_cells_are_skipped_and_interrupted_ones_resume(data_root, tmp_p
         time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    (run_dir,) = runs.iterdir()
+    while results.lock_holder(str(run_dir)):  # the cell too has ended (its lock goes with it)
+        assert time.time() < deadline
+        time.sleep(0.01)
     assert not (tmp_path / "summary.csv").exists()
-    first = run_all(*common, "--", "--data-dir", data_root, "--epochs", "12")
+    first = run_grid(*common)
     assert "1 ran, 0 already finished" in first.stdout
     log = (tmp_path / "logs" / "mnist-ce-rho0.2-seed0.log").read_text()
     assert "resuming after epoch" in log and "final test accuracy" in log
-    second = run_all(*common, "--", "--data-dir", data_root, "--epochs", "12")
+    second = run_grid(*common)
     assert "0 ran, 1 already finished" in second.stdout
     assert len(read_csv(tmp_path / "summary.csv")) == 1  # never duplicated
 
 
 @pytest.mark.slow
-def test_gpu_workers_share_cells_without_overlap(data_root, tmp_path):
-    # Two visible "GPUs" on a CPU machine: each worker gets its own CUDA_VISIBLE_DEVICES, and the
-    # cells run on the CPU because --device cpu overrides the workers' --device cuda.
-    result = run_all("--gpus", "0,1", "--quick", "--datasets", "mnist", "--losses", "ce,linear", "--rhos", "0,0.2",
-                     "--out", str(tmp_path), "--", "--data-dir", data_root, "--device", "cpu",
-                     env={"CUDA_VISIBLE_DEVICES": "0,1"})
-    assert "4 ran, 0 already finished" in result.stdout
-    started = [line.split(": ", 1)[1].split(" (")[0] for line in result.stdout.splitlines() if "] cell " in line]
-    numbers = sorted(int(line.split("] cell ")[1].split("/")[0]) for line in result.stdout.splitlines() if "] cell " in line)
-    assert numbers == [1, 2, 3, 4]  # two workers starting together still number their cells apart
-    assert sorted(started) == sorted(set(started)) and len(started) == 4  # every cell once
-    assert len(read_csv(tmp_path / "summary.csv")) == 4
+@pytest.mark.xdist_group("quick_grid")
+def test_cpu_workers_share_cells_without_overlap(quick_grid):
+    # conftest.quick_grid ran its grid with --cpu-workers 2: each mnist cell once, on the CPU
+    assert "6 ran, 0 already finished" in quick_grid.stdout
+    rows = read_csv(quick_grid.out / "summary.csv")
+    assert sorted(r["rho"] for r in rows if r["dataset"] == "mnist") == ["0.0", "0.0", "0.4", "0.4"]
+    assert all(r["device"] == "cpu" for r in rows)
+    started = [line.split(": ", 1)[1].split(" (")[0] for line in quick_grid.stdout.splitlines() if "] cell " in line]
+    assert len(started) == 6 == len(set(started))
+
+
+@pytest.mark.parametrize("bad", [["--cpu-workers", "0"], ["--cpu-workers", "two"], ["--cpu-workers", "99999999999999"],
+                                 ["--cpu-workers", "2", "--gpus", "0"], ["--cpu-workers", "1", "--slurm"]])
+def test_bad_cpu_workers_are_refused(bad):
+    refused = run_grid(*bad, "--datasets", "mnist", check=False, env={"CUDA_VISIBLE_DEVICES": "0"})
+    assert refused.returncode == 2 and "--cpu-workers" in refused.stderr
 
 
 @pytest.mark.slow
-def test_cpu_workers_share_cells_without_overlap(data_root, tmp_path):
-    result = run_all("--cpu-workers", "2", "--quick", "--datasets", "mnist", "--losses", "ce", "--rhos", "0,0.2",
-                     "--out", str(tmp_path), "--", "--data-dir", data_root, env={"CUDA_VISIBLE_DEVICES": ""})
-    assert "2 ran, 0 already finished" in result.stdout
-    assert sorted(r["rho"] for r in read_csv(tmp_path / "summary.csv")) == ["0.0", "0.2"]
-    assert all(r["device"] == "cpu" for r in read_csv(tmp_path / "summary.csv"))
-    for bad in (["--cpu-workers", "0"], ["--cpu-workers", "two"], ["--cpu-workers", "99999999999999"],
-                ["--cpu-workers", "2", "--gpus", "0"], ["--cpu-workers", "1", "--slurm"]):
-        refused = run_all(*bad, "--datasets", "mnist", check=False, env={"CUDA_VISIBLE_DEVICES": "0"})
-        assert refused.returncode == 2 and "--cpu-workers" in refused.stderr
-
-
-@pytest.mark.slow
-def test_unavailable_dataset_is_skipped_with_a_message(tmp_path):
-    result = run_all("--datasets", "cifar100", "--losses", "ce", "--rhos", "0", "--trials", "1", "--out",
-                     str(tmp_path), "--", "--data-dir", str(conftest.unreachable_folder(tmp_path)), timeout=300)
-    assert "skipping cifar100: cifar100 not found" in result.stdout
-    assert "0 ran, 0 already finished, 1 skipped (data unavailable), 0 failed" in result.stdout
-
-
-@pytest.mark.slow
-def test_quick_pipeline_ends_with_tables_and_figures(data_root, tmp_path):
-    out = str(tmp_path / "quick")
-    run_all("--quick", "--datasets", "synthetic,mnist", "--losses", "ce,phuber_ce", "--rhos", "0,0.4",
-            "--out", out, "--", "--data-dir", data_root)
-    # the CIFAR cells on a CPU: a cheaper network through the pass-through flags
-    result = run_all("--quick", "--datasets", "cifar10", "--losses", "phuber_ce", "--rhos", "0.4", "--out", out,
-                     "--", "--data-dir", data_root, "--model", "resnet18")
-    assert "1 ran" in result.stdout and "0 failed" in result.stdout
+@pytest.mark.xdist_group("quick_grid")
+def test_quick_pipeline_ends_with_tables_and_figures(quick_grid):
+    # conftest.quick_grid: synthetic and mnist (ce, phuber_ce at rho 0, 0.4), and the CIFAR-10 cell on a CPU
+    # with a cheaper network through the pass-through flags
+    assert "1 ran" in quick_grid.cifar and "0 failed" in quick_grid.cifar
+    out = str(quick_grid.out)
     rows = read_csv(os.path.join(out, "summary.csv"))
     assert len(rows) == 2 * 2 + 1 and {r["epochs"] for r in rows} == {"1"}
     tables, figures = os.listdir(os.path.join(out, "tables")), os.listdir(os.path.join(out, "figures"))
@@ -222,6 +213,7 @@ def test_aggregate_skips_malformed_files_by_name(hand_made, capsys):
     assert (hand_made / "tables" / "mnist.md").exists()
 
 
+@pytest.mark.slow  # matplotlib: seconds
 def test_aggregate_figures(hand_made):
     assert aggregate.main(["--results", str(hand_made)]) == 0
     assert {"mnist_accuracy.png", "mnist_accuracy.pdf"} <= set(os.listdir(hand_made / "figures"))
@@ -260,8 +252,8 @@ def test_slurm_array_runs_the_grid_and_aggregates(data_root, tmp_path):
     env = {"SLURM_CONF": str(cluster / "slurm.conf")}
     try:
         out = tmp_path / "results"
-        submitted = run_all("--slurm", "--quick", "--datasets", "synthetic,mnist", "--losses", "ce,phuber_ce",
-                            "--rhos", "0.4", "--out", str(out), "--", "--data-dir", data_root, env=env)
+        submitted = run_grid("--slurm", "--quick", "--datasets", "synthetic,mnist", "--losses", "ce,phuber_ce",
+                             "--rhos", "0.4", "--out", str(out), "--", "--data-dir", data_root, env=env)
         words = submitted.stdout.split()
         array, aggregation = words[words.index("array") + 1], words[words.index("job", words.index("aggregation")) + 1]
         assert "(4 cells)" in submitted.stdout
@@ -284,13 +276,13 @@ def test_slurm_array_runs_the_grid_and_aggregates(data_root, tmp_path):
 
 @pytest.mark.slow
 def test_tune_tau_protocol_end_to_end(data_root, tmp_path):
-    common = ["--tune-tau", "--quick", "--datasets", "mnist", "--losses", "ce,phuber_ce", "--rhos", "0,0.4",
-              "--tau-candidates", "2,10", "--out", str(tmp_path)]
-    cells = [line.split()[1] for line in run_all(*common, "--list").stdout.splitlines()]
+    common = ["--tune-tau", "--quick", "--datasets", "mnist", "--rhos", "0,0.4", "--tau-candidates", "2,10",
+              "--out", str(tmp_path)]
+    cells = [line.split()[1] for line in run_grid(*common, "--losses", "ce,phuber_ce", "--list").stdout.splitlines()]
     assert cells[:2] == ["tau-tuning-mnist-phuber_ce-tau2-rho0.4-seed0", "tau-tuning-mnist-phuber_ce-tau10-rho0.4-seed0"]
-    assert "mnist-phuber_ce-tuned-rho0-seed0" in cells and len(cells) == 2 + 2 * 2
-    result = run_all(*common, "--", "--data-dir", data_root)
-    assert "6 ran" in result.stdout and "0 failed" in result.stdout
+    assert "mnist-phuber_ce-tuned-rho0-seed0" in cells and len(cells) == 2 + 2 * 2  # CE: not tuned, in the grid
+    result = run_grid(*common, "--losses", "phuber_ce", "--", "--data-dir", data_root)  # the loss with a tau only
+    assert "4 ran" in result.stdout and "0 failed" in result.stdout
     tuning = read_csv(tmp_path / "tuning" / "summary.csv")
     assert sorted(float(r["tau"]) for r in tuning) == [2.0, 10.0]
     assert all(r["val_size"] == "30" and r["rho"] == "0.4" for r in tuning)  # 10% of 300 held out, highest rho
@@ -302,11 +294,12 @@ def test_tune_tau_protocol_end_to_end(data_root, tmp_path):
     assert "†" in (tmp_path / "tables" / "mnist.md").read_text()
 
 
+@pytest.mark.slow  # matplotlib: seconds
 def test_tau_sweep_figure(tmp_path):
     rows = [summary_row("cifar100", "phuber_ce", rho, seed, 50 + tau / 10 - 10 * rho, tau=float(tau))
             for tau in (2, 10, 50) for rho in (0.2, 0.6) for seed in (0, 1)]
     conftest.write_csv_rows(tmp_path / "summary.csv", rows)
-    listing = run_all("--list", "--datasets", "cifar100", "--losses", "phuber_ce", "--taus", "2,10,50").stdout
+    listing = run_grid("--list", "--datasets", "cifar100", "--losses", "phuber_ce", "--taus", "2,10,50").stdout
     assert len(listing.splitlines()) == 3 * 4 * 3 and "tau50" in listing and "tau2-" in listing
     assert aggregate.main(["--results", str(tmp_path)]) == 0
     assert (tmp_path / "figures" / "cifar100_tau_sweep.png").exists()
@@ -316,7 +309,7 @@ def test_tau_sweep_figure(tmp_path):
 # The report's Table 3 (label noise seeds), sources of published numbers, rows as in the report.
 
 def test_table3_cells_and_their_runs():
-    listing = [line.split()[1] for line in run_all("--table3", "--list").stdout.splitlines()]
+    listing = [line.split()[1] for line in run_grid("--table3", "--list").stdout.splitlines()]
     assert len(listing) == 2 * 2 * 4 * 3  # datasets x losses x noise seeds x trials, all at rho 0.6
     assert listing[:4] == ["mnist-ce-rho0.6-seed0", "mnist-ce-rho0.6-seed1", "mnist-ce-rho0.6-seed2",
                            "mnist-ce-rho0.6-seed0-ns1"]
@@ -327,9 +320,9 @@ def test_table3_cells_and_their_runs():
     assert len(shared) == 12 and all(i.endswith(("seed0", "seed1", "seed2")) for i in shared)
     for i in shared:  # noise seed 0: the same command, so the same run (reused, never run twice)
         assert table3[i].argv == main_grid[i].argv
-    names = {results.run_name(cli.parse(c.script, list(c.argv))[1]) for c in table3.values()}
+    names = {results.run_name(config.parse(c.script, list(c.argv)).settings()) for c in table3.values()}
     assert len(names) == 48  # every other cell is a run of its own
-    dry = run_all("--table3", "--task", "3", "--dry-run").stdout
+    dry = run_grid("--table3", "--task", "3", "--dry-run").stdout
     assert "--noise-seed 1 --seed 0" in dry and "--rho 0.6" in dry
 
 
@@ -414,18 +407,19 @@ def test_slurm_submission_of_table3_with_awkward_paths(tmp_path):
     caller.mkdir()
     log = tmp_path / "sbatch.log"
     env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SBATCH_LOG": str(log)}
-    out = run_all("--slurm", "--table3", "--datasets", "mnist", "--out", "res ults", "--sbatch", "--partition=gpu",
-                  "--", "--data-dir", "my data", env=env, cwd=caller).stdout
+    out = run_grid("--slurm", "--table3", "--datasets", "mnist", "--out", "res ults", "--sbatch", "--partition=gpu",
+                   "--", "--data-dir", "my data", env=env, cwd=caller).stdout
     assert "submitted job array 101 (24 cells) and aggregation job 102" in out
     grid_call, aggregation = [call.splitlines() for call in log.read_text().strip("\n").split("\n\n")]
     assert "--array=0-23" in grid_call and "--partition=gpu" in grid_call and f"--chdir={caller}" in grid_call
     assert "--dependency=afterany:101" in aggregation
     worker = grid_call[grid_call.index("--wrap") + 1]
     argv = shlex.split(worker.replace("$SLURM_ARRAY_TASK_ID", "5"))
-    assert argv[argv.index("--out") + 1] == str(caller / "res ults") and "--table3" in argv
+    # a task runs run_all.sh again with the arguments as given (relative to --chdir) and --task
+    assert argv[:2] == ["bash", os.path.join(conftest.ROOT, "run_all.sh")] and "--table3" in argv
+    assert argv[argv.index("--out") + 1] == "res ults" and argv[argv.index("--task") + 1] == "5"
     argv.insert(argv.index("--"), "--dry-run")  # what task 5 runs, without running it
-    task = subprocess.run(argv, cwd=caller, capture_output=True, text=True, env=dict(os.environ, PYTHON=sys.executable))
-    command = shlex.split(task.stdout)
+    command = shlex.split(run_grid(*argv[2:], cwd=caller).stdout)  # a task ignores --slurm: it runs its cell
     assert command[command.index("--noise-seed") + 1] == "1" and command[command.index("--seed") + 1] == "2"
     assert command[command.index("--out") + 1] == str(caller / "res ults")
     assert command[command.index("--data-dir") + 1] == "my data"  # relative to --chdir, the caller's directory

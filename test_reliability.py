@@ -1,9 +1,14 @@
 """Reliability (issue 12): the grid runner never reports success it did not have, signals stop
 everything, paths are the caller's, one process per run, a resumed run is the same run, and every
-bad input, from flags or from files, gets one line."""
+bad input, from flags or from files, gets one line.
+
+run_all.sh's engine runs in this process (conftest.run_grid) unless the process is what is tested:
+signals, a lock held by another process, a pool's workers, bash's own checks."""
+import contextlib
 import csv
 import datetime
 import errno
+import io
 import json
 import os
 import pickle
@@ -21,9 +26,8 @@ import pytest
 import torch
 
 import aggregate
-import cli
+import config
 import conftest
-import experiment
 import grid
 import grid_cli
 import results
@@ -34,7 +38,8 @@ import tables
 import tiny_data
 import train_cifar
 import train_mnist
-from conftest import only_run_dir, run_all, write_csv_rows
+import training
+from conftest import only_run_dir, run_all, run_grid, write_csv_rows
 from results import read_csv
 
 QUICK_MNIST = ["--quick", "--datasets", "mnist", "--losses", "ce", "--rhos", "0"]
@@ -55,6 +60,19 @@ def processes_mentioning(text):
         try:
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 if text.encode() in f.read() and live(pid) and int(pid) != os.getpid():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def with_marker(marker):
+    """Processes whose environment holds MARKER=marker: what a test started, and everything they start."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if f"MARKER={marker}".encode() in f.read().split(b"\0") and live(pid) and int(pid) != os.getpid():
                     found.append(int(pid))
         except OSError:
             pass
@@ -83,19 +101,19 @@ def wait_for(condition, seconds=120, proc=None):
 @pytest.mark.parametrize("task", [[], ["--task", "5"]])
 def test_a_rejected_pass_through_flag_stops_the_grid_before_any_cell(extra, message, task, tmp_path, data_root):
     selection = ["--quick", "--datasets", "mnist", "--losses", "gce,phuber_ce", "--rhos", "0,0.2,0.4"]
-    result = run_all(*selection, *task, "--out", str(tmp_path / "out"), "--", "--data-dir", data_root, *extra,
-                     check=False)
+    result = run_grid(*selection, *task, "--out", str(tmp_path / "out"), "--", "--data-dir", data_root, *extra,
+                      check=False)
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert "cell 1/" not in result.stdout and not (tmp_path / "out").exists()  # nothing written
 
 
-@pytest.mark.slow
 def test_a_python_without_torch_fails_instead_of_skipping(tmp_path, data_root):
     bare = os.path.join(sys.base_prefix, "bin", "python3")  # the interpreter this environment was made from
-    if subprocess.run([bare, "-c", "import torch"], capture_output=True).returncode == 0:
+    has_torch = "import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is None)"  # not importing it
+    if subprocess.run([bare, "-c", has_torch], capture_output=True).returncode == 0:
         pytest.skip(f"{bare} has torch")
-    result = run_all(*QUICK_MNIST, "--out", str(tmp_path), "--", "--data-dir", data_root, check=False,
-                     env={"PYTHON": bare})
+    result = run_grid(*QUICK_MNIST, "--out", str(tmp_path), "--", "--data-dir", data_root, check=False,
+                      env={"PYTHON": bare})
     assert result.returncode == 1 and "skipped" not in result.stdout
     assert "mnist: the training script cannot start (exit 1): ModuleNotFoundError: No module named 'torch'" in result.stderr
 
@@ -107,14 +125,14 @@ def test_a_python_without_torch_fails_instead_of_skipping(tmp_path, data_root):
     (["--table3", "--memorisation"], "choose one"),
 ])
 def test_bad_selections_are_one_line_and_write_nothing(args, message, tmp_path):
-    result = run_all("--datasets", "mnist", *args, "--out", str(tmp_path / "out"), check=False)
+    result = run_grid("--datasets", "mnist", *args, "--out", str(tmp_path / "out"), check=False)
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
 
 
 def test_values_pass_through_exactly():
-    out = run_all("--dry-run", "--datasets", "mnist", "--losses", "phuber_ce", "--taus", "1.0000001,2",
-                  "--rhos", "0.123456789", "--trials", "1").stdout.splitlines()
+    out = run_grid("--dry-run", "--datasets", "mnist", "--losses", "phuber_ce", "--taus", "1.0000001,2",
+                   "--rhos", "0.123456789", "--trials", "1").stdout.splitlines()
     assert ["--tau 1.0000001" in line for line in out] == [True, False]
     assert all("--rho 0.123456789 " in line for line in out) and "--tau 2 " in out[1]
 
@@ -128,33 +146,43 @@ def test_tau_is_chosen_among_the_candidates_only():
 
 
 def test_no_python_is_one_line(tmp_path):
-    result = run_all("--list", check=False, env={"PYTHON": str(tmp_path / "no-python")})
+    result = run_all("--list", check=False, env={"PYTHON": str(tmp_path / "no-python")})  # run_all.sh's own check
     assert result.returncode == 2 and "is not a command" in result.stderr and len(result.stderr.splitlines()) == 1
 
 
 @pytest.mark.slow
-def test_failing_cells_and_a_failing_aggregation_fail_the_grid(tmp_path, data_root):
+def test_failing_cells_fail_the_grid(tmp_path, data_root):
     # every cell diverges: each is "failed" with the last line of its log, and the exit status is 1
-    result = run_all("--quick", "--datasets", "mnist", "--losses", "ce,linear", "--rhos", "0", "--out", str(tmp_path / "a"),
-                     "--", "--data-dir", data_root, "--lr", "1e30", check=False)
+    result = run_grid("--quick", "--datasets", "mnist", "--losses", "ce,linear", "--rhos", "0", "--out",
+                      str(tmp_path / "a"), "--", "--data-dir", data_root, "--lr", "1e30", "--limit-train", "64",
+                      "--limit-test", "64", check=False)
     assert result.returncode == 1 and "0 ran, 0 already finished, 0 skipped (data unavailable), 2 failed" in result.stdout
     assert result.stdout.count("non-finite training loss at epoch 1") == 4  # as it happens and in the summary
-    # the cells run, but aggregate.py cannot write its tables: that is a failure too
-    (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "tables").write_text("a file where the tables folder goes")
-    result = run_all(*QUICK_MNIST, "--out", str(tmp_path / "b"), "--", "--data-dir", data_root, check=False)
-    assert "1 ran" in result.stdout and "aggregate.py FAILED" in result.stdout and result.returncode == 1
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("quick_grid")
+def test_a_failing_aggregation_fails_the_grid(tmp_path, quick_grid):
+    # the cell is done, but aggregate.py cannot write its tables: that is a failure too
+    out = tmp_path / "b"
+    shutil.copytree(quick_grid.out, out)
+    shutil.rmtree(out / "tables")
+    (out / "tables").write_text("a file where the tables folder goes")
+    result = run_grid(*QUICK_MNIST, "--out", str(out), "--", "--data-dir", str(quick_grid.data), check=False)
+    assert "0 ran, 1 already finished" in result.stdout and "aggregate.py FAILED" in result.stdout
+    assert result.returncode == 1
 
 
 @pytest.mark.slow
 def test_missing_data_is_skipped_naming_the_files_and_where(tmp_path):
     empty = conftest.unreachable_folder(tmp_path)
-    result = run_all("--quick", "--datasets", "mnist,cifar10", "--losses", "ce", "--rhos", "0", "--out", str(tmp_path),
-                     "--", "--data-dir", str(empty), timeout=300)
-    assert result.returncode == 0 and "0 ran, 0 already finished, 2 skipped (data unavailable), 0 failed" in result.stdout
-    mnist, cifar = (line for line in result.stdout.splitlines() if line.startswith("skipping"))
+    result = run_grid("--quick", "--datasets", "mnist,cifar10,cifar100", "--losses", "ce", "--rhos", "0", "--out",
+                      str(tmp_path), "--", "--data-dir", str(empty))
+    assert result.returncode == 0 and "0 ran, 0 already finished, 3 skipped (data unavailable), 0 failed" in result.stdout
+    mnist, cifar, cifar100 = (line for line in result.stdout.splitlines() if line.startswith("skipping"))
     assert "train-images-idx3-ubyte" in mnist and str(empty) in mnist
     assert "data_batch_1" in cifar and os.path.join(str(empty), "cifar-10-batches-py") in cifar
+    assert cifar100.startswith("skipping cifar100: cifar100 not found")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,47 +194,43 @@ def cuda_visible_devices(pid):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("signum,status,workers,to_the_end", [  # SIGINT and SIGTERM take one path in the runner
-    (signal.SIGINT, 130, ["--gpus", "0,1"], True),
-    (signal.SIGTERM, 143, ["--gpus", "0", "--per-gpu", "2"], False),  # two cells on one GPU at the same time
+@pytest.mark.parametrize("signum,status,workers", [  # SIGINT and SIGTERM take one path in the runner
+    (signal.SIGINT, 130, ["--gpus", "0,1"]),
+    (signal.SIGTERM, 143, ["--gpus", "0", "--per-gpu", "2"]),  # two cells on one GPU at the same time
 ], ids=["sigint-two-gpus", "sigterm-per-gpu-2"])
-def test_a_signal_stops_every_worker_and_cell_and_the_grid_resumes(signum, status, workers, to_the_end, tmp_path,
-                                                                    data_root):
-    """to_the_end: the resumed grid runs to its end (once: 200 epochs take a minute and a half; the
-    others show that the resume starts, and stop it)."""
+def test_a_signal_stops_every_worker_and_cell_and_the_grid_resumes(signum, status, workers, tmp_path, data_root):
+    """The runner is a process here: the signal is what is tested. The SIGINT case then resumes the
+    grid to its end (the same command: each cell from its checkpoint, each on its worker once)."""
     out = tmp_path / "out"
-    grid = [*workers, "--quick", "--datasets", "mnist", "--losses", "ce,linear", "--rhos", "0", "--out", str(out)]
-    cells = lambda epochs: ["--", "--data-dir", data_root, "--device", "cpu", "--epochs", epochs, "--limit-train", "64"]  # noqa
+    selection = [*workers, "--quick", "--datasets", "mnist", "--losses", "ce,linear", "--rhos", "0", "--out", str(out)]
+    # 100 one-step epochs: a cell still runs seconds after the other's first checkpoint, and resumes in seconds
+    cells = ["--", "--data-dir", data_root, "--device", "cpu", "--epochs", "100", "--limit-train", "32",
+             "--limit-test", "32"]
     gpus = {"CUDA_VISIBLE_DEVICES": "0,1"}  # two "GPUs" on a CPU machine; --device cpu runs the cells there
-    runner = subprocess.Popen(["bash", "run_all.sh", *grid, *cells("200")], cwd=conftest.ROOT,
-                              env=dict(os.environ, PYTHON=sys.executable, **gpus), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+    grid_process = subprocess.Popen(["bash", "run_all.sh", *selection, *cells], cwd=conftest.ROOT,
+                                    env=dict(os.environ, PYTHON=sys.executable, **gpus), stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True)
     runs = out / "runs"
-    wait_for(lambda: runs.is_dir() and sum((d / "checkpoint.pt").exists() for d in runs.iterdir()) == 2, proc=runner)
+    wait_for(lambda: runs.is_dir() and sum((d / "checkpoint.pt").exists() for d in runs.iterdir()) == 2,
+             proc=grid_process)
     running = processes_mentioning(str(out))
-    assert len(running) == 3 and runner.pid in running  # the runner and one cell per worker, at the same time ...
-    cells_now = sorted(set(running) - {runner.pid})
+    assert len(running) == 3 and grid_process.pid in running  # the runner and one cell per worker, at once ...
+    cells_now = sorted(set(running) - {grid_process.pid})
     assert sorted(int(results.lock_holder(str(d))) for d in runs.iterdir()) == cells_now  # ... each holding its run
     assert sorted(map(cuda_visible_devices, cells_now)) == (["0", "1"] if "0,1" in workers else ["0", "0"])
-    runner.send_signal(signum)  # to the runner alone, as SLURM or a parent process would
-    assert runner.wait(timeout=60) == status and "interrupted" in runner.stdout.read()
+    grid_process.send_signal(signum)  # to the runner alone, as SLURM or a parent process would
+    assert grid_process.wait(timeout=60) == status and "interrupted" in grid_process.stdout.read()
     wait_for(lambda: not processes_mentioning(str(out)), seconds=30)  # no worker, no cell left
     assert not (out / "summary.csv").exists()
-    again = run_all(*grid, *cells("2"), check=False, env=gpus)
-    assert again.returncode == 1 and "2 failed" in again.stdout  # other --epochs: resuming would mix two runs, ...
-    assert "differs in epochs (200 there, 2 here)" in again.stdout  # ... so it says so, for each cell
-    if to_the_end:  # ... the same command resumes
-        again = run_all(*grid, *cells("200"), env=gpus, timeout=600)
-        assert "2 ran" in again.stdout and len(read_csv(out / "summary.csv")) == 2
-        assert all("resuming after epoch" in open(p).read() for p in (out / "logs").iterdir())
+    if signum != signal.SIGINT:
         return
-    again = subprocess.Popen(["bash", "run_all.sh", *grid, *cells("200")], cwd=conftest.ROOT,
-                             env=dict(os.environ, PYTHON=sys.executable, **gpus), stdout=subprocess.DEVNULL)
-    resumed = lambda: all("resuming after epoch" in open(p).read() for p in (out / "logs").iterdir())  # noqa
-    wait_for(resumed, proc=again)
-    again.send_signal(signum)
-    assert again.wait(timeout=60) == status
-    wait_for(lambda: not processes_mentioning(str(out)), seconds=30)
+    again = run_grid(*selection, *cells, env=gpus)
+    assert "2 ran, 0 already finished" in again.stdout and len(read_csv(out / "summary.csv")) == 2
+    assert all("resuming after epoch" in open(p).read() for p in (out / "logs").iterdir())
+    started = [line.split(": ", 1)[1].split(" (")[0] for line in again.stdout.splitlines() if "] cell " in line]
+    numbers = sorted(int(line.split("] cell ")[1].split("/")[0]) for line in again.stdout.splitlines() if "] cell " in line)
+    assert numbers == [1, 2]  # two workers starting together still number their cells apart
+    assert sorted(started) == ["mnist-ce-rho0-seed0", "mnist-linear-rho0-seed0"]  # every cell once
 
 
 @pytest.mark.parametrize("gpus,visible,message", [
@@ -214,7 +238,7 @@ def test_a_signal_stops_every_worker_and_cell_and_the_grid_resumes(signum, statu
     ("2", "0,1", "2 GPU(s) visible here (ids 0-1)"), ("0", "", "0 GPU(s) visible here"),
 ])
 def test_bad_gpus_are_one_line(gpus, visible, message):
-    result = run_all("--gpus", gpus, "--datasets", "mnist", check=False, env={"CUDA_VISIBLE_DEVICES": visible})
+    result = run_grid("--gpus", gpus, "--datasets", "mnist", check=False, env={"CUDA_VISIBLE_DEVICES": visible})
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
@@ -227,8 +251,8 @@ def test_bad_gpus_are_one_line(gpus, visible, message):
     (["--gpus", "0,1", "--per-gpu", str(os.cpu_count())], "a core per cell"),
 ])
 def test_bad_per_gpu_is_one_line(args, message, tmp_path):
-    result = run_all(*args, "--datasets", "mnist", "--out", str(tmp_path / "out"), check=False,
-                     env={"CUDA_VISIBLE_DEVICES": "0,1"})
+    result = run_grid(*args, "--datasets", "mnist", "--out", str(tmp_path / "out"), check=False,
+                      env={"CUDA_VISIBLE_DEVICES": "0,1"})
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
 
@@ -251,70 +275,139 @@ def test_synthetic_pool_workers_die_with_their_parent(tmp_path):
     wait_for(lambda: not any(live(p) for p in pool), seconds=10)
 
 
+SLEEPERS = """
+import subprocess, sys, time
+import pytest
+
+@pytest.mark.parametrize("i", range(4))
+def test_sleeps(i):
+    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])  # a process a test starts
+    time.sleep(300)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not shutil.which("make"), reason="no make here")
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_make_test_stops_on_ctrl_c_and_on_a_signal_to_make(how, tmp_path):
+    """`make test`, its recipe as CI runs it, on four tests that each start a process and sleep: Ctrl-C
+    (SIGINT to the terminal's process group) or SIGTERM to make alone (a parent's, timeout's) stops
+    make, pytest, its workers and the tests' processes in seconds, without a crash, leaving nothing."""
+    shutil.copy(os.path.join(conftest.ROOT, "conftest.py"), tmp_path)  # the suite's hooks and settings
+    (tmp_path / "test_sleepers.py").write_text(SLEEPERS)
+    venv, scratch = tmp_path / "venv", tmp_path / "tmp"
+    venv.mkdir()
+    scratch.mkdir()
+    (venv / "installed").touch()  # make's venv: made (the recipe runs this interpreter)
+    marker = str(tmp_path)
+    make = subprocess.Popen(["make", "test", f"PY={sys.executable}", f"VENV={venv}",
+                             f"TESTS=-p no:cacheprovider {tmp_path / 'test_sleepers.py'}"], cwd=conftest.ROOT,
+                            env=dict(os.environ, MARKER=marker, TMPDIR=str(scratch)), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    sleeping = lambda: sum(b"time.sleep(300)" in open(f"/proc/{p}/cmdline", "rb").read()  # noqa: E731
+                           for p in with_marker(marker) if os.path.exists(f"/proc/{p}/cmdline"))
+    wait_for(lambda: sleeping() == 2, seconds=120, proc=make)  # two workers, each in a test
+    start = time.time()
+    if how == "ctrl-c":
+        os.killpg(make.pid, signal.SIGINT)
+    else:
+        make.send_signal(signal.SIGTERM)
+    output = make.communicate(timeout=60)[0]
+    assert make.returncode != 0 and time.time() - start < 30, output
+    assert not re.search(r"Segmentation fault|core dumped|Traceback", output), output
+    wait_for(lambda: not with_marker(marker), seconds=15)  # no worker, no test's process left
+    assert [p.name for p in scratch.iterdir()] in ([], [f"pytest-of-{os.environ.get('USER', 'root')}"])
+
+
 # ---------------------------------------------------------------------------------------------
 # 3. Paths: the caller's, with spaces.
 
 @pytest.mark.slow
-def test_paths_with_spaces_relative_to_the_caller(tmp_path, data_root):
-    caller = tmp_path / "my work"
-    (caller / "my data").mkdir(parents=True)
-    shutil.copytree(data_root, caller / "my data" / "set", dirs_exist_ok=True)
-    result = run_all(*QUICK_MNIST, "--out", "my results", "--", "--data-dir", "my data/set", cwd=caller)
-    assert "1 ran" in result.stdout and len(read_csv(caller / "my results" / "summary.csv")) == 1
-    assert (caller / "my results" / "tables" / "mnist.md").exists() and not (tmp_path / "my results").exists()
+@pytest.mark.xdist_group("quick_grid")
+def test_paths_with_spaces_relative_to_the_caller(quick_grid):
+    # conftest.quick_grid ran it from "my work" with --out "my results" -- --data-dir "my data/set"
+    assert "6 ran" in quick_grid.stdout and len(read_csv(quick_grid.out / "summary.csv")) == 5
+    assert quick_grid.out == quick_grid.caller / "my results"
+    assert (quick_grid.out / "tables" / "mnist.md").exists() and not (quick_grid.caller.parent / "my results").exists()
 
 
 # ---------------------------------------------------------------------------------------------
 # 4. One process per run folder.
 
 @pytest.mark.slow
-def test_one_process_per_run_and_a_stale_lock_is_taken_over(mnist_dir, tmp_path):
-    argv = [sys.executable, "train_mnist.py", "--data-dir", mnist_dir, "--out", str(tmp_path), "--epochs", "300"]
-    first = subprocess.Popen(argv, cwd=conftest.ROOT, stdout=subprocess.DEVNULL)
+def test_one_process_per_run_and_a_stale_lock_is_taken_over(mnist_dir, tmp_path, monkeypatch, capsys):
+    flags = ["--data-dir", mnist_dir, "--out", str(tmp_path), "--limit-train", "64", "--limit-test", "64"]
+    first = subprocess.Popen([sys.executable, "train_mnist.py", *flags, "--epochs", "300"], cwd=conftest.ROOT,
+                             stdout=subprocess.DEVNULL)  # another process holds the run's lock
     wait_for(lambda: (tmp_path / "runs").is_dir() and any((d / "checkpoint.pt").exists()
                                                            for d in (tmp_path / "runs").iterdir()), proc=first)
     for extra in ([], ["--resume"], ["--force"]):  # the same run twice, in any mode: one line, exit 2
-        second = subprocess.run(argv + extra, cwd=conftest.ROOT, capture_output=True, text=True)
-        assert second.returncode == 2 and f"is in progress (pid {first.pid})" in second.stderr, second.stderr
-        assert len(second.stderr.strip().splitlines()) == 1
+        with pytest.raises(SystemExit) as e:
+            train_mnist.main([*flags, "--epochs", "300", *extra])
+        err = capsys.readouterr().err.strip()
+        assert e.value.code == 2 and f"is in progress (pid {first.pid})" in err and len(err.splitlines()) == 1, err
     first.kill()  # its lock goes with it: the next start takes it over and resumes
     first.wait()
-    resumed = subprocess.run(argv[:-1] + ["3", "--resume"], cwd=conftest.ROOT, capture_output=True, text=True)
-    assert resumed.returncode == 2 and "differs in epochs (300 there, 3 here)" in resumed.stderr
-    resumed = subprocess.Popen(argv + ["--resume"], cwd=conftest.ROOT, stdout=subprocess.PIPE, text=True)
-    assert any("resuming after epoch" in line for line in resumed.stdout)  # the stale lock was taken over
+    with pytest.raises(SystemExit) as e:
+        train_mnist.main([*flags, "--epochs", "3", "--resume"])
+    assert e.value.code == 2 and "differs in epochs (300 there, 3 here)" in capsys.readouterr().err
     (run_dir,) = (tmp_path / "runs").iterdir()
-    wait_for(lambda: results.lock_holder(str(run_dir)) == str(resumed.pid), proc=resumed)
-    resumed.kill()  # running to epoch 300 would take a minute and a half: test_training resumes to the end
-    resumed.wait()
+    holders = []
+
+    def holder_then_stop(run, row):  # the first epoch of the resumed run: who holds the lock now
+        holders.append(results.lock_holder(str(run_dir)))
+        raise KeyboardInterrupt  # running to epoch 300 would take long: test_pipeline resumes to the end
+    monkeypatch.setattr(training.RunFolder, "end_epoch", holder_then_stop)
+    with pytest.raises(SystemExit) as e:
+        train_mnist.main([*flags, "--epochs", "300", "--resume"])
+    assert e.value.code == 130 and "resuming after epoch" in capsys.readouterr().out  # the stale lock was taken over
+    assert holders == [str(os.getpid())]
 
 
 # ---------------------------------------------------------------------------------------------
 # 5. A resumed run is the same run.
 
-def interrupted(mnist_dir, out, monkeypatch, *extra):
-    """An interrupted run of 3 epochs (its checkpoint is epoch 3): Ctrl-C just before it finishes."""
+INTERRUPTED = ["--epochs", "3", "--limit-train", "64", "--limit-test", "64"]  # the interrupted run's settings
+
+
+@pytest.fixture(scope="module")
+def interrupted_run(mnist_dir, tmp_path_factory):
+    """A results folder holding one interrupted run of 3 epochs (its checkpoint is epoch 3): Ctrl-C just
+    before it finishes. Made once; `interrupted` copies it for each test."""
+    out = tmp_path_factory.mktemp("interrupted")
+    err = io.StringIO()
+
     def ctrl_c(*args):
         raise KeyboardInterrupt
-    with monkeypatch.context() as m:
-        m.setattr("experiment.finish", ctrl_c)
+    with pytest.MonkeyPatch.context() as m, contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        m.setattr(training.RunFolder, "finish", ctrl_c)
         with pytest.raises(SystemExit) as e:
-            train_mnist.main(["--data-dir", mnist_dir, "--out", str(out), "--epochs", "3", *extra])
+            train_mnist.main(["--data-dir", mnist_dir, "--out", str(out), *INTERRUPTED])
     assert e.value.code == 130
+    return dict(out=out, err=err.getvalue(), threads=torch.get_num_threads())
+
+
+def interrupted(interrupted_run, out):
+    """A copy of the interrupted run in `out`; its run folder."""
+    shutil.copytree(interrupted_run["out"], out, dirs_exist_ok=True)
     return only_run_dir(out)
 
 
-def test_interrupt_is_one_line_and_leaves_a_checkpoint(mnist_dir, tmp_path, monkeypatch, capsys):
-    run_dir = interrupted(mnist_dir, tmp_path, monkeypatch)
-    assert "interrupted; its last checkpoint is epoch 3: rerun with --resume" in capsys.readouterr().err
-    assert os.path.exists(os.path.join(run_dir, "checkpoint.pt"))
+def resume_argv(mnist_dir, out, *extra):
+    return ["--data-dir", mnist_dir, "--out", str(out), *INTERRUPTED, "--resume", *extra]
 
 
-def test_resume_refuses_other_data(mnist_dir, tmp_path, monkeypatch, capsys):
-    interrupted(mnist_dir, tmp_path, monkeypatch)
+def test_interrupt_is_one_line_and_leaves_a_checkpoint(interrupted_run):
+    err = interrupted_run["err"].strip()
+    assert "interrupted; its last checkpoint is epoch 3: rerun with --resume" in err and len(err.splitlines()) == 1
+    assert os.path.exists(os.path.join(only_run_dir(interrupted_run["out"]), "checkpoint.pt"))
+
+
+def test_resume_refuses_other_data(interrupted_run, tmp_path, capsys):
+    interrupted(interrupted_run, tmp_path)
     other = tiny_data.make_idx_dataset(str(tmp_path / "other"), seed=1)  # same sizes, other images and labels
     with pytest.raises(SystemExit) as e:
-        train_mnist.main(["--data-dir", other, "--out", str(tmp_path), "--epochs", "3", "--resume"])
+        train_mnist.main(resume_argv(other, tmp_path))
     err = capsys.readouterr().err
     assert e.value.code == 2 and "was made on other data (clean_labels, images, noisy_labels, test_labels differ)" in err
     assert not (tmp_path / "summary.csv").exists()
@@ -322,36 +415,36 @@ def test_resume_refuses_other_data(mnist_dir, tmp_path, monkeypatch, capsys):
 
 @pytest.mark.parametrize("changed,difference", [(["--lr", "0.002"], "lr (0.001 there, 0.002 here)"),
                                                 (["--epochs", "5"], "epochs (3 there, 5 here)")])
-def test_resume_with_changed_settings_names_the_interrupted_run(changed, difference, mnist_dir, tmp_path, monkeypatch,
-                                                                capsys):
-    run_dir = interrupted(mnist_dir, tmp_path, monkeypatch)
-    argv = ["--data-dir", mnist_dir, "--out", str(tmp_path), "--epochs", "3", *changed]
+def test_resume_with_changed_settings_names_the_interrupted_run(changed, difference, interrupted_run, mnist_dir,
+                                                                tmp_path, capsys):
+    run_dir = interrupted(interrupted_run, tmp_path)
+    argv = resume_argv(mnist_dir, tmp_path, *changed)
     with pytest.raises(SystemExit) as e:
-        train_mnist.main(argv + ["--resume"])
+        train_mnist.main(argv)
     err = capsys.readouterr().err
     assert e.value.code == 2 and f"the interrupted run {os.path.basename(run_dir)} differs in {difference}" in err
-    assert train_mnist.main(argv + ["--resume", "--force"]) == 0  # --force starts the other run
+    assert train_mnist.main(argv + ["--force"]) == 0  # --force starts the other run
 
 
-def test_leftover_temporary_files_go_at_the_next_start(mnist_dir, tmp_path, monkeypatch):
-    run_dir = interrupted(mnist_dir, tmp_path, monkeypatch)
+def test_leftover_temporary_files_go_at_the_next_start(interrupted_run, mnist_dir, tmp_path):
+    run_dir = interrupted(interrupted_run, tmp_path)
     for name in (".checkpoint.pt4x8k2m.tmp", ".epochs.csvq7.tmp"):  # a kill during an atomic write
         open(os.path.join(run_dir, name), "wb").write(b"\0" * 1000)
     open(tmp_path / ".summary.csvz3.tmp", "w").write("half a row")
-    assert train_mnist.main(["--data-dir", mnist_dir, "--out", str(tmp_path), "--epochs", "3", "--resume"]) == 0
+    assert train_mnist.main(resume_argv(mnist_dir, tmp_path)) == 0
     assert not list(tmp_path.rglob(conftest.TEMPORARY))
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty", "foreign"])
-def test_a_corrupt_checkpoint_is_one_line(damage, mnist_dir, tmp_path, monkeypatch, capsys):
-    checkpoint = os.path.join(interrupted(mnist_dir, tmp_path, monkeypatch), "checkpoint.pt")
+def test_a_corrupt_checkpoint_is_one_line(damage, interrupted_run, mnist_dir, tmp_path, capsys):
+    checkpoint = os.path.join(interrupted(interrupted_run, tmp_path), "checkpoint.pt")
     data = open(checkpoint, "rb").read()
     payloads = {"truncate": data[:len(data) // 2], "garbage": os.urandom(5000), "empty": b"",
                 "foreign": pickle.dumps({"model": datetime.datetime(2026, 1, 1)})}  # not tensors and plain values
     open(checkpoint, "wb").write(payloads[damage])
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
-        train_mnist.main(["--data-dir", mnist_dir, "--out", str(tmp_path), "--epochs", "3", "--resume"])
+        train_mnist.main(resume_argv(mnist_dir, tmp_path))
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and "is not a readable checkpoint" in err and len(err.splitlines()) == 1
 
@@ -508,11 +601,16 @@ def idx_variants(folder):
     }
 
 
-@pytest.mark.parametrize("case", list(idx_variants(tiny_data.make_idx_dataset(os.path.join(
-    os.environ.get("TMPDIR", "/tmp"), f"idx-variants-{os.getpid()}")))))
+IDX_CASES = ["header cut", "data cut", "bad magic", "wrong size", "labels in images", "label 10", "label 255",
+             "fewer labels"]
+
+
+@pytest.mark.parametrize("case", IDX_CASES)
 def test_a_broken_idx_file_is_named_alone(case, tmp_path, capsys):
     folder = tiny_data.make_idx_dataset(str(tmp_path / "data"))
-    name, content = idx_variants(folder)[case]
+    variants = idx_variants(folder)
+    assert list(variants) == IDX_CASES
+    name, content = variants[case]
     open(os.path.join(folder, name), "wb").write(content)
     with pytest.raises(SystemExit) as e:
         train_mnist.main(["--data-dir", folder, "--out", str(tmp_path / "out")])
@@ -557,7 +655,8 @@ def test_disk_full_is_one_line(mnist_dir, tmp_path, monkeypatch, capsys):
 #    special files, and every failure one line.
 
 def mnist_run(mnist_dir, out, *extra):
-    return ["--data-dir", mnist_dir, "--out", str(out), "--epochs", "1", *extra]
+    return ["--data-dir", mnist_dir, "--out", str(out), "--epochs", "1", "--limit-train", "64", "--limit-test", "64",
+            *extra]
 
 
 def as_a_spreadsheet_saves_it(path):
@@ -589,15 +688,17 @@ def test_a_summary_saved_by_a_spreadsheet_keeps_its_runs(mnist_dir, tmp_path, ca
 
 
 def test_the_grid_recognises_the_runs_of_a_summary_a_spreadsheet_saved(tmp_path, data_root):
-    selection = [*QUICK_MNIST, "--out", str(tmp_path), "--", "--data-dir", data_root]
+    # --task 0: the cell alone, as a SLURM task runs it (a whole grid would check the data and aggregate, in
+    # processes; it skips a finished cell in test_a_failing_aggregation_fails_the_grid)
+    selection = [*QUICK_MNIST, "--task", "0", "--out", str(tmp_path), "--", "--data-dir", data_root]
     opts = grid_cli.parse_grid(selection)
     (cell,) = opts.cells
     write_csv_rows(tmp_path / "summary.csv", [good_row(run=runner.run_name(cell, opts), rho="0.0", epochs="1")])
     as_a_spreadsheet_saves_it(tmp_path / "summary.csv")
     before = (tmp_path / "summary.csv").read_bytes()
-    result = run_all(*selection)
+    result = run_grid(*selection)
     assert "0 ran, 1 already finished" in result.stdout and not (tmp_path / "runs").exists(), result.stdout
-    assert (tmp_path / "summary.csv").read_bytes() == before and (tmp_path / "tables" / "mnist.md").exists()
+    assert (tmp_path / "summary.csv").read_bytes() == before
 
 
 DAMAGED = {  # a row as an editor, a copy or a crash can leave it, and what its warning names
@@ -637,7 +738,7 @@ def test_a_damaged_row_is_skipped_by_name_and_never_rewritten(damage, mnist_dir,
 def test_the_grid_refuses_a_summary_with_a_bad_row_before_any_cell(tmp_path, data_root):
     path = damaged_summary(tmp_path, "not UTF-8")
     before = path.read_bytes()
-    result = run_all(*QUICK_MNIST, "--out", str(tmp_path), "--", "--data-dir", data_root, check=False)
+    result = run_grid(*QUICK_MNIST, "--out", str(tmp_path), "--", "--data-dir", data_root, check=False)
     assert result.returncode == 2 and "summary.csv line 5: not UTF-8" in result.stderr and result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1 and path.read_bytes() == before
 
@@ -678,7 +779,7 @@ def test_a_header_doubled_by_the_old_writer_is_read_as_one_column(tmp_path):
 def test_published_numbers_only_beside_runs_of_the_published_settings(changes, compared, title, tmp_path):
     rows = [conftest.summary_row("mnist", "ce", 0.6, s, 90.0 + s, run=f"r{s}", **changes) for s in (0, 1, 2)]
     write_csv_rows(tmp_path / "summary.csv", rows)
-    assert aggregate.main(["--results", str(tmp_path)]) == 0
+    assert aggregate.main(["--results", str(tmp_path), "--no-plot"]) == 0
     assert (tmp_path / "tables" / "mnist_comparison.md").exists() == compared
     assert (tmp_path / "tables" / "mnist.md").read_text().splitlines()[0].startswith(f"# {title}")
     (entry,), _ = tables.table_entries(tables.load_runs(tmp_path), grid.report_rows("mnist"))
@@ -696,23 +797,23 @@ def test_the_noise_seed_table_compares_only_the_published_settings(tmp_path):
     assert table["CE [noise=symmetric]"]["mean"] == "91.1" and table["CE [noise=instance]"]["mean"] == ""
 
 
-def test_cpu_thread_count_is_recorded_and_a_resume_across_counts_refused(mnist_dir, tmp_path, monkeypatch, capsys):
-    threads = torch.get_num_threads()
+def test_cpu_thread_count_is_recorded_and_a_resume_across_counts_refused(interrupted_run, mnist_dir, tmp_path,
+                                                                          capsys):
+    threads, made = torch.get_num_threads(), interrupted_run["threads"]
+    run_dir = interrupted(interrupted_run, tmp_path)
+    assert json.load(open(os.path.join(run_dir, "config.json")))["threads"] == made
+    other = made + 1
     try:
-        torch.set_num_threads(2)
-        run_dir = interrupted(mnist_dir, tmp_path, monkeypatch)
-        assert json.load(open(os.path.join(run_dir, "config.json")))["threads"] == 2
-        torch.set_num_threads(1)
-        capsys.readouterr()
-        argv = ["--data-dir", mnist_dir, "--out", str(tmp_path), "--epochs", "3", "--resume"]
+        torch.set_num_threads(other)
         with pytest.raises(SystemExit) as e:
-            train_mnist.main(argv)
+            train_mnist.main(resume_argv(mnist_dir, tmp_path))
         err = capsys.readouterr().err.strip()
-        assert e.value.code == 2 and "made with 2 CPU threads, this process has 1" in err and len(err.splitlines()) == 1
-        torch.set_num_threads(2)
-        assert train_mnist.main(argv) == 0
+        assert e.value.code == 2 and f"made with {made} CPU threads, this process has {other}" in err
+        assert len(err.splitlines()) == 1
+        torch.set_num_threads(made)
+        assert train_mnist.main(resume_argv(mnist_dir, tmp_path)) == 0
         (row,) = read_csv(tmp_path / "summary.csv")
-        assert row["threads"] == "2" and results.SCHEMA["threads"] == "provenance"
+        assert row["threads"] == str(made) and results.SCHEMA["threads"] == "provenance"
         assert row["run"] == os.path.basename(run_dir)  # provenance: not in the name, which runs are known by
     finally:
         torch.set_num_threads(threads)
@@ -730,7 +831,7 @@ def test_cpu_thread_count_is_recorded_and_a_resume_across_counts_refused(mnist_d
 def test_settings_that_cannot_combine_are_refused_up_front(args, message, mode, tmp_path):
     selection = [*mode, *args] if "--" not in args else [*mode, *args[:args.index("--")], "--out", str(tmp_path / "out"),
                                                          *args[args.index("--"):]]
-    result = run_all(*selection, check=False)
+    result = run_grid(*selection, check=False)
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert result.stdout == "" and not (tmp_path / "out").exists()
 
@@ -738,7 +839,7 @@ def test_settings_that_cannot_combine_are_refused_up_front(args, message, mode, 
 @pytest.mark.parametrize("flag", ["--logit-clip", "--taus", "--rhos", "--datasets", "--losses", "--out", "--gpus",
                                   "--cpu-workers", "--trials", "--task", "--tau-candidates", "--val-split"])
 def test_an_empty_grid_option_is_refused(flag):
-    result = run_all("--datasets", "mnist", flag, "", "--list", check=False)
+    result = run_grid("--datasets", "mnist", flag, "", "--list", check=False)
     assert result.returncode == 2 and f"{flag} '' is not allowed" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and result.stdout == ""
 
@@ -757,7 +858,7 @@ def test_an_empty_script_option_is_refused(script, flag, tmp_path, capsys):
 @pytest.mark.parametrize("args", [["--cpu-workers", "²"], ["--trials", "²"], ["--task", "²"], ["--gpus", "²"],
                                   ["--trials", "٣"]])
 def test_digits_that_are_not_ascii_are_one_line(args):
-    result = run_all("--datasets", "mnist", *args, "--list", check=False, env={"CUDA_VISIBLE_DEVICES": "0"})
+    result = run_grid("--datasets", "mnist", *args, "--list", check=False, env={"CUDA_VISIBLE_DEVICES": "0"})
     assert result.returncode == 2 and f"{args[0]} '{args[1]}' is not allowed" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
@@ -777,7 +878,7 @@ def test_an_unwritable_grid_out_is_one_line_before_the_preflight(place, tmp_path
         out.write_text("")
     else:
         out = request.getfixturevalue("read_only") / "out"
-    result = run_all(*QUICK_MNIST, "--out", str(out), "--", "--data-dir", data_root, check=False)
+    result = run_grid(*QUICK_MNIST, "--out", str(out), "--", "--data-dir", data_root, check=False)
     assert result.returncode == 2 and "cannot hold results" in result.stderr and result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1
 
@@ -804,7 +905,7 @@ def test_a_full_disk_during_training_is_one_line(mnist_dir, small_disk, capsys):
 
 def test_a_checkpoint_on_a_full_disk_is_an_oserror(small_disk):
     with pytest.raises(OSError) as e:  # 0.8 MB: torch.save into the file raised RuntimeError (inline_container.cc)
-        experiment.save_checkpoint(str(small_disk / "checkpoint.pt"), dict(model=torch.zeros(200_000)))
+        training.save_checkpoint(str(small_disk / "checkpoint.pt"), dict(model=torch.zeros(200_000)))
     assert e.value.errno == errno.ENOSPC and not list(small_disk.iterdir())
 
 
@@ -816,15 +917,28 @@ def test_aggregate_on_a_full_disk_names_the_folder(small_disk, tmp_path, capsys)
     assert f"cannot write the tables to {small_disk}: No space left on device" in err and "None" not in err
 
 
-def limited(seconds=120):
-    """subprocess.run's arguments for a child that must end in time and within 4 GB (not take 23 GB)."""
-    def limit():
-        resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 20, 256 << 20))  # nor copy /dev/zero until a disk is full
-    return dict(cwd=conftest.ROOT, capture_output=True, text=True, timeout=seconds, preexec_fn=limit)
+@contextlib.contextmanager
+def bounded(seconds=60, memory=2 << 30):
+    """A reader of a special file that never ends (/dev/zero, a FIFO without a writer) fails the test
+    in `seconds` (SIGALRM interrupts the read or the open), and one that reads without bound fails with
+    MemoryError at `memory` more bytes of address space, instead of hanging or taking the machine."""
+    def late(signum, frame):
+        raise TimeoutError(f"still reading after {seconds} s")
+    previous = signal.signal(signal.SIGALRM, late)
+    limit = resource.getrlimit(resource.RLIMIT_AS)
+    with open("/proc/self/status") as f:
+        used = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    resource.setrlimit(resource.RLIMIT_AS, (used + memory, limit[1]))
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        resource.setrlimit(resource.RLIMIT_AS, limit)
 
 
-def test_result_files_that_are_not_regular_files_are_skipped_by_name(tmp_path):
+def test_result_files_that_are_not_regular_files_are_skipped_by_name(tmp_path, capsys):
     folder = tmp_path / "memorisation"  # where every run's epochs.csv is read (peak accuracy)
     write_csv_rows(folder / "summary.csv", [good_row(run=f"r{s}", seed=str(s)) for s in range(3)])
     for run in ("r0", "r1"):
@@ -836,49 +950,56 @@ def test_result_files_that_are_not_regular_files_are_skipped_by_name(tmp_path):
     (tmp_path / "synthetic").mkdir()  # the synthetic experiments' figures are copied
     os.symlink("/dev/zero", tmp_path / "synthetic" / "ding.png")
     os.mkfifo(tmp_path / "synthetic" / "long_servedio.pdf")
-    result = subprocess.run([sys.executable, "aggregate.py", "--results", str(tmp_path), "--no-plot"], **limited())
-    assert result.returncode == 0 and "memorisation mnist (3 runs)" in result.stdout, result.stderr
+    with bounded():
+        assert aggregate.main(["--results", str(tmp_path), "--no-plot"]) == 0
+    out, err = capsys.readouterr()
+    assert "memorisation mnist (3 runs)" in out, err
     for name in ("r0/epochs.csv", "r1/epochs.csv", "summary_zero.csv", "summary_fifo.csv", "ding.png",
                  "long_servedio.pdf"):
-        assert f"{name}: not a regular file" in result.stderr, name
+        assert f"{name}: not a regular file" in err, name
 
 
 @pytest.mark.parametrize("special", ["/dev/zero", "fifo"])
-def test_a_label_file_that_is_not_a_regular_file_is_one_line(special, cifar_dir, tmp_path):
+def test_a_label_file_that_is_not_a_regular_file_is_one_line(special, cifar_dir, tmp_path, capsys):
     if special == "fifo":
         special = str(tmp_path / "fifo")
         os.mkfifo(special)
-    result = subprocess.run([sys.executable, "train_cifar.py", "--data-dir", cifar_dir, "--out", str(tmp_path / "out"),
-                             "--noise", "human", "--noise-file", special], **limited())
-    assert result.returncode == 2 and f"{special}: not a regular file" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+    with bounded(), pytest.raises(SystemExit) as e:
+        train_cifar.main(["--data-dir", cifar_dir, "--out", str(tmp_path / "out"), "--noise", "human", "--noise-file",
+                          special])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and f"{special}: not a regular file" in err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("special", ["/dev/zero", "fifo"])
-def test_a_checkpoint_that_is_not_a_regular_file_is_one_line(special, mnist_dir, tmp_path, monkeypatch):
-    checkpoint = os.path.join(interrupted(mnist_dir, tmp_path, monkeypatch), "checkpoint.pt")
+def test_a_checkpoint_that_is_not_a_regular_file_is_one_line(special, interrupted_run, mnist_dir, tmp_path, capsys):
+    checkpoint = os.path.join(interrupted(interrupted_run, tmp_path), "checkpoint.pt")
     os.remove(checkpoint)
     if special == "fifo":
         os.mkfifo(checkpoint)
     else:
         os.symlink(special, checkpoint)
-    result = subprocess.run([sys.executable, "train_mnist.py", "--data-dir", mnist_dir, "--out", str(tmp_path),
-                             "--epochs", "3", "--resume"], **limited())
-    assert result.returncode == 2 and f"{checkpoint} is not a readable checkpoint of this code (not a regular file)" \
-        in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    with bounded(), pytest.raises(SystemExit) as e:
+        train_mnist.main(resume_argv(mnist_dir, tmp_path))
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and f"{checkpoint} is not a readable checkpoint of this code (not a regular file)" \
+        in err and len(err.splitlines()) == 1, err
 
 
-def test_a_sibling_config_that_is_not_a_regular_file_is_passed_over(mnist_dir, tmp_path):
+def test_a_sibling_config_that_is_not_a_regular_file_is_passed_over(mnist_dir, tmp_path, capsys):
     other = tmp_path / "runs" / "other"
     other.mkdir(parents=True)
     os.symlink("/dev/zero", other / "config.json")
     (other / "checkpoint.pt").write_bytes(b"")
-    result = subprocess.run([sys.executable, "train_mnist.py", *mnist_run(mnist_dir, tmp_path), "--resume"], **limited())
-    assert result.returncode == 0 and "final test accuracy" in result.stdout, result.stderr
+    with bounded():
+        assert train_mnist.main([*mnist_run(mnist_dir, tmp_path), "--resume"]) == 0
+    assert "final test accuracy" in capsys.readouterr().out
 
 
 def test_a_cell_running_elsewhere_is_reported_as_such(tmp_path, data_root):
-    selection = [*QUICK_MNIST, "--out", str(tmp_path), "--", "--data-dir", data_root]
+    # --task 0: the cell alone, as a SLURM task runs it (a whole grid first checks the data, a process)
+    selection = [*QUICK_MNIST, "--task", "0", "--out", str(tmp_path), "--", "--data-dir", data_root]
     opts = grid_cli.parse_grid(selection)
     (cell,) = opts.cells
     log, stop = tmp_path / "logs" / f"{cell.id}.log", threading.Event()
@@ -893,7 +1014,7 @@ def test_a_cell_running_elsewhere_is_reported_as_such(tmp_path, data_root):
     with results.run_lock(os.path.join(tmp_path, "runs", runner.run_name(cell, opts))):
         writer.start()
         try:
-            result = run_all(*selection, check=False)
+            result = run_grid(*selection, check=False)  # the lock is this process's: lock_holder sees it as another's
         finally:
             stop.set()
             writer.join()
@@ -906,18 +1027,18 @@ def test_a_cell_running_elsewhere_is_reported_as_such(tmp_path, data_root):
 def test_dry_run_shows_the_tau_that_tuning_chose(tmp_path):
     selection = ["--tune-tau", "--datasets", "mnist", "--losses", "phuber_ce", "--rhos", "0.6", "--trials", "1",
                  "--out", str(tmp_path)]
-    assert "--tau TUNED" in run_all(*selection, "--dry-run").stdout  # tuning has not run yet
+    assert "--tau TUNED" in run_grid(*selection, "--dry-run").stdout  # tuning has not run yet
     opts = grid_cli.parse_grid(selection)
     tuning = [c for c in opts.cells if c.tuning]
     write_csv_rows(tmp_path / "tuning" / "summary.csv", [
         dict(run=runner.run_name(c, opts), dataset="mnist", loss="phuber_ce", tau=c.argv[c.argv.index("--tau") + 1],
              rho="0.6", seed="0", val_acc="70.0" if c.argv[c.argv.index("--tau") + 1] == "2" else "60.0")
         for c in tuning])
-    lines = run_all(*selection, "--dry-run").stdout.splitlines()
+    lines = run_grid(*selection, "--dry-run").stdout.splitlines()
     assert "TUNED" not in "".join(lines) and "--tau 2 " in lines[-1]
 
 
 def test_train_cifar_help_describes_its_own_data_folder():
-    (line,) = [h for h in cli.training_parser("train_cifar.py").format_help().split("\n  --")
+    (line,) = [h for h in config.parser("train_cifar.py").format_help().split("\n  --")
                if h.startswith("data-dir")]
     assert "IDX" not in line and "cifar-10-batches-py" in line

@@ -170,10 +170,12 @@ def test_long_servedio_csv_layout(tmp_path):
     assert not list(tmp_path.glob("*.png")) and not list(tmp_path.glob(conftest.TEMPORARY))
 
 
+@pytest.mark.slow  # matplotlib: seconds
 def test_figures_written(tmp_path):
     ls.main(["--out", str(tmp_path / "ls"), "--rho", "0.2", "--trials", "2"])
     ding.main(["--out", str(tmp_path / "ding"), "--theta-step", "0.1"])
-    for path in (tmp_path / "ls" / "long_servedio", tmp_path / "ding" / "ding"):
+    ding.main(["--out", str(tmp_path / "draws"), "--theta-step", "0.1", "--seeds", "2"])  # with the draws' band
+    for path in (tmp_path / "ls" / "long_servedio", tmp_path / "ding" / "ding", tmp_path / "draws" / "ding"):
         assert path.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert path.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
 
@@ -264,7 +266,7 @@ def test_ding_claim_and_csv(tmp_path):
 
 def test_ding_draws(tmp_path):
     ding.main(["--out", str(tmp_path / "one"), "--no-plot"])
-    ding.main(["--out", str(tmp_path / "three"), "--seeds", "4", "--theta-step", "0.01"])
+    ding.main(["--out", str(tmp_path / "three"), "--seeds", "4", "--theta-step", "0.01", "--no-plot"])
     one = read_csv(tmp_path / "one" / "ding_minimisers.csv")
     three = read_csv(tmp_path / "three" / "ding_minimisers.csv")
     assert len(one) == 6 and len(three) == 4 * 6 and {r["draw"] for r in three} == {"0", "1", "2", "3"}
@@ -282,4 +284,4 @@ def test_ding_draws(tmp_path):
     band = read_csv(tmp_path / "three" / "ding_band.csv")
     assert len(band) == 401 * 6 and all(float(r["risk_q05"]) <= float(r["risk_median"]) <= float(r["risk_q95"])
                                         for r in band)
-    assert (tmp_path / "three" / "ding.png").exists() and not (tmp_path / "one" / "ding_band.csv").exists()
+    assert not (tmp_path / "one" / "ding_band.csv").exists()  # the band's figure: test_figures_written

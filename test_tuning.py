@@ -1,13 +1,12 @@
 """The fair comparison (run_all.sh --tune, selection.py, docs/tuning.md): its cells are the grid, the
 choice reads noisy validation data only (ties to the first listed candidate, no choice while a
 candidate is missing), early stopping takes the validation peak, its runs stay out of the report's
-tables, and noisy-validation accuracy ranks models as clean accuracy does under symmetric noise."""
+tables, and noisy-validation accuracy ranks models as clean accuracy does under symmetric noise.
+run_all.sh's engine runs in this process (conftest.run_grid)."""
 import math
 import os
 import re
 import shlex
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -15,10 +14,11 @@ import torch
 
 import aggregate
 import conftest
+import data
 import grid
-import noise
+import grid_cli
 import selection
-from conftest import run_all, summary_row
+from conftest import run_grid, summary_row
 from test_pipeline import FAKE_SBATCH
 from results import read_csv
 
@@ -29,22 +29,22 @@ FAMILIES = {f.key: f for f in grid.TUNE}
 # The cells.
 
 def test_tune_list_shows_every_candidate_and_the_estimate():
-    result = run_all("--tune", "--memorisation", "--list")
+    result = run_grid("--tune", "--memorisation", "--list")
     ids = [line.split()[1] for line in result.stdout.splitlines()]
     n_candidates = sum(len(f.candidates()) for f in grid.TUNE)
     assert len(ids) == n_candidates * len(grid.TUNE_STUDY["rhos"]) * grid.TUNE_STUDY["trials"] == 228
     assert ids[0] == "memorisation-tune-fashion-mnist-ce-rho0-seed0"
     assert "memorisation-tune-fashion-mnist-phuber_gce-tau5-rho0.6-seed2" in ids
     assert re.search(r"time estimate: 228 training cells, 2 at a time .*about \d+\.\d h", result.stderr)
-    report = run_all("--tune", "--list")  # the report's datasets and settings, on GPUs
-    assert len(report.stdout.splitlines()) == n_candidates * 4 * 3 * 3
-    assert "RTX 2080 Ti" in report.stderr
+    report = grid_cli.parse_grid(["--tune", "--list"]).cells  # the report's datasets and settings, on GPUs
+    assert len(report) == n_candidates * 4 * 3 * 3
+    assert "RTX 2080 Ti" in grid.estimate(report[:1])  # (--list checks and estimates 684 cells: seconds)
 
 
 def test_tune_cells_hold_out_noisy_validation_data_with_the_study_budget(tmp_path):
     out = tmp_path / "results"
-    lines = run_all("--tune", "--memorisation", "--losses", "gce", "--rhos", "0.6", "--trials", "2", "--dry-run",
-                    "--out", str(out)).stdout.splitlines()
+    lines = run_grid("--tune", "--memorisation", "--losses", "gce", "--rhos", "0.6", "--trials", "2", "--dry-run",
+                     "--out", str(out)).stdout.splitlines()
     assert len(lines) == 4 * 2
     for line, (q, seed) in zip(lines, [(q, s) for q in ("0.3", "0.5", "0.7", "0.9") for s in "01"]):
         argv = shlex.split(line)
@@ -75,7 +75,7 @@ def test_every_family_has_a_source_and_ce_is_the_untuned_baseline():
     (["--tune", "--datasets", "synthetic,mnist"], "'synthetic' is not allowed with --tune"),
 ])
 def test_tune_refuses_what_it_cannot_combine_with(args, message):
-    result = run_all(*args, "--list", check=False)
+    result = run_grid(*args, "--list", check=False)
     assert result.returncode == 2 and message in result.stderr and len(result.stderr.splitlines()) == 1
 
 
@@ -225,6 +225,7 @@ def test_tuned_runs_never_enter_the_reports_tables(tuned_folder):
     assert {float(r["mean"]) for r in main if r["mean"]} == {99.0}
 
 
+@pytest.mark.slow  # matplotlib: seconds
 def test_tuned_figure_is_drawn(tuned_folder):
     assert aggregate.main(["--results", str(tuned_folder)]) == 0
     assert (tuned_folder / "figures" / "mnist_tuned.png").stat().st_size > 0
@@ -271,7 +272,7 @@ def test_noisy_accuracy_of_a_drawn_noisy_set_follows_the_map():
     pred = labels.clone()
     wrong = torch.randperm(n, generator=generator)[: int(n * (1 - clean))]
     pred[wrong] = (labels[wrong] + torch.randint(1, classes, (len(wrong),), generator=generator)) % classes
-    noisy = noise.add_label_noise(labels, rho, classes, "symmetric", noise.flip_map({}, classes), generator=generator)
+    noisy = data.add_label_noise(labels, rho, classes, "symmetric", data.flip_map({}, classes), generator=generator)
     p = selection.noisy_accuracy(clean, rho, classes)
     assert abs((pred == noisy).double().mean().item() - p) < 4.5 * math.sqrt(p * (1 - p) / n)
     with pytest.raises(ValueError, match="no information"):
@@ -284,15 +285,14 @@ def test_noisy_accuracy_of_a_drawn_noisy_set_follows_the_map():
 @pytest.mark.slow
 def test_tune_quick_runs_the_protocol_into_its_tables(mnist_dir, tmp_path):
     out = tmp_path / "results"
-    run_all("--tune", "--quick", "--datasets", "mnist", "--losses", "ce,phuber_gce", "--rhos", "0,0.6",
-            "--out", str(out), "--", "--data-dir", mnist_dir, "--device", "cpu")
+    run_grid("--tune", "--quick", "--datasets", "mnist", "--losses", "ce,phuber_gce", "--rhos", "0.6",
+             "--out", str(out), "--", "--data-dir", mnist_dir, "--device", "cpu", "--limit-test", "64")
     records = read_csv(out / "tables" / "mnist_tuned.csv")
-    assert [(r["loss"], r["rho"]) for r in records] == [("CE", "0.0"), ("PHuber-GCE", "0.0"), ("CE", "0.6"),
-                                                          ("PHuber-GCE", "0.6")]
+    assert [(r["loss"], r["rho"]) for r in records] == [("CE", "0.6"), ("PHuber-GCE", "0.6")]
     assert all(r["chosen"].startswith("train_mnist.py --loss ") and r["n"] == "1" for r in records)
     assert "not results" in (out / "tables" / "mnist_tuned.md").read_text()
     assert (out / "figures" / "mnist_tuned.png").exists()
-    assert len(read_csv(out / "tune" / "summary.csv")) == 2 * (1 + 3)
+    assert len(read_csv(out / "tune" / "summary.csv")) == 1 + 3  # CE, and PHuber-GCE's three taus
     assert not (out / "tables" / "mnist.csv").exists()  # nothing of the report's grid ran
 
 
@@ -305,12 +305,12 @@ def test_slurm_array_task_i_runs_the_tune_cell_i(tmp_path):
     log = tmp_path / "sbatch.log"
     env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", "SBATCH_LOG": str(log)}
     selection_args = ["--tune", "--datasets", "mnist", "--losses", "ce,gce", "--rhos", "0.6,0", "--out", str(tmp_path)]
-    out = run_all("--slurm", *selection_args, env=env).stdout
+    out = run_grid("--slurm", *selection_args, env=env).stdout
     assert "submitted job array 101 (30 cells)" in out
     grid_call = log.read_text().strip("\n").split("\n\n")[0].splitlines()
     worker = shlex.split(grid_call[grid_call.index("--wrap") + 1].replace("$SLURM_ARRAY_TASK_ID", "7"))
-    assert "--tune" in worker and worker[worker.index("--rhos") + 1] == "0.6,0.0"
-    task = subprocess.run([*worker, "--dry-run"], capture_output=True, text=True,
-                          env=dict(os.environ, PYTHON=sys.executable))
-    listed = run_all(*selection_args, "--dry-run").stdout.splitlines()
+    assert worker[:2] == ["bash", os.path.join(conftest.ROOT, "run_all.sh")]
+    assert "--tune" in worker and worker[worker.index("--rhos") + 1] == "0.6,0"  # the arguments as given
+    task = run_grid(*worker[2:], "--dry-run")  # what task 7 runs (a task ignores --slurm)
+    listed = run_grid(*selection_args, "--dry-run").stdout.splitlines()
     assert task.stdout.strip() == listed[7] and "--loss gce --q 0.5 --rho 0.6 --seed 1 --val-split 0.1" in listed[7]
