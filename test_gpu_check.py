@@ -77,14 +77,20 @@ def test_a_failing_part_is_recorded_and_the_others_still_run(tmp_path, monkeypat
     assert "| benchmark | passed |" in markdown and not list(out.glob(conftest.TEMPORARY))
 
 
-def test_sigterm_stops_every_part(tmp_path):
-    marker = str(tmp_path)
-    proc = gpu_check_process(["--device", "cpu"], dict(OUT=str(tmp_path / "out"), TMPDIR=str(tmp_path), MARKER=marker))
-    wait_for(lambda: len(with_marker(marker)) > 1, seconds=60, proc=proc)  # gpu_check.py and its first part
+def test_sigterm_stops_every_part_and_leaves_the_report_of_those_that_ended(tmp_path):
+    marker, out = str(tmp_path), tmp_path / "out"
+    out.mkdir()
+    (out / "gpu-check.md").write_text("| tier | passed |\n| grid | passed |\n")  # an earlier check's: stale now
+    proc = gpu_check_process(["--device", "cpu"], dict(OUT=str(out), TMPDIR=str(tmp_path), MARKER=marker))
+    wait_for(lambda: (out / "gpu-check.json").exists(), seconds=120, proc=proc)  # the first part has ended ...
+    wait_for(lambda: len(with_marker(marker)) > 1, seconds=60, proc=proc)  # ... and the second runs
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 130 and "gpu-check: interrupted" in proc.stdout.read()
     wait_for(lambda: not with_marker(marker), seconds=30)
     assert not list(tmp_path.glob("gpu-check-*"))  # its scratch folder is gone
+    report = json.loads((out / "gpu-check.json").read_text())
+    assert report["state"] == "interrupted after 1 of 3 parts" and list(report["parts"]) == ["tier"]
+    assert "**Not finished: interrupted after 1 of 3 parts.**" in (out / "gpu-check.md").read_text()
 
 
 @pytest.mark.slow
@@ -106,13 +112,18 @@ def test_the_self_check_on_the_cpu(tmp_path):
     assert b["device"] == "cpu" and b["failed"] == b["skipped"] == []
     lenet, (resnet,) = b["lenet"], b["resnet50"]["configs"]
     assert (lenet["runs"], lenet["epochs"], b["resnet50"]["epochs"], b["resnet50"]["batch"]) == (72, 20, 200, 2)
-    waves = [k for k in (1, 2, 4, 8) if k <= os.cpu_count()]  # K at a time: a core each
+    waves = [k for k in (1, 2, 4, 8, 12, 16) if k <= os.cpu_count()]  # K at a time: a core each
     assert [w["k"] for w in lenet["waves"]] == waves and lenet["startup_s"] > 0
     assert bench["summary"] == f"{len(waves) + 1} measured, 0 failed, 0 skipped"
     assert (resnet["amp"], resnet["channels_last"], resnet["compile"]) == ("fp16", True, False)
     for wave in lenet["waves"]:  # 20 epochs in waves of K, each after a run's start-up
         assert wave["table1_minutes"] == pytest.approx(math.ceil(72 / wave["k"]) * (lenet["startup_s"] + 20 * wave["epoch_s"]) / 60)
-    assert resnet["run_minutes"] == pytest.approx(200 * resnet["epoch_s"] / 60)
+    # a run checkpoints every 25 epochs (train_cifar.py's --checkpoint-every): 8 of the epoch's checkpoints
+    assert resnet["checkpoint_s"] > 0 and resnet["epoch_s"] == pytest.approx(resnet["epoch_without_checkpoint_s"]
+                                                                               + resnet["checkpoint_s"])
+    assert resnet["run_minutes"] == pytest.approx((200 * resnet["epoch_without_checkpoint_s"]
+                                                   + 8 * resnet["checkpoint_s"]) / 60)
+    assert b["mps"] is False and "CUDA MPS not running" in (out / "gpu-check.md").read_text()
     markdown = (out / "gpu-check.md").read_text()
     assert "nothing here ran on a GPU" in markdown and "## CIFAR-100 ResNet-50" in markdown
     assert "| tier | passed |" in markdown and "| grid | passed |" in markdown
