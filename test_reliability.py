@@ -66,6 +66,14 @@ def processes_mentioning(text):
     return found
 
 
+def cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:  # it has ended
+        return b""
+
+
 def with_marker(marker):
     """Processes whose environment holds MARKER=marker: what a test started, and everything they start."""
     found = []
@@ -304,15 +312,18 @@ def test_make_test_stops_on_ctrl_c_and_on_a_signal_to_make(how, tmp_path):
                              f"TESTS=-p no:cacheprovider {tmp_path / 'test_sleepers.py'}"], cwd=conftest.ROOT,
                             env=dict(os.environ, MARKER=marker, TMPDIR=str(scratch)), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    sleeping = lambda: sum(b"time.sleep(300)" in open(f"/proc/{p}/cmdline", "rb").read()  # noqa: E731
-                           for p in with_marker(marker) if os.path.exists(f"/proc/{p}/cmdline"))
-    wait_for(lambda: sleeping() == 2, seconds=120, proc=make)  # two workers, each in a test
-    start = time.time()
-    if how == "ctrl-c":
-        os.killpg(make.pid, signal.SIGINT)
-    else:
-        make.send_signal(signal.SIGTERM)
-    output = make.communicate(timeout=60)[0]
+    try:
+        wait_for(lambda: sum(b"time.sleep(300)" in cmdline(p) for p in with_marker(marker)) == 2, proc=make)
+        start = time.time()  # two workers, each in a test
+        if how == "ctrl-c":
+            os.killpg(make.pid, signal.SIGINT)
+        else:
+            make.send_signal(signal.SIGTERM)
+        output = make.communicate(timeout=60)[0]
+    finally:  # a failure above leaves nothing running either
+        if make.poll() is None:
+            os.killpg(make.pid, signal.SIGKILL)
+            make.wait()
     assert make.returncode != 0 and time.time() - start < 30, output
     assert not re.search(r"Segmentation fault|core dumped|Traceback", output), output
     wait_for(lambda: not with_marker(marker), seconds=15)  # no worker, no test's process left
