@@ -33,8 +33,12 @@ test: $(VENV)/installed
 test-fast: $(VENV)/installed
 	$(PY) -m pytest -q -m "not slow" $(TESTS)
 
+# make gpu-check MINUTES=6 ARGS="--device cpu": its time limit and arguments (python3 gpu_check.py --minutes 6 ...)
+MINUTES ?=
+ARGS ?=
+
 gpu-check:
-	@$(PYTHON) gpu_check.py
+	@$(PYTHON) gpu_check.py $(if $(MINUTES),--minutes $(MINUTES)) $(ARGS)
 
 $(VENV)/installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)

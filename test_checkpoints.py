@@ -10,6 +10,7 @@ import torch
 import config
 import losses
 import tiny_data
+import train_cifar
 import train_mnist
 import training
 
@@ -58,6 +59,23 @@ def test_a_resume_between_two_checkpoints_continues_from_the_last_and_ends_as_an
     assert "resuming after epoch 2" in capsys.readouterr().out
     for name in ("summary.csv", f"runs/{run.name}/epochs.csv"):
         assert rows(tmp_path / "cut" / name) == rows(tmp_path / "whole" / name)
+
+
+@pytest.mark.slow
+def test_a_cifar_run_resumed_between_checkpoints_ends_as_an_uninterrupted_one(tmp_path, monkeypatch, capsys):
+    """train_cifar.py's default saves every 25 epochs; here every 2 of 3, cut in the third."""
+    data = tmp_path / "cifar"
+    tiny_data.make_cifar_dataset(str(data), "cifar10", n_train=48, n_test=16)
+    flags = ["--data-dir", str(data), "--model", "resnet18", "--batch-size", "16", "--epochs", "3",
+             "--checkpoint-every", "2", "--rho", "0.2"]
+    assert train_cifar.main([*flags, "--out", str(tmp_path / "whole")]) == 0
+    with monkeypatch.context() as m:
+        interrupt_at(m, 3)
+        with pytest.raises(SystemExit):
+            train_cifar.main([*flags, "--out", str(tmp_path / "cut")])
+    assert train_cifar.main([*flags, "--out", str(tmp_path / "cut"), "--resume"]) == 0
+    assert "resuming after epoch 2" in capsys.readouterr().out
+    assert rows(tmp_path / "cut" / "summary.csv") == rows(tmp_path / "whole" / "summary.csv")
 
 
 def test_checkpoint_every_is_not_part_of_the_run_and_the_last_epoch_is_always_saved(mnist, tmp_path, monkeypatch):
