@@ -22,9 +22,9 @@ figure1: $(VENV)/installed
 	$(PY) synthetic_ding.py
 
 # The suite in two pytest-xdist workers: one process leaves a core idle while its tests wait on the
-# processes they start (measured on 2 cores: 4 min 45 s with -n 2, 7 min 12 s in one process, the CPU time
-# 450 s against 390; -n 3, under other load, was slower). Tests that share an expensive fixture (xdist_group marks) run in
-# one worker (--dist loadgroup). A plain command, so that Ctrl-C or a signal to make stops pytest and its
+# processes they start (measured on 2 cores: 4 min 45 s with -n 2, 7 min 12 s in one process, the CPU
+# time 450 s against 390; -n 3, under other load, was slower). Tests that share an expensive fixture
+# (xdist_group marks) run in one worker (--dist loadgroup). A plain command, so that Ctrl-C or a signal to make stops pytest and its
 # workers, and the tests' processes, with nothing left behind (test_reliability.py checks).
 # TESTS: a selection, e.g. make test TESTS=test_losses.py
 TESTS ?=
