@@ -2,9 +2,9 @@
 # (torch's CUDA build: about 5.5 GB, 2 minutes).
 #
 #   make figure1     the synthetic experiments of the report's Figure 1 (about 5 s on 2 CPU cores)
-#   make test        the whole test suite, as CI runs it, in two streams at once (about 15 minutes on
-#                    2 CPU cores; one stream, `python -m pytest -q`, takes about 19)
-#   make test-fast   the tests without the end-to-end runs
+#   make test        the whole test suite, as CI runs it, in two pytest-xdist workers (about 5 minutes
+#                    on 2 CPU cores; one process, `python -m pytest -q`, takes about 7)
+#   make test-fast   the tests without the end-to-end runs (-m "not slow"): about 30 s (40 s in one process)
 #
 # And one that uses $(PYTHON) as it is, no venv, nothing installed (docs/speed.md):
 #
@@ -21,17 +21,19 @@ figure1: $(VENV)/installed
 	$(PY) synthetic_long_servedio.py
 	$(PY) synthetic_ding.py
 
-# The suite in pytest-xdist's worker processes (-n 2: most tests wait on the processes they start, so
-# one stream leaves a core idle); tests that share an expensive fixture (xdist_group marks) run in
-# one worker. A plain command, so that Ctrl-C or a signal to make stops pytest and its workers with
-# nothing left behind (test_reliability.py checks). TESTS: a selection, e.g. make test TESTS=test_losses.py
+# The suite in two pytest-xdist workers: one process leaves a core idle while its tests wait on the
+# processes they start (measured on 2 cores: 4 min 45 s with -n 2, 7 min 12 s in one process, the CPU
+# time 450 s against 390; -n 3, under other load, was slower). Tests that share an expensive fixture
+# (xdist_group marks) run in one worker (--dist loadgroup). A plain command, so that Ctrl-C or a signal to make stops pytest and its
+# workers, and the tests' processes, with nothing left behind (test_reliability.py checks).
+# TESTS: a selection, e.g. make test TESTS=test_losses.py
 TESTS ?=
 
 test: $(VENV)/installed
 	$(PY) -m pytest -q -n 2 --dist loadgroup $(TESTS)
 
 test-fast: $(VENV)/installed
-	$(PY) -m pytest -q -m "not slow" $(TESTS)
+	$(PY) -m pytest -q -n 2 -m "not slow" $(TESTS)
 
 # make gpu-check MINUTES=6 ARGS="--device cpu": its time limit and arguments (python3 gpu_check.py --minutes 6 ...)
 MINUTES ?=
