@@ -22,10 +22,11 @@ figure1: $(VENV)/installed
 	$(PY) synthetic_ding.py
 
 # The suite in two pytest-xdist workers: one process leaves a core idle while its tests wait on the
-# processes they start (measured on 2 cores: 4 min 45 s with -n 2, 7 min 12 s in one process, the CPU
-# time 450 s against 390; -n 3, under other load, was slower). Tests that share an expensive fixture
-# (xdist_group marks) run in one worker (--dist loadgroup). A plain command, so that Ctrl-C or a signal to make stops pytest and its
-# workers, and the tests' processes, with nothing left behind (test_reliability.py checks).
+# processes they start (measured on 2 cores: 4 min 45 s to 6 min 5 s with -n 2 as other jobs shared the
+# machine, 7 min 12 s in one process; CPU time 450-500 s, a third of the old suite's 1,693 s; -n 3 was
+# slower). Tests that share an expensive fixture (xdist_group marks) run in one worker (--dist loadgroup).
+# A plain command, so that Ctrl-C or a signal to make stops pytest and its workers, and the tests'
+# processes, with nothing left behind (test_reliability.py checks).
 # TESTS: a selection, e.g. make test TESTS=test_losses.py
 TESTS ?=
 
