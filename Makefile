@@ -2,8 +2,8 @@
 # (torch's CUDA build: about 5.5 GB, 2 minutes).
 #
 #   make figure1     the synthetic experiments of the report's Figure 1 (about 5 s on 2 CPU cores)
-#   make test        the whole test suite, as CI runs it, in two pytest-xdist workers (about 5 minutes
-#                    on 2 CPU cores; one process, `python -m pytest -q`, takes about 7)
+#   make test        the whole test suite, as CI runs it, in two pytest-xdist workers (5 min 17 s on
+#                    2 CPU cores; one process, `python -m pytest -q`, takes about 7 minutes)
 #   make test-fast   the tests without the end-to-end runs (-m "not slow"): about 30 s (40 s in one process)
 #
 # And one that uses $(PYTHON) as it is, no venv, nothing installed (docs/speed.md):
@@ -22,9 +22,8 @@ figure1: $(VENV)/installed
 	$(PY) synthetic_ding.py
 
 # The suite in two pytest-xdist workers: one process leaves a core idle while its tests wait on the
-# processes they start (measured on 2 cores: 4 min 45 s to 6 min 5 s with -n 2 as other jobs shared the
-# machine, 7 min 12 s in one process; CPU time 450-500 s, a third of the old suite's 1,693 s; -n 3 was
-# slower). Tests that share an expensive fixture (xdist_group marks) run in one worker (--dist loadgroup).
+# processes they start (measured on 2 cores: 5 min 17 s with -n 2 on a clean clone, 7 min 12 s in one
+# process; CPU time 450-500 s, a third of the old suite's 1,693 s; -n 3 was slower). Tests that share an expensive fixture (xdist_group marks) run in one worker (--dist loadgroup).
 # A plain command, so that Ctrl-C or a signal to make stops pytest and its workers, and the tests'
 # processes, with nothing left behind (test_reliability.py checks).
 # TESTS: a selection, e.g. make test TESTS=test_losses.py
