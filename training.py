@@ -226,8 +226,8 @@ class RunFolder:
             results.check_writable(self.config.out)
         except ValueError as e:
             raise Failure(f"--out {e}")
-        if results.lock_holder(self.folder):  # checked before the data are loaded, and again under the lock
-            raise Failure(f"run {self.name} is in progress (pid {results.lock_holder(self.folder)})")
+        if pid := results.lock_holder(self.folder):  # checked before the data are loaded, and again under the lock
+            raise Failure(f"run {self.name} is in progress (pid {pid})")
         try:  # a summary it cannot read whole it could not add to either: said before any work
             done = results.finished_row(self.summary, self.name)
         except results.BadFile as e:
